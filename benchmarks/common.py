@@ -1,0 +1,67 @@
+"""Benchmark results: one record per measured ratio, written for people and machines.
+
+Every target is a ratio against a baseline measured in the same run on the same
+machine, so results compare across machines; absolute numbers go in ``notes``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+
+def device_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda, {torch.cuda.get_device_name(0)}"
+    return f"cpu, {os.cpu_count()} cores ({platform.machine()})"
+
+
+@dataclass
+class Result:
+    name: str  # e.g. "vl.caption.served_over_inprocess_p50"; prefix core./vl./diffusion./graph.
+    value: float
+    target: float
+    better: str  # "lower" or "higher"
+    unit: str  # "ratio", "events/s", "ms", "MB", ...
+    baseline: str  # what value was divided by (or "absolute")
+    notes: str = ""
+    device: str = field(default_factory=device_description)
+    date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.target if self.better == "lower" else self.value >= self.target
+
+    def as_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["met"] = self.met
+        return d
+
+
+def time_calls(fn: Callable[[], object], n: int, warmup: int = 2) -> list[float]:
+    """Wall seconds of ``n`` calls of ``fn`` after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def p50(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    return s[k]

@@ -1,0 +1,69 @@
+"""``make bench``: run every benchmarks/bench_*.py and write RESULTS.md + results.json.
+
+Entries from a module that is not run this time (``--only``) are kept from the previous
+results.json, so one area can be re-measured without losing the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.common import Result
+
+HERE = Path(__file__).resolve().parent
+
+
+def write(results: list[dict[str, object]]) -> None:
+    results = sorted(results, key=lambda r: str(r["name"]))
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (benchmarks/run.py). Every target is a ratio against a baseline",
+        "measured in the same run, unless the unit says otherwise.",
+        "",
+        "| name | value | target | better | met | unit | baseline | device | date | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['name']} | {float(r['value']):.4g} | {float(r['target']):.4g} | {r['better']} | "
+            f"{'yes' if r['met'] else '**no**'} | {r['unit']} | {r['baseline']} | {r['device']} | {r['date']} | "
+            f"{r.get('notes', '')} |"
+        )
+    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="*", help="module names, e.g. bench_core bench_vl")
+    args = parser.parse_args(argv)
+    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    if args.only:
+        modules = [m for m in modules if m in args.only]
+    previous = []
+    if (HERE / "results.json").exists():
+        previous = json.loads((HERE / "results.json").read_text())
+    fresh: list[Result] = []
+    ran_prefixes: set[str] = set()
+    for name in modules:
+        mod = importlib.import_module(f"benchmarks.{name}")
+        print(f"== {name}", file=sys.stderr, flush=True)
+        got = mod.run()
+        for r in got:
+            print(f"  {r.name} = {r.value:.4g} (target {r.target}, {'met' if r.met else 'NOT met'})",
+                  file=sys.stderr, flush=True)
+        fresh.extend(got)
+        ran_prefixes.add(getattr(mod, "PREFIX", ""))
+    fresh_names = {r.name for r in fresh}
+    kept = [r for r in previous if r["name"] not in fresh_names
+            and not any(p and str(r["name"]).startswith(p) for p in ran_prefixes)]
+    write(kept + [r.as_dict() for r in fresh])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The ``unfragile`` command: serve one service, run the stack, build models, client calls.
+
+Each service adds its own client commands through ``services/<svc>/cli.py: register``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from services.stack import SERVICES, Stack
+
+app = typer.Typer(help="unfragile: gRPC model serving (Kosmos-2, Stable Diffusion) and a search match graph.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Build or inspect the offline models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--set expects field=value, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+@app.command()
+def serve(
+    service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph"),
+    host: Optional[str] = typer.Option(None, help="bind address"),
+    port: Optional[int] = typer.Option(None, help="gRPC port (0 = any free port)"),
+    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (-1 = off)"),
+    model: Optional[str] = typer.Option(None, help="model folder or hub id (model services)"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | float16 | bfloat16"),
+    set_: list[str] = typer.Option([], "--set", help="any other settings field, as field=value"),
+) -> None:
+    """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    from services.core.server import start_server
+
+    module = importlib.import_module(SERVICES[service][0])
+    overrides: dict[str, object] = {k: v for k, v in dict(host=host, port=port, metrics_port=metrics_port,
+                                                          model=model, device=device, dtype=dtype).items()
+                                    if v is not None}
+    overrides.update(_parse_sets(set_))
+    settings = module.Settings(**overrides)
+    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+    running = start_server(settings, module.build_service(settings))
+    running.install_signal_handlers()
+    running.wait()
+
+
+@app.command()
+def up(
+    models_dir: Path = typer.Option(Path(".models"), help="where the tiny models live (built if missing)"),
+    data_dir: Path = typer.Option(Path("var"), help="databases and fine-tuned adapters"),
+    host: str = typer.Option("127.0.0.1"),
+) -> None:
+    """Start all three services on localhost (each its own process) until Ctrl-C."""
+    stack = Stack(host=host, models_dir=models_dir, data_dir=data_dir)
+    build_tiny(models_dir)
+    _run_stack(stack, lambda: None)
+
+
+def _run_stack(stack: Stack, after_start: "typer.models.CommandFunctionType | object") -> None:
+    stop = {"now": False}
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        stack.start()
+        for p in stack.procs:
+            typer.echo(f"{p.name:15s} grpc {p.target}   metrics {p.metrics_url}")
+        after_start()  # type: ignore[operator]
+        typer.echo("stack is up; Ctrl-C to stop")
+        while not stop["now"] and all(p.proc.poll() is None for p in stack.procs):
+            time.sleep(0.5)
+    finally:
+        codes = stack.stop()
+        typer.echo(f"stopped: {codes}")
+
+
+def build_tiny(out: Path, preset: str = "tiny") -> dict[str, Path]:
+    """Build the tiny Kosmos-2 and Stable Diffusion folders under ``out`` unless present."""
+    from services.diffusion.tiny import build_tiny_sd
+    from services.visionlanguage.tiny import build_tiny_kosmos2
+
+    built = {}
+    for name, fn in (("tiny-kosmos2", build_tiny_kosmos2), ("tiny-sd", build_tiny_sd)):
+        folder = out / name if preset == "tiny" else out / f"{name}-{preset}"
+        if not (folder / "model_index.json").exists() and not (folder / "config.json").exists():
+            fn(folder, preset=preset)
+        built[name] = folder
+    return built
+
+
+@models_app.command("build-tiny")
+def build_tiny_cmd(
+    out: Path = typer.Option(Path(".models"), help="output folder"),
+    preset: str = typer.Option("tiny", help="tiny (tests) or bench (~25M params, for benchmarks)"),
+) -> None:
+    """Write tiny, randomly initialised Kosmos-2 and Stable Diffusion folders in HF format."""
+    for name, folder in build_tiny(out, preset).items():
+        typer.echo(f"{name}: {folder}")
+
+
+def _register_service_clis() -> None:
+    for name in SERVICES:
+        try:
+            mod = importlib.import_module(f"services.{name}.cli")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("services."):
+                continue
+            raise
+        mod.register(app)
+
+
+_register_service_clis()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Client-side helpers: channels with the same message limits, and waiting for SERVING."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+def channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
+    """An insecure channel whose send/receive limits match the servers' defaults."""
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ],
+    )
+
+
+def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:
+    """The grpc.health.v1 status name of ``service`` at ``target``, or "UNREACHABLE"."""
+    with channel(target) as ch:
+        try:
+            resp = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        except grpc.RpcError:
+            return "UNREACHABLE"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def wait_for_serving(target: str, service: str = "", timeout: float = 120.0) -> None:
+    """Block until ``target`` reports SERVING, or raise TimeoutError naming the last status."""
+    deadline = time.monotonic() + timeout
+    status = "UNREACHABLE"
+    while time.monotonic() < deadline:
+        status = health_status(target, service)
+        if status == "SERVING":
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{target} did not become SERVING within {timeout:.0f}s (last status: {status})")

@@ -1,0 +1,126 @@
+"""The one place where domain errors become gRPC status codes.
+
+Also counts and times every RPC, and refuses new RPCs while the server drains.
+Unexpected exceptions are logged with a traceback and answered ``INTERNAL`` with an
+incident id; out-of-memory becomes ``RESOURCE_EXHAUSTED`` so the client can retry
+smaller, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterator
+
+import grpc
+
+from services.core import metrics
+from services.core.errors import Internal, ResourceExhausted, UnfragileError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class ServerState:
+    """Shared flags between the server lifecycle and the interceptor."""
+
+    def __init__(self) -> None:
+        self.draining = threading.Event()
+
+
+def _as_domain_error(exc: BaseException) -> UnfragileError:
+    if isinstance(exc, UnfragileError):
+        return exc
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return ResourceExhausted("the server ran out of memory for this request; retry smaller or later", 5.0)
+    incident = uuid.uuid4().hex[:12]
+    log.exception("unexpected error (incident %s)", incident)
+    return Internal(f"internal error (incident {incident}); the server logged the details")
+
+
+class _Recorder:
+    """Times one RPC and records its outcome exactly once."""
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service, self.method = service, method
+        self.start = time.perf_counter()
+        self.done = False
+        metrics.GRPC_IN_FLIGHT.labels(service, method).inc()
+
+    def finish(self, code: grpc.StatusCode, error: UnfragileError | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        name = code.name
+        metrics.GRPC_IN_FLIGHT.labels(self.service, self.method).dec()
+        metrics.GRPC_REQUESTS.labels(self.service, self.method, name).inc()
+        metrics.GRPC_LATENCY.labels(self.service, self.method, name).observe(time.perf_counter() - self.start)
+        if error is not None:
+            metrics.DOMAIN_ERRORS.labels(self.service, self.method, type(error).__name__, name).inc()
+
+
+def _abort(context: grpc.ServicerContext, rec: _Recorder, exc: BaseException) -> None:
+    err = _as_domain_error(exc)
+    rec.finish(err.code, err)
+    trailers = err.trailing_metadata()
+    if trailers:
+        context.set_trailing_metadata(trailers)
+    context.abort(err.code, err.message)
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps domain errors to status codes, records metrics, refuses work while draining."""
+
+    def __init__(self, service: str, state: ServerState) -> None:
+        self.service = service
+        self.state = state
+
+    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        if details.method.startswith("/grpc."):  # health and reflection: not counted
+            return handler
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
+        return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
+
+    def _refuse_if_draining(self) -> None:
+        if self.state.draining.is_set():
+            raise Unavailable("server is shutting down; retry on another replica")
+
+    def _wrap_unary(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            rec = _Recorder(self.service, method)
+            try:
+                self._refuse_if_draining()
+                response = fn(request, context)
+            except Exception as exc:  # noqa: BLE001 - the mapping point
+                _abort(context, rec, exc)
+                return None
+            rec.finish(grpc.StatusCode.OK)
+            return response
+
+        return wrapper
+
+    def _wrap_stream(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            rec = _Recorder(self.service, method)
+            try:
+                self._refuse_if_draining()
+                yield from fn(request, context)
+            except GeneratorExit:  # client went away mid-stream
+                rec.finish(grpc.StatusCode.CANCELLED)
+                raise
+            except Exception as exc:  # noqa: BLE001
+                _abort(context, rec, exc)
+                return
+            rec.finish(grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
+
+        return wrapper

@@ -1,0 +1,82 @@
+"""Run the whole stack on one machine: each service its own process (``unfragile up``).
+
+Processes, not threads: a crash or a SIGTERM drain in one service must not take the
+others down, and each gets its own Python (torch, diffusers) memory and GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.core.client import wait_for_serving
+
+SERVICES = {
+    "visionlanguage": ("services.visionlanguage.app", "unfragile.visionlanguage.v1.VisionLanguage"),
+    "diffusion": ("services.diffusion.app", "unfragile.diffusion.v1.Diffusion"),
+    "matchgraph": ("services.matchgraph.app", "unfragile.matchgraph.v1.MatchGraph"),
+}
+DEFAULT_PORTS = {"visionlanguage": (50051, 9101), "diffusion": (50052, 9102), "matchgraph": (50053, 9103)}
+
+
+@dataclass
+class StackProcess:
+    name: str
+    target: str
+    metrics_url: str
+    proc: subprocess.Popen[bytes]
+
+
+@dataclass
+class Stack:
+    host: str = "127.0.0.1"
+    models_dir: Path = Path(".models")
+    data_dir: Path = Path("var")
+    ports: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    procs: list[StackProcess] = field(default_factory=list)
+
+    def target(self, name: str) -> str:
+        return f"{self.host}:{self.ports[name][0]}"
+
+    def _command(self, name: str) -> list[str]:
+        port, mport = self.ports[name]
+        cmd = [sys.executable, "-m", "services.cli", "serve", name, "--host", self.host,
+               "--port", str(port), "--metrics-port", str(mport), "--set", f"models_dir={self.models_dir}"]
+        if name == "diffusion":
+            cmd += ["--set", f"adapters_dir={self.data_dir / 'adapters'}"]
+        if name == "matchgraph":
+            cmd += ["--set", f"db_path={self.data_dir / 'matchgraph.db'}",
+                    "--set", f"visionlanguage_target={self.target('visionlanguage')}",
+                    "--set", f"diffusion_target={self.target('diffusion')}"]
+        return cmd
+
+    def start(self, names: list[str] | None = None, timeout: float = 300.0) -> None:
+        """Start each service as a child process and wait until all report SERVING."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for name in names or list(SERVICES):
+            proc = subprocess.Popen(self._command(name), env=os.environ.copy())
+            self.procs.append(StackProcess(name, self.target(name),
+                                           f"http://{self.host}:{self.ports[name][1]}/metrics", proc))
+        for p in self.procs:
+            wait_for_serving(p.target, SERVICES[p.name][1], timeout=timeout)
+            if p.proc.poll() is not None:
+                raise RuntimeError(f"{p.name} exited with code {p.proc.returncode}")
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int]:
+        """SIGTERM every child (they drain), wait, return their exit codes."""
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for p in self.procs:
+            try:
+                codes[p.name] = p.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                codes[p.name] = p.proc.wait()
+        self.procs.clear()
+        return codes
