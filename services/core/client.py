@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -10,15 +11,36 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
-def channel(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> grpc.Channel:
-    """An insecure channel whose send/receive limits match the servers' defaults."""
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ],
+def channel(
+    target: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    *,
+    root_ca: Path | None = None,
+    client_cert: Path | None = None,
+    client_key: Path | None = None,
+) -> grpc.Channel:
+    """A channel whose send/receive limits match the servers' defaults.
+
+    With ``root_ca`` it is TLS (verifying the server); adding ``client_cert`` and
+    ``client_key`` presents a client certificate for mutual TLS.
+    """
+    options = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+    if root_ca is None:
+        return grpc.insecure_channel(target, options=options)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(root_ca).read_bytes(),
+        private_key=Path(client_key).read_bytes() if client_key else None,
+        certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
     )
+    return grpc.secure_channel(target, creds, options=options)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying a bearer token (works on insecure and TLS channels)."""
+    return (("authorization", f"Bearer {token}"),)
 
 
 def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:

@@ -18,6 +18,7 @@ import grpc
 
 from services.core import metrics
 from services.core.errors import Internal, ResourceExhausted, UnfragileError, Unavailable
+from services.core.security import Authorizer
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,13 @@ def _abort(context: grpc.ServicerContext, rec: _Recorder, exc: BaseException) ->
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps domain errors to status codes, records metrics, refuses work while draining."""
+    """Maps domain errors to status codes, records metrics, refuses work while draining,
+    and (when configured) authorizes the caller before the servicer runs."""
 
-    def __init__(self, service: str, state: ServerState) -> None:
+    def __init__(self, service: str, state: ServerState, authorizer: Authorizer | None = None) -> None:
         self.service = service
         self.state = state
+        self.authorizer = authorizer
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -91,19 +94,34 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
         return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
 
-    def _refuse_if_draining(self) -> None:
+    def _admit(self, method: str, context: grpc.ServicerContext) -> Any:
+        """Refuse while draining; authorize; returns a token to unbind the caller."""
         if self.state.draining.is_set():
             raise Unavailable("server is shutting down; retry on another replica")
+        if self.authorizer is None:
+            return None
+        return Authorizer.bind(self.authorizer.authorize(method, context))
+
+    @staticmethod
+    def _release(bound: Any) -> None:
+        if bound is not None:
+            try:
+                Authorizer.unbind(bound)
+            except ValueError:  # generator resumed in another context: nothing to undo
+                pass
 
     def _wrap_unary(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
             rec = _Recorder(self.service, method)
+            bound = None
             try:
-                self._refuse_if_draining()
+                bound = self._admit(method, context)
                 response = fn(request, context)
             except Exception as exc:  # noqa: BLE001 - the mapping point
                 _abort(context, rec, exc)
                 return None
+            finally:
+                self._release(bound)
             rec.finish(grpc.StatusCode.OK)
             return response
 
@@ -112,8 +130,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     def _wrap_stream(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             rec = _Recorder(self.service, method)
+            bound = None
             try:
-                self._refuse_if_draining()
+                bound = self._admit(method, context)
                 yield from fn(request, context)
             except GeneratorExit:  # client went away mid-stream
                 rec.finish(grpc.StatusCode.CANCELLED)
@@ -121,6 +140,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001
                 _abort(context, rec, exc)
                 return
+            finally:
+                self._release(bound)
             rec.finish(grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
 
         return wrapper

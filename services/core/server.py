@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.core import metrics
 from services.core.interceptor import ErrorInterceptor, ServerState
+from services.core.security import Authorizer, load_tokens, server_credentials
 from services.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class GrpcService:
     load: Callable[[], None] = lambda: None
     close: Callable[[], None] = lambda: None
     extra_interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
+    # RPC method names (e.g. "StartFineTune") that need the admin role once auth is on.
+    admin_methods: frozenset[str] = frozenset()
 
 
 def grpc_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -55,9 +58,13 @@ class RunningServer:
         self.service = service
         self.state = ServerState()
         self.health = health.HealthServicer(experimental_non_blocking=True)
+        authorizer = None
+        if settings.auth_tokens_file:
+            authorizer = Authorizer(load_tokens(settings.auth_tokens_file), service.admin_methods,
+                                    settings.allow_anonymous_reads)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=service.name),
-            interceptors=[ErrorInterceptor(service.name, self.state), *service.extra_interceptors],
+            interceptors=[ErrorInterceptor(service.name, self.state, authorizer), *service.extra_interceptors],
             options=grpc_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
@@ -67,7 +74,12 @@ class RunningServer:
             (service.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        bind = f"{settings.host}:{settings.port}"
+        if settings.tls_cert_file and settings.tls_key_file:
+            creds = server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+            self.port = self.server.add_secure_port(bind, creds)
+        else:
+            self.port = self.server.add_insecure_port(bind)
         if self.port == 0:
             raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
         self.metrics_port = -1

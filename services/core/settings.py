@@ -40,6 +40,17 @@ class ServiceSettings(BaseSettings):
         "auto", description='"auto" (float16 on cuda, float32 on cpu), "float32", "float16", "bfloat16".'
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate; set with tls_key_file to serve TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="File of '<token> <reader|admin> [name]' lines; when set, bearer auth is enforced."
+    )
+    allow_anonymous_reads: bool = Field(
+        True, description="With auth on: let callers without a token use read-only RPCs (admin RPCs never)."
+    )
 
     def resolve_device_dtype(self) -> tuple[Any, Any]:
         """Pick (torch.device, torch.dtype): cuda+fp16 when a GPU is present, else cpu+fp32."""
