@@ -1,0 +1,396 @@
+"""Kosmos-2 model execution: loading, image features, batched prefill/decode, embeddings.
+
+The runner knows tensors, not requests or queues. The engine (engine.py) decides which
+sequences run together; the runner executes one step for whatever batch it is given:
+
+- ``prefill`` runs new prompts (left padded) and returns a ``DecodeBatch`` holding their
+  KV cache, attention mask and next position ids;
+- ``merge`` joins two batches (continuous batching: newcomers join the running batch
+  between decode steps), ``select`` drops finished rows (their slot is freed at once);
+- ``decode`` feeds one token per row.
+
+Position ids are passed explicitly. Kosmos-2 derives them from the number of cached
+positions, which counts left padding, so a padded row would drift from its unpadded
+run; explicit positions keep batched output equal to unbatched output.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from services.core.errors import InvalidArgument, ModelUnavailable
+from services.core.loading import pretrained_source
+from services.visionlanguage.types import ImageInput, ModelInfo, Sampling
+
+log = logging.getLogger(__name__)
+
+NUM_IMAGE_SLOTS = 64
+
+
+@dataclass
+class PromptIds:
+    """Token ids of '<s><image>[64 slots]</image> prompt' and where the prompt text starts."""
+
+    ids: list[int]
+    image_mask: list[int]
+    tail_start: int  # index of the first token after </image>
+
+
+@dataclass
+class ImageFeatures:
+    """Projected image features (the 64 slot embeddings) and slot->patch attention."""
+
+    embeds: torch.Tensor  # [64, D]
+    slot_to_patch: torch.Tensor | None  # [64, patches] (rows sum to 1), when computed
+
+
+@dataclass
+class PrefillItem:
+    prompt: PromptIds
+    features: ImageFeatures
+
+
+@dataclass
+class DecodeBatch:
+    """Running batch state: KV cache + mask + next positions, one row per sequence."""
+
+    keys: list[torch.Tensor]  # per layer [B, H, L, d]
+    values: list[torch.Tensor]
+    mask: torch.Tensor  # [B, L] long, 1 = real position
+    next_pos: torch.Tensor  # [B] long
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+
+@dataclass
+class StepOutput:
+    logits: torch.Tensor  # [B, V] float32
+    # [B, kv_len] mean self-attention of the newest query over all positions (layers+heads), when asked.
+    attention: torch.Tensor | None = None
+
+
+class ModelRunner(Protocol):
+    """What the engine needs from model execution (tests may substitute a fake)."""
+
+    model_id: str
+    eos_id: int
+    max_context: int
+
+    def info(self) -> ModelInfo: ...
+    def prompt_ids(self, prompt: str) -> PromptIds: ...
+    def image_features(self, images: list[ImageInput], with_attention: bool = False) -> list[ImageFeatures]: ...
+    def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]: ...
+    def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput: ...
+    def merge(self, a: DecodeBatch, b: DecodeBatch) -> DecodeBatch: ...
+    def select(self, batch: DecodeBatch, rows: list[int]) -> DecodeBatch: ...
+    def decode_text(self, ids: list[int]) -> str: ...
+    def token_strings(self, ids: list[int]) -> list[str]: ...
+    def tokenize(self, text: str) -> list[int]: ...
+    def beam_search(self, item: PrefillItem, sampling: Sampling, should_stop: Any) -> list[int]: ...
+    def embed_images(self, feats: list[ImageFeatures]) -> torch.Tensor: ...
+    def embed_texts(self, texts: list[str]) -> torch.Tensor: ...
+
+
+def sample_next(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> int:
+    """Pick the next token from one row of logits: greedy, or temperature/top-k/top-p sampling.
+
+    Sampling draws from the request's own generator, exactly once per step, so the
+    result does not depend on what else was in the batch.
+    """
+    if s.greedy:
+        return int(torch.argmax(logits).item())
+    x = logits.float() / s.temperature
+    if s.top_k > 0 and s.top_k < x.numel():
+        kth = torch.topk(x, s.top_k).values[-1]
+        x = torch.where(x < kth, torch.full_like(x, float("-inf")), x)
+    if s.top_p < 1.0:
+        sorted_x, order = torch.sort(x, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        cum = torch.cumsum(probs, dim=-1)
+        remove = cum - probs > s.top_p  # keep the smallest prefix with mass >= top_p
+        sorted_x = sorted_x.masked_fill(remove, float("-inf"))
+        x = torch.full_like(x, float("-inf")).scatter(0, order, sorted_x)
+    probs = torch.softmax(x, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+class Kosmos2Runner:
+    """Runs a Kosmos2ForConditionalGeneration loaded with from_pretrained."""
+
+    def __init__(self, model_source: str | Path, device: torch.device, dtype: torch.dtype,
+                 quantize: str = "", threads: int = 0, attn_implementation: str = "eager") -> None:
+        from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        source, extra = pretrained_source(model_source)
+        self.model_id = str(model_source)
+        try:
+            self.processor = AutoProcessor.from_pretrained(source, **extra)
+            model = Kosmos2ForConditionalGeneration.from_pretrained(
+                source, dtype=dtype, attn_implementation=attn_implementation, **extra)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(f"could not load Kosmos-2 from {self.model_id!r}: {exc}") from None
+        self.device, self.dtype = device, dtype
+        model = model.to(device).eval()
+        self.quantization = ""
+        if quantize:
+            model = self._quantize(model, quantize)
+        self.model = model
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        cfg = model.config
+        self.text_cfg = cfg.text_config
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        self.pad_id = int(self.text_cfg.pad_token_id)
+        self.max_context = int(self.text_cfg.max_position_embeddings)
+        self.hidden = int(self.text_cfg.embed_dim)
+        self.num_slots = int(cfg.latent_query_num)
+        vc = cfg.vision_config
+        self.image_size, self.patch_size = int(vc.image_size), int(vc.patch_size)
+        self.grid = self.image_size // self.patch_size
+        first_slot = self.tokenizer.unk_token_id + 1  # what Kosmos2Processor uses
+        self._slot_ids = list(range(first_slot, first_slot + self.num_slots))
+        self._boi = self.tokenizer.convert_tokens_to_ids("<image>")
+        self._eoi = self.tokenizer.convert_tokens_to_ids("</image>")
+        self._attn_impl = attn_implementation
+        self.parameters = sum(p.numel() for p in model.parameters())
+        if self.quantization:  # quantized Linear weights are packed, not parameters
+            self.parameters = self._param_count_before_quant
+
+    def _quantize(self, model: nn.Module, kind: str) -> nn.Module:
+        if kind != "int8":
+            raise InvalidArgument(f"quantize={kind!r} is not supported; use '' or 'int8'")
+        if self.device.type != "cpu":
+            raise InvalidArgument("int8 dynamic quantization runs on CPU only; set device=cpu or quantize=''")
+        self._param_count_before_quant = sum(p.numel() for p in model.parameters())
+        model = model.float()
+        self.dtype = torch.float32
+        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        self.quantization = "int8"
+        return quantized
+
+    # ---- facts -----------------------------------------------------------------------------------
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            model_id=self.model_id, architecture=type(self.model).__name__, device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."), parameters=int(self.parameters),
+            quantization=self.quantization,
+            details={
+                "image_size": str(self.image_size), "patch_size": str(self.patch_size),
+                "patch_grid": f"{self.grid}x{self.grid}", "location_grid": "32x32",
+                "location_tokens": "1024", "image_slots": str(self.num_slots),
+                "vocab_size": str(len(self.tokenizer)), "max_context": str(self.max_context),
+                "text_hidden_size": str(self.hidden), "text_layers": str(self.text_cfg.layers),
+                "vision_hidden_size": str(self.model.config.vision_config.hidden_size),
+                "vision_layers": str(self.model.config.vision_config.num_hidden_layers),
+                "attn_implementation": self._attn_impl,
+                "torch_threads": str(torch.get_num_threads()),
+            },
+        )
+
+    # ---- text --------------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text).input_ids)
+
+    def token_strings(self, ids: list[int]) -> list[str]:
+        return list(self.tokenizer.convert_ids_to_tokens(ids))
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def prompt_ids(self, prompt: str) -> PromptIds:
+        """The same ids Kosmos2Processor(text=prompt, images=...) produces (tested)."""
+        slots = " ".join(["<image>"] * (self.num_slots + 1) + ["</image>"])
+        text = f"{self.tokenizer.bos_token}{slots} {prompt.strip()}"
+        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        start = 2  # after <s> <image>
+        ids = ids[:start] + self._slot_ids + ids[start + self.num_slots:]
+        mask = [0, 0] + [1] * self.num_slots + [0] * (len(ids) - start - self.num_slots)
+        return PromptIds(ids, mask, start + self.num_slots + 1)
+
+    # ---- images -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def image_features(self, images: list[ImageInput], with_attention: bool = False) -> list[ImageFeatures]:
+        if not images:
+            return []
+        pv = self.processor.image_processor([im.image for im in images], return_tensors="pt")["pixel_values"]
+        pv = pv.to(self.device, self.dtype)
+        m = self.model
+        vis = m.vision_model(pixel_values=pv)
+        emb = m.vision_model.model.post_layernorm(vis[0])
+        emb = nn.functional.normalize(emb, dim=-1)
+        with self._eager(with_attention):
+            slots, attn = m.image_to_text_projection(emb)
+        out = []
+        n_patch = self.grid * self.grid
+        for i in range(len(images)):
+            s2p = None
+            if with_attention and attn is not None:
+                # keys = [CLS, 256 patches, 64 latent queries]; keep the patches, renormalise.
+                a = attn[i].float().mean(0)[:, 1:1 + n_patch]
+                s2p = (a / a.sum(-1, keepdim=True).clamp_min(1e-12)).cpu()
+            out.append(ImageFeatures(slots[i].detach().clone(), s2p))
+        return out
+
+    def _eager(self, on: bool) -> Any:
+        """Temporarily use eager attention (the only kind that returns weights)."""
+        runner = self
+
+        class _Ctx:
+            def __enter__(self) -> None:
+                if on and runner._attn_impl != "eager":
+                    runner.model.set_attn_implementation("eager")
+
+            def __exit__(self, *exc: object) -> None:
+                if on and runner._attn_impl != "eager":
+                    runner.model.set_attn_implementation(runner._attn_impl)
+
+        return _Ctx()
+
+    # ---- generation ---------------------------------------------------------------------------------
+    def _cache_tensors(self, cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+
+    def _cache(self, batch: DecodeBatch) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=list(zip(batch.keys, batch.values)), config=self.text_cfg)
+
+    def _attention_summary(self, out: Any) -> torch.Tensor | None:
+        if getattr(out, "attentions", None) is None:
+            return None
+        # each layer [B, H, q, kv] -> newest query, mean over heads and layers
+        return torch.stack([a[:, :, -1, :].float().mean(1) for a in out.attentions]).mean(0).cpu()
+
+    @torch.inference_mode()
+    def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]:
+        from transformers import DynamicCache
+
+        n = max(len(it.prompt.ids) for it in items)
+        ids, mask, img_mask, pos = [], [], [], []
+        for it in items:
+            p = it.prompt
+            pad = n - len(p.ids)
+            ids.append([self.pad_id] * pad + p.ids)
+            mask.append([0] * pad + [1] * len(p.ids))
+            img_mask.append([0] * pad + p.image_mask)
+            pos.append([self.pad_id] * pad + list(range(self.pad_id + 1, self.pad_id + 1 + len(p.ids))))
+        dev = self.device
+        input_ids = torch.tensor(ids, device=dev)
+        attn = torch.tensor(mask, device=dev)
+        embeds = torch.stack([it.features.embeds for it in items]).to(dev, self.dtype)
+        with self._eager(with_attention):
+            out = self.model.text_model(
+                input_ids=input_ids, attention_mask=attn, image_embeds=embeds,
+                image_embeds_position_mask=torch.tensor(img_mask, device=dev, dtype=torch.bool),
+                position_ids=torch.tensor(pos, device=dev), past_key_values=DynamicCache(config=self.text_cfg),
+                use_cache=True, logits_to_keep=1, output_attentions=with_attention)
+        keys, values = self._cache_tensors(out.past_key_values)
+        next_pos = torch.tensor([self.pad_id + 1 + len(it.prompt.ids) for it in items], device=dev)
+        batch = DecodeBatch(keys, values, attn, next_pos)
+        return batch, StepOutput(out.logits[:, -1, :].float(), self._attention_summary(out) if with_attention else None)
+
+    @torch.inference_mode()
+    def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput:
+        dev = self.device
+        batch.mask = torch.cat([batch.mask, torch.ones(batch.size, 1, dtype=batch.mask.dtype, device=dev)], dim=1)
+        cache = self._cache(batch)
+        with self._eager(with_attention):
+            out = self.model.text_model(
+                input_ids=torch.tensor(tokens, device=dev).unsqueeze(1), attention_mask=batch.mask,
+                position_ids=batch.next_pos.unsqueeze(1), past_key_values=cache, use_cache=True,
+                output_attentions=with_attention)
+        batch.keys, batch.values = self._cache_tensors(out.past_key_values)
+        batch.next_pos = batch.next_pos + 1
+        return StepOutput(out.logits[:, -1, :].float(), self._attention_summary(out) if with_attention else None)
+
+    def merge(self, a: DecodeBatch, b: DecodeBatch) -> DecodeBatch:
+        """Stack two batches, left-padding the shorter cache (padding is masked out)."""
+        la, lb = a.mask.shape[1], b.mask.shape[1]
+        n = max(la, lb)
+
+        def pad_kv(t: torch.Tensor, length: int) -> torch.Tensor:
+            return nn.functional.pad(t, (0, 0, n - length, 0)) if length < n else t
+
+        def pad_mask(m: torch.Tensor, length: int) -> torch.Tensor:
+            return nn.functional.pad(m, (n - length, 0)) if length < n else m
+
+        keys = [torch.cat([pad_kv(x, la), pad_kv(y, lb)]) for x, y in zip(a.keys, b.keys)]
+        values = [torch.cat([pad_kv(x, la), pad_kv(y, lb)]) for x, y in zip(a.values, b.values)]
+        return DecodeBatch(keys, values, torch.cat([pad_mask(a.mask, la), pad_mask(b.mask, lb)]),
+                           torch.cat([a.next_pos, b.next_pos]))
+
+    def select(self, batch: DecodeBatch, rows: list[int]) -> DecodeBatch:
+        """Keep ``rows`` and drop columns that are padding in every kept row."""
+        idx = torch.tensor(rows, device=batch.mask.device)
+        mask = batch.mask.index_select(0, idx)
+        real = mask.sum(0) > 0
+        first = int(torch.nonzero(real)[0].item()) if bool(real.any()) else mask.shape[1]
+        keys = [k.index_select(0, idx)[:, :, first:] for k in batch.keys]
+        values = [v.index_select(0, idx)[:, :, first:] for v in batch.values]
+        return DecodeBatch(keys, values, mask[:, first:], batch.next_pos.index_select(0, idx))
+
+    @torch.inference_mode()
+    def beam_search(self, item: PrefillItem, sampling: Sampling, should_stop: Any) -> list[int]:
+        """Beam search through transformers' generate (one sequence, not batched)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool)
+
+        dev = self.device
+        p = item.prompt
+        out = self.model.text_model.generate(
+            input_ids=torch.tensor([p.ids], device=dev), attention_mask=torch.ones(1, len(p.ids), device=dev, dtype=torch.long),
+            image_embeds=item.features.embeds.unsqueeze(0).to(dev, self.dtype),
+            image_embeds_position_mask=torch.tensor([p.image_mask], device=dev, dtype=torch.bool),
+            num_beams=sampling.num_beams, do_sample=False, max_new_tokens=sampling.max_new_tokens,
+            eos_token_id=self.eos_id, pad_token_id=self.pad_id, use_cache=True,
+            stopping_criteria=StoppingCriteriaList([_Cancel()]))
+        gen = out[0, len(p.ids):].tolist()
+        while gen and gen[-1] in (self.pad_id,):
+            gen.pop()
+        return gen
+
+    # ---- embeddings ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def embed_images(self, feats: list[ImageFeatures]) -> torch.Tensor:
+        """Mean of the decoder's last hidden state over the image slots, L2-normalised."""
+        p = self.prompt_ids("")
+        ids = torch.tensor([p.ids] * len(feats), device=self.device)
+        img_mask = torch.tensor([p.image_mask] * len(feats), device=self.device, dtype=torch.bool)
+        hidden = self.model.text_model.model(
+            input_ids=ids, attention_mask=torch.ones_like(ids),
+            image_embeds=torch.stack([f.embeds for f in feats]).to(self.device, self.dtype),
+            image_embeds_position_mask=img_mask, use_cache=False).last_hidden_state.float()
+        pooled = (hidden * img_mask.unsqueeze(-1)).sum(1) / img_mask.sum(1, keepdim=True)
+        return nn.functional.normalize(pooled, dim=-1).cpu()
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """Mean of the decoder's last hidden state over the text tokens (not <s>), L2-normalised."""
+        rows = [[self.tokenizer.bos_token_id] + list(self.tokenizer(t, add_special_tokens=False).input_ids)
+                for t in texts]
+        too_long = [i for i, r in enumerate(rows) if len(r) > self.max_context]
+        if too_long:
+            raise InvalidArgument(f"texts[{too_long[0]}] is over the model context of {self.max_context} tokens")
+        n = max(len(r) for r in rows)
+        ids = torch.tensor([r + [self.pad_id] * (n - len(r)) for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=self.device)
+        hidden = self.model.text_model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+        keep = mask.clone()
+        keep[:, 0] = 0  # drop <s>
+        keep = keep.unsqueeze(-1).float()
+        pooled = (hidden * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return nn.functional.normalize(pooled, dim=-1).cpu()
+
