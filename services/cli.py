@@ -10,7 +10,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -72,25 +72,42 @@ def up(
     _run_stack(stack, lambda: None)
 
 
-def _run_stack(stack: Stack, after_start: "typer.models.CommandFunctionType | object") -> None:
-    stop = {"now": False}
+def _run_stack(stack: Stack, after_start: Callable[[], None]) -> None:
+    """Start ``stack``, run ``after_start``, then idle until Ctrl-C/SIGTERM or a child dies."""
 
-    def on_signal(_signum: int, _frame: object) -> None:
-        stop["now"] = True
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         stack.start()
         for p in stack.procs:
             typer.echo(f"{p.name:15s} grpc {p.target}   metrics {p.metrics_url}")
-        after_start()  # type: ignore[operator]
+        after_start()
         typer.echo("stack is up; Ctrl-C to stop")
-        while not stop["now"] and all(p.proc.poll() is None for p in stack.procs):
+        while all(p.proc.poll() is None for p in stack.procs):
             time.sleep(0.5)
+        typer.echo("a service exited; stopping the others", err=True)
+    except KeyboardInterrupt:
+        typer.echo("stopping")
     finally:
         codes = stack.stop()
         typer.echo(f"stopped: {codes}")
+
+
+@app.command()
+def demo(
+    models_dir: Path = typer.Option(Path(".models"), help="where the tiny models live (built if missing)"),
+    data_dir: Path = typer.Option(Path("var"), help="databases and fine-tuned adapters"),
+    out_dir: Path = typer.Option(Path("out"), help="where the demo writes its PNG"),
+) -> None:
+    """``make run``: start the stack, seed the graph, show a caption, an image and a comparison page."""
+    from services.demo import run_demo
+
+    stack = Stack(models_dir=models_dir, data_dir=data_dir)
+    typer.echo(f"building tiny models in {models_dir} (first run only)")
+    build_tiny(models_dir)
+    _run_stack(stack, lambda: run_demo(stack, out_dir))
 
 
 def build_tiny(out: Path, preset: str = "tiny") -> dict[str, Path]:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,10 +62,18 @@ class Stack:
             proc = subprocess.Popen(self._command(name), env=os.environ.copy())
             self.procs.append(StackProcess(name, self.target(name),
                                            f"http://{self.host}:{self.ports[name][1]}/metrics", proc))
+        deadline = time.monotonic() + timeout
         for p in self.procs:
-            wait_for_serving(p.target, SERVICES[p.name][1], timeout=timeout)
-            if p.proc.poll() is not None:
-                raise RuntimeError(f"{p.name} exited with code {p.proc.returncode}")
+            while True:  # wait for SERVING, but notice at once if the process died
+                if p.proc.poll() is not None:
+                    raise RuntimeError(f"{p.name} exited with code {p.proc.returncode} before serving; "
+                                       f"its log is above")
+                try:
+                    wait_for_serving(p.target, SERVICES[p.name][1], timeout=1.0)
+                    break
+                except TimeoutError:
+                    if time.monotonic() > deadline:
+                        raise
 
     def stop(self, timeout: float = 30.0) -> dict[str, int]:
         """SIGTERM every child (they drain), wait, return their exit codes."""
