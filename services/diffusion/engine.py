@@ -55,7 +55,7 @@ class EngineConfig:
     max_queue: int = 32
     max_batch_images: int = 8
     batching: bool = True
-    cancel_wait_s: float = 5.0
+    cancel_wait_s: float = 30.0
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -76,6 +76,15 @@ class GenJob(Job):
         self.stream: queue.Queue[GenerateEventT | UnfragileError] = queue.Queue()
         self.first_preview: float | None = None
         self.position = 0
+        self.detached = False  # the submitting stream went away: stop buffering events for it
+
+    def emit(self, event: "GenerateEventT | UnfragileError") -> None:
+        if not self.detached:
+            self.stream.put(event)
+
+    def release_inputs(self) -> None:
+        """Drop decoded input images once finished (finished jobs stay in the registry a while)."""
+        self.request.image = self.request.mask = self.request.style_image = None
 
     @property
     def sort_key(self) -> tuple[int, int]:
@@ -152,13 +161,18 @@ class Engine:
 
     def events(self, job: GenJob) -> Iterator[GenerateEventT]:
         """The submitting client's stream: status, progress, previews, then the result."""
-        while True:
-            ev = job.stream.get()
-            if isinstance(ev, UnfragileError):
-                raise ev
-            yield ev
-            if isinstance(ev, ResultEvent):
-                return
+        try:
+            while True:
+                ev = job.stream.get()
+                if isinstance(ev, UnfragileError):
+                    raise ev
+                yield ev
+                if isinstance(ev, ResultEvent):
+                    return
+        finally:
+            job.detached = True
+            while not job.stream.empty():
+                job.stream.get_nowait()
 
     def cancel(self, job_id: str, caller: Principal = ANONYMOUS) -> JobSnapshot:
         """Cancel any job by id; waits (briefly) until it has actually stopped.
@@ -186,7 +200,7 @@ class Engine:
         for pos, job in enumerate(sorted(self._heap), start=1):
             if job.position != pos:
                 job.position = pos
-                job.stream.put(StatusEvent(QUEUED, pos))
+                job.emit(StatusEvent(QUEUED, pos))
                 job.update(position=pos)
         m.WAITING.set(len(self._heap))
 
@@ -207,12 +221,14 @@ class Engine:
         else:
             err = Cancelled(f"job {job.id} stopped: {job.token.reason}")
         if job.update(state=CANCELLED, position=0, message=err.message):
-            job.stream.put(err)
+            job.emit(err)
+            job.release_inputs()
             m.JOBS_FINISHED.labels(job.request.mode, "cancelled").inc()
 
     def _finish_error(self, job: GenJob, err: UnfragileError) -> None:
         if job.update(state=FAILED, position=0, message=err.message):
-            job.stream.put(err)
+            job.emit(err)
+            job.release_inputs()
             m.JOBS_FINISHED.labels(job.request.mode, "failed").inc()
 
     def _take_batch(self) -> list[GenJob]:
@@ -263,7 +279,7 @@ class Engine:
         live = [j for j in jobs if j.update(state=RUNNING, position=0)]
         for job in live:
             m.QUEUE_TIME.labels(mode).observe(t0 - job.submitted)
-            job.stream.put(StatusEvent(RUNNING))
+            job.emit(StatusEvent(RUNNING))
         if not live:
             return
         images = sum(len(j.seeds) for j in jobs)
@@ -316,12 +332,12 @@ class Engine:
         started = job.started or now
         elapsed = now - started
         eta = elapsed / step * (total - step)
-        job.stream.put(ProgressEvent(step, total, elapsed * 1000, eta * 1000))
+        job.emit(ProgressEvent(step, total, elapsed * 1000, eta * 1000))
         job.update(step=step, total_steps=total, eta_ms=eta * 1000)
         p = job.request.params
         if p.preview_every and step % p.preview_every == 0 and step < total:
             for idx, img in enumerate(self.runner.preview(latents, p.preview_mode)):
-                job.stream.put(PreviewEvent(step, idx, encode_png(img)))
+                job.emit(PreviewEvent(step, idx, encode_png(img)))
             if job.first_preview is None:
                 job.first_preview = time.monotonic()
                 m.FIRST_PREVIEW.labels(job.request.mode).observe(job.first_preview - job.submitted)
@@ -354,8 +370,9 @@ class Engine:
             steps=job.snapshot.total_steps,
             scheduler=p.scheduler,
         )
-        job.stream.put(result)
+        job.emit(result)
         job.update(state=SUCCEEDED, eta_ms=0.0)
+        job.release_inputs()
         m.E2E_TIME.labels(job.request.mode).observe(now - job.submitted)
         m.IMAGES.labels(job.request.mode).inc(len(outs))
         m.JOBS_FINISHED.labels(job.request.mode, "succeeded").inc()

@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -139,8 +140,10 @@ class LoraTrainingRun:
                                  max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
             self.embeds = pipe.text_encoder(ids.to(device))[0]
         self.unet.requires_grad_(False)
-        self.unet.add_adapter(LoraConfig(r=req.rank, lora_alpha=req.rank, init_lora_weights="gaussian",
-                                         target_modules=LORA_TARGETS), adapter_name=key)
+        with warnings.catch_warnings():  # "multiple adapters in the model" is exactly what we want
+            warnings.simplefilter("ignore", UserWarning)
+            self.unet.add_adapter(LoraConfig(r=req.rank, lora_alpha=req.rank, init_lora_weights="gaussian",
+                                             target_modules=LORA_TARGETS), adapter_name=key)
         self.params = [p for n, p in self.unet.named_parameters() if f".{key}." in n]
         for p in self.params:
             p.data = p.data.float()  # train LoRA weights in fp32 even on a fp16 base
@@ -184,7 +187,9 @@ class LoraTrainingRun:
     def discard(self) -> None:
         """Remove the training adapter from the shared UNet."""
         try:
-            self.unet.delete_adapters(self.key)
+            with warnings.catch_warnings():  # "was active which is now deleted": generation resets it anyway
+                warnings.simplefilter("ignore", UserWarning)
+                self.unet.delete_adapters(self.key)
         except Exception:  # noqa: BLE001
             log.exception("could not remove training adapter %s", self.key)
 

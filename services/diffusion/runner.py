@@ -124,7 +124,7 @@ class DiffusersRunner:
         source, kwargs = pretrained_source(self.model)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
-                source, safety_checker=None, requires_safety_checker=False, torch_dtype=self.dtype, **kwargs)
+                source, safety_checker=None, requires_safety_checker=False, dtype=self.dtype, **kwargs)
         except Exception as exc:
             from services.core.errors import ModelUnavailable
 
@@ -135,7 +135,7 @@ class DiffusersRunner:
         else:
             try:
                 inpaint_unet = UNet2DConditionModel.from_pretrained(
-                    source, subfolder="unet_inpaint", torch_dtype=self.dtype, **kwargs)
+                    source, subfolder="unet_inpaint", dtype=self.dtype, **kwargs)
             except Exception:  # noqa: BLE001 - optional part of a checkpoint
                 log.info("no unet_inpaint in %s: Inpaint uses latent blending with the base UNet", self.model)
         pipe.to(self.device)
@@ -271,10 +271,12 @@ class DiffusersRunner:
             callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"],
         )
         per_image = [it.request for it in items for _ in it.seeds]
+        # captured now: the engine may release a cancelled job's inputs while the batch runs
+        inputs = [(r.image, r.mask) for r in per_image]
         if mode == "txt2img":
             out = pipe(height=p.height, width=p.width, **common)
         elif mode == "img2img":
-            out = pipe(image=[r.image for r in per_image], strength=first.strength, **common)
+            out = pipe(image=[img for img, _ in inputs], strength=first.strength, **common)
         elif mode == "style":
             latents = []
             for it in items:
@@ -283,11 +285,11 @@ class DiffusersRunner:
                 latents.extend([blended] * len(it.seeds))
             out = pipe(image=torch.cat(latents), strength=first.strength, **common)
         else:  # inpaint
-            out = pipe(image=[r.image for r in per_image], mask_image=[r.mask for r in per_image],
+            out = pipe(image=[img for img, _ in inputs], mask_image=[mask for _, mask in inputs],
                        height=p.height, width=p.width, strength=first.strength, **common)
         images = list(out.images)
         if mode == "inpaint":
-            images = [restore_unmasked(r.image, img, r.mask) for r, img in zip(per_image, images)]
+            images = [restore_unmasked(orig, img, mask) for (orig, mask), img in zip(inputs, images)]
         result, k = [], 0
         for it in items:
             result.append(images[k:k + len(it.seeds)])

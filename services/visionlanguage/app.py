@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -15,6 +16,9 @@ from services.visionlanguage.engine import Engine, EngineConfig
 from services.visionlanguage.servicer import VisionLanguageServicer
 from services.visionlanguage.types import Limits
 from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from services.visionlanguage.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 FULL_NAME = "unfragile.visionlanguage.v1.VisionLanguage"
@@ -57,16 +61,22 @@ def resolve_model(settings: Settings) -> str | Path:
     return folder
 
 
-def build_service(settings: Settings) -> GrpcService:
-    """Servicer now; model + engine in ``load`` (health flips to SERVING after it)."""
+def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] | None = None) -> GrpcService:
+    """Servicer now; model + engine in ``load`` (health flips to SERVING after it).
+
+    ``runner_factory`` replaces model execution (tests script the model's tokens with it).
+    """
     holder: dict[str, object] = {}
 
-    def load() -> None:
+    def make_runner() -> ModelRunner:
         from services.visionlanguage.runner import Kosmos2Runner
 
         device, dtype = settings.resolve_device_dtype()
-        runner = Kosmos2Runner(resolve_model(settings), device, dtype, quantize=settings.quantize,
-                               threads=settings.threads, attn_implementation=settings.attn_implementation)
+        return Kosmos2Runner(resolve_model(settings), device, dtype, quantize=settings.quantize,
+                             threads=settings.threads, attn_implementation=settings.attn_implementation)
+
+    def load() -> None:
+        runner = (runner_factory or make_runner)()
         engine = Engine(runner, EngineConfig(settings.max_batch_size, settings.max_queue_delay_ms,
                                              settings.max_queue_size, settings.feature_cache_size))
         limits = Limits(runner.model_id, settings.max_image_pixels, settings.default_max_new_tokens,

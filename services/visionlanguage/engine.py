@@ -34,7 +34,7 @@ import torch
 from PIL import Image as PILImage
 
 from services.core.cancel import CancelToken
-from services.core.errors import Cancelled, Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable
+from services.core.errors import Cancelled, DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable
 from services.visionlanguage import grounding as g
 from services.visionlanguage import metrics as m
 from services.visionlanguage.runner import DecodeBatch, ImageFeatures, ModelRunner, PrefillItem, PromptIds, sample_next
@@ -221,7 +221,7 @@ class Engine:
                     kind, payload = job.events.get(timeout=0.05)
                 except queue.Empty:
                     if cancel.cancelled:
-                        cancel.raise_if_cancelled()
+                        raise stopped_error(cancel)
                     continue
                 if kind == "queued":
                     if payload != last_pos:
@@ -286,7 +286,8 @@ class Engine:
             try:
                 kind, payload = job.events.get(timeout=0.05)
             except queue.Empty:
-                cancel.raise_if_cancelled()
+                if cancel.cancelled:
+                    raise stopped_error(cancel)
                 continue
             if kind == "result":
                 return payload
@@ -349,7 +350,8 @@ class Engine:
             try:
                 kind, payload = job.events.get(timeout=0.05)
             except queue.Empty:
-                cancel.raise_if_cancelled()
+                if cancel.cancelled:
+                    raise stopped_error(cancel)
                 continue
             if kind == "result":
                 return payload
@@ -453,7 +455,7 @@ class Engine:
 
     def _finish_cancelled(self, item: Seq | _Task) -> None:
         m.FINISHED.labels("cancelled").inc()
-        item.job.post("error", Cancelled(f"request stopped: {item.job.cancel.reason}"))
+        item.job.post("error", stopped_error(item.job.cancel))
 
     def _exec_task(self, task: _Task) -> None:
         try:
@@ -554,14 +556,15 @@ class Engine:
             if s.finish is not None:
                 return
             if s.cancelled:
-                s.job.cancel.raise_if_cancelled()
+                raise stopped_error(s.job.cancel)
             out = self.runner.decode(batch, [s.pending], with_attention=s.with_attention)  # type: ignore[list-item]
 
     def _beam_search(self, s: Seq) -> None:
         s.started = time.perf_counter()
         feats = self._features([s.image])
         ids = self.runner.beam_search(PrefillItem(s.pids, feats[0]), s.sampling, lambda: s.cancelled)
-        s.job.cancel.raise_if_cancelled()
+        if s.cancelled:
+            raise stopped_error(s.job.cancel)
         s.first_token = s.last_token = time.perf_counter()
         eos = ids.index(self.runner.eos_id) if self.runner.eos_id in ids else -1
         gen = ids[:eos] if eos >= 0 else ids
@@ -576,6 +579,13 @@ class Engine:
         s.finish = reason
         m.FINISHED.labels(reason).inc()
         s.job.post("done", s)
+
+
+def stopped_error(token: CancelToken) -> UnfragileError:
+    """DEADLINE_EXCEEDED when the deadline passed (the gRPC callback fires for both), else CANCELLED."""
+    if token.deadline_passed:
+        return DeadlineExceeded("the request deadline passed before generation finished")
+    return Cancelled(f"request stopped: {token.reason}")
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -88,8 +88,11 @@ def tokens_to_box(text: str) -> NormBox:
             f"location tokens must look like '<patch_index_0044><patch_index_0863>', got {text[:80]!r}"
         )
     ul, lr = int(m.group(1)), int(m.group(2))
-    if lr < ul:
-        raise InvalidArgument(f"lower-right cell {lr} comes before upper-left cell {ul} in {text!r}")
+    n = LOCATION_GRID
+    if ul >= n * n or lr >= n * n:
+        raise InvalidArgument(f"location cells must be in 0..{n * n - 1}, got {text!r}")
+    if lr % n < ul % n or lr // n < ul // n:
+        raise InvalidArgument(f"lower-right cell {lr} is left of or above upper-left cell {ul} in {text!r}")
     return cells_to_box(ul, lr)
 
 

@@ -17,6 +17,7 @@ run; explicit positions keep batched output equal to unbatched output.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,7 +175,9 @@ class Kosmos2Runner:
         self._param_count_before_quant = sum(p.numel() for p in model.parameters())
         model = model.float()
         self.dtype = torch.float32
-        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():  # torch.ao's dynamic quantization is deprecated (torchao), still works
+            warnings.simplefilter("ignore")
+            quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         self.quantization = "int8"
         return quantized
 

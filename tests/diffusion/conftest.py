@@ -34,8 +34,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(model: Path, adapters: Path, data_root: Path | None = None, **kw: object) -> Settings:
-    return Settings(port=0, metrics_port=0, model=str(model), adapters_dir=adapters, data_root=data_root,
-                    default_steps=4, **kw)
+    base: dict[str, object] = dict(port=0, metrics_port=0, default_steps=4)
+    base.update(kw)
+    return Settings(model=str(model), adapters_dir=adapters, data_root=data_root, **base)
 
 
 def start(settings: Settings) -> RunningServer:

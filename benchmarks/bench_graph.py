@@ -1,0 +1,197 @@
+"""MatchGraph benchmarks (issue 5): ingest rate, incremental refresh vs rebuild, Compare p99, restart.
+
+One synthetic catalogue is built through the real code paths: 200k models (bulk insert,
+random adoption/ecosystem signals), then ~340k search events of 3 matched models each,
+ingested with ``Engine.record_events`` in batches of 10k (-> ~1M distinct co-match
+edges). On that state:
+
+- ``graph.ingest.events_per_s``: events/s of ``record_events`` (SQLite write + counters +
+  incremental graph update), measured over the whole build.
+- ``graph.refresh.rebuild_over_incremental``: time to rebuild a networkx graph from the
+  co-match rows and run ``nx.pagerank`` from scratch, divided by the time of the
+  incremental refresh after one more batch of 10k events (matrix + networkx delta, warm
+  PageRank to a stricter tolerance than nx's default, and the percentiles of all models).
+- ``graph.compare.p99_ms``: p99 of ``Compare`` over real gRPC from warm state (200 calls,
+  50 distinct pairs).
+- ``graph.restart.seconds``: a new process-equivalent (fresh Engine on the same file)
+  from open to SERVING-ready (graph rebuilt, PageRank loaded, all scores and intervals
+  computed); notes say whether ranks were identical (they must be).
+
+Sizes can be scaled down with UNFRAGILE_BENCH_GRAPH_SCALE (e.g. 0.1) for a quick look;
+this is read here only because benchmarks are not services.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from benchmarks.common import Result, percentile
+from graph.engine import Engine, EngineConfig
+from graph.rank import midrank_percentile
+from graph.records import MatchEvent, ModelRecord, Signal
+
+PREFIX = "graph."
+SCALE = float(os.environ.get("UNFRAGILE_BENCH_GRAPH_SCALE", "1.0"))
+N_MODELS = int(200_000 * SCALE)
+TARGET_EDGES = int(1_000_000 * SCALE)
+BATCH = 10_000
+CONFIG = EngineConfig(bootstrap_rounds=100, graph_bootstrap_rounds=20, graph_bootstrap_tol=1e-6)
+
+
+def _models(rng: np.random.Generator) -> list[ModelRecord]:
+    dl = rng.lognormal(6, 3, N_MODELS)
+    likes = rng.lognormal(2, 2, N_MODELS)
+    integ = rng.integers(0, 10, N_MODELS)
+    out = []
+    for i in range(N_MODELS):
+        adoption = [Signal("downloads", float(int(dl[i])), "bench", "2026-01-01")]
+        if i % 3:
+            adoption.append(Signal("likes", float(int(likes[i])), "bench", "2026-01-01"))
+        out.append(ModelRecord(f"m{i}", f"Model {i}", adoption=tuple(adoption),
+                               ecosystem=(Signal("integrations", float(integ[i]), "bench", "2026-01-01"),)))
+    return out
+
+
+def _events(rng: np.random.Generator, n: int, start: int) -> list[MatchEvent]:
+    picks = rng.integers(0, N_MODELS, size=(n, 3))
+    out = []
+    for k in range(n):
+        a, b, c = picks[k].tolist()
+        if a == b or b == c or a == c:
+            a, b, c = a, (a + 1) % N_MODELS, (a + 2) % N_MODELS
+        out.append(MatchEvent(f"ev{start + k}", f"query {(start + k) % 5000}", (f"m{a}", f"m{b}", f"m{c}"),
+                              (f"m{a}",), ()))
+    return out
+
+
+def _rebuild_baseline(engine: Engine) -> float:
+    """Rebuild networkx from the co-match rows and run nx.pagerank from scratch."""
+    t = time.perf_counter()
+    a, b, c = engine.graph.upper_edges()
+    g = nx.Graph()
+    g.add_nodes_from(range(len(engine.ids)))
+    g.add_weighted_edges_from(zip(a.tolist(), b.tolist(), c.tolist()))
+    nx.pagerank(g, alpha=0.85, weight="weight")
+    return time.perf_counter() - t
+
+
+def run() -> list[Result]:
+    from services.core.server import start_server
+    from services.matchgraph.app import Settings, build_service
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+    import grpc
+
+    from graph.store import Store
+
+    rng = np.random.default_rng(0)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.db"
+        store = Store(path)
+        store.bulk_insert_models(_models(rng))
+        engine = Engine(store, CONFIG)
+        engine.load()
+
+        # -- ingest: build ~1M edges through record_events in 10k batches
+        ingest_s, n_events = 0.0, 0
+        while engine.graph.w.nnz // 2 < TARGET_EDGES:
+            batch = _events(rng, BATCH, n_events)
+            t = time.perf_counter()
+            engine.record_events(batch)
+            ingest_s += time.perf_counter() - t
+            n_events += len(batch)
+        edges = engine.graph.w.nnz // 2
+        results.append(Result("graph.ingest.events_per_s", n_events / ingest_s, 50_000, "higher", "events/s",
+                              "absolute", f"{n_events} events x 3 models in batches of {BATCH} into SQLite (WAL) "
+                              f"with co-match/query/stat counters and the in-memory graph delta; "
+                              f"{N_MODELS} models, {edges} edges at the end"))
+        engine.refresh_graph()
+
+        # -- incremental refresh after 10k new events vs nx rebuild + nx.pagerank
+        batch = _events(rng, BATCH, n_events)
+        new, first = engine.store.record_events(batch)  # the SQLite write is common to both paths
+        n_events += BATCH
+        gc.collect()
+        t = time.perf_counter()
+        engine.graph.version = first + len(new) - 1
+        engine._apply_events([(e.matched, e.compared, e.clicked) for e in new])
+        iters = engine.graph.refresh()
+        midrank_percentile(np.where(engine.graph.degree() > 0, engine.graph.pr, 0.0))
+        incremental = time.perf_counter() - t
+        engine._persist_pagerank()
+        gc.collect()
+        rebuild = _rebuild_baseline(engine)
+        results.append(Result("graph.refresh.rebuild_over_incremental", rebuild / incremental, 5.0, "higher", "ratio",
+                              "nx.Graph rebuild + nx.pagerank (default tol) from scratch",
+                              f"{N_MODELS} models, {engine.graph.w.nnz // 2} edges, batch of {BATCH} events: "
+                              f"incremental {incremental * 1000:.0f} ms ({iters} warm PageRank iterations to L1 "
+                              f"< {CONFIG.pagerank.tol:g}, + percentiles), rebuild {rebuild * 1000:.0f} ms"))
+
+        # -- Compare p99 over gRPC from warm state
+        engine.store.close()
+        settings = Settings(port=0, metrics_port=-1, db_path=path, bootstrap_rounds=CONFIG.bootstrap_rounds,
+                            graph_bootstrap_rounds=CONFIG.graph_bootstrap_rounds,
+                            graph_bootstrap_tol=CONFIG.graph_bootstrap_tol)
+        del engine
+        gc.collect()
+        t = time.perf_counter()
+        from services.matchgraph.app import build_engine
+
+        eng2 = build_engine(settings)
+        running = start_server(settings, build_service(settings, eng2))
+        restart_s = time.perf_counter() - t
+        try:
+            ch = grpc.insecure_channel(running.address)
+            stub = pb_grpc.MatchGraphStub(ch)
+            ranks_before = [(m.id, m.scores.rank.value) for m in stub.Rank(pb.RankRequest(limit=100)).models]
+            pairs = [(f"m{int(a)}", f"m{int(b)}") for a, b in rng.integers(0, N_MODELS, size=(50, 2)) if a != b]
+            for a, b in pairs:  # warm: first Compare of a pair computes its robustness curves
+                stub.Compare(pb.CompareRequest(a=a, b=b))
+            lat = []
+            for k in range(200):
+                a, b = pairs[k % len(pairs)]
+                t = time.perf_counter()
+                stub.Compare(pb.CompareRequest(a=a, b=b))
+                lat.append(time.perf_counter() - t)
+            ch.close()
+        finally:
+            running.stop(0)
+        results.append(Result("graph.compare.p99_ms", percentile(lat, 99) * 1000, 5.0, "lower", "ms", "absolute",
+                              f"over gRPC, {N_MODELS} models / {edges} edges, 200 calls over {len(pairs)} warm pairs; "
+                              f"p50 {percentile(lat, 50) * 1000:.2f} ms"))
+
+        # -- restart: the server above started on the state the ingest left; do it once more and compare ranks
+        gc.collect()
+        t = time.perf_counter()
+        eng3 = build_engine(settings)
+        running = start_server(settings, build_service(settings, eng3))
+        restart2 = time.perf_counter() - t
+        try:
+            ch = grpc.insecure_channel(running.address)
+            ranks_after = [(m.id, m.scores.rank.value) for m in
+                           pb_grpc.MatchGraphStub(ch).Rank(pb.RankRequest(limit=100)).models]
+            ch.close()
+        finally:
+            running.stop(0)
+        same = ranks_after == ranks_before
+        results.append(Result("graph.restart.seconds", max(restart_s, restart2), 30.0, "lower", "s", "absolute",
+                              f"open DB -> SERVING with {edges} edges, {N_MODELS} models (graph rebuilt, PageRank "
+                              f"loaded, all scores + bootstrap intervals computed); two restarts "
+                              f"{restart_s:.1f} s / {restart2:.1f} s; top-100 ranks identical after restart: {same}"))
+        if not same:
+            results[-1].value = float("inf")
+    return results
+
+
+if __name__ == "__main__":
+    for r in run():
+        print(f"{r.name} = {r.value:.4g} {r.unit} (target {r.target}, {'met' if r.met else 'NOT met'}) {r.notes}")

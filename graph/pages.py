@@ -1,0 +1,146 @@
+"""The comparison page as Markdown and HTML, with the seed page's sections.
+
+Sections, in the seed's order: title, headline, feature table (Type, UnfragileRank,
+Adoption, Quality, Ecosystem, Match Graph, Pricing, Capabilities, Times Matched), each
+model's capabilities with "Unique" and "vs alternatives", the Verdict, and the search
+link. We add one section the seed lacks: the evidence table (difference, its 95%
+interval, outcome and how many records would flip it), so every verdict word can be
+checked against a number on the same page.
+"""
+
+from __future__ import annotations
+
+import html as _html
+from dataclasses import dataclass
+
+from graph.rank import DIMENSION_LABELS, Score, ScoreCard
+from graph.records import ModelRecord
+from graph.verdict import A_LEADS, B_LEADS, DimensionResult, fmt, fmt_signed
+
+TYPE_LABELS = {"model": "Model", "tool": "Tool", "api": "API"}
+TABLE_DIMENSIONS = ("rank", "adoption", "quality", "ecosystem", "match_graph")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Everything on one comparison page; the markdown/html are rendered from these fields."""
+
+    a: ModelRecord
+    b: ModelRecord
+    a_scores: ScoreCard
+    b_scores: ScoreCard
+    rank: DimensionResult
+    dimensions: tuple[DimensionResult, ...]
+    rows: tuple[tuple[str, str, str], ...]
+    headline: str
+    verdict: tuple[str, ...]
+    events_total: int
+
+
+def score_cell(dimension: str, s: Score) -> str:
+    """'0.73 (0.61–0.80)', '50/100 (38–62)', or '0.00 (no evidence)'."""
+    if s.evidence_count == 0 and s.value == 0:
+        return f"{fmt(dimension, 0)}/100 (no evidence)" if dimension == "rank" else f"{fmt(dimension, 0)} (no evidence)"
+    core = f"{fmt(dimension, s.value)}/100" if dimension == "rank" else fmt(dimension, s.value)
+    return f"{core} ({fmt(dimension, s.low)}–{fmt(dimension, s.high)})"
+
+
+def feature_rows(a: ModelRecord, b: ModelRecord, sa: ScoreCard, sb: ScoreCard) -> tuple[tuple[str, str, str], ...]:
+    rows = [("Type", TYPE_LABELS[a.type], TYPE_LABELS[b.type])]
+    for d in TABLE_DIMENSIONS:
+        rows.append((DIMENSION_LABELS[d], score_cell(d, sa.get(d)), score_cell(d, sb.get(d))))
+    rows.append(("Pricing", a.pricing.label, b.pricing.label))
+    rows.append(("Capabilities", f"{len(a.capabilities)} decomposed", f"{len(b.capabilities)} decomposed"))
+    rows.append(("Times Matched", f"{sa.times_matched:,}", f"{sb.times_matched:,}"))
+    return tuple(rows)
+
+
+def _outcome_text(c: Comparison, d: DimensionResult) -> str:
+    if d.outcome == A_LEADS:
+        return f"{c.a.name} leads"
+    if d.outcome == B_LEADS:
+        return f"{c.b.name} leads"
+    return "tied (no evidence for either)" if d.no_evidence else "tied"
+
+
+def _flip_text(d: DimensionResult) -> str:
+    if d.outcome not in (A_LEADS, B_LEADS) and d.records_to_flip == 0:
+        return "–"
+    if d.records_to_flip == -1:
+        return "no removal flips it"
+    if d.records_to_flip == -2:
+        return "not computed (graph too large)"
+    return f"{d.records_to_flip}{' (fragile)' if d.fragile else ''}"
+
+
+def evidence_rows(c: Comparison) -> list[tuple[str, str, str, str, str]]:
+    out = []
+    for d in (c.rank, *c.dimensions):
+        ci = f"{fmt_signed(d.dimension, d.diff.low)} to {fmt_signed(d.dimension, d.diff.high)}"
+        out.append((DIMENSION_LABELS[d.dimension], fmt_signed(d.dimension, d.diff.diff), ci,
+                    _outcome_text(c, d), _flip_text(d)))
+    return out
+
+
+EVIDENCE_HEADER = ("Dimension", "Difference (A − B)", "95% interval", "Outcome", "Records to flip")
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(c: Comparison) -> str:
+    lines = [f"# {c.a.name} vs {c.b.name}", "", c.headline + " Capability-level comparison backed by match "
+             f"graph evidence from {c.events_total:,} recorded search event{'s' if c.events_total != 1 else ''}.",
+             "", f"| Feature | {_md_cell(c.a.name)} | {_md_cell(c.b.name)} |", "|---|---|---|"]
+    lines += [f"| {f} | {_md_cell(x)} | {_md_cell(y)} |" for f, x, y in c.rows]
+    lines += ["", "Scores are on 0–1 (UnfragileRank on 0–100) with 95% bootstrap intervals in brackets.", "",
+              "## Evidence", "", "| " + " | ".join(EVIDENCE_HEADER) + " |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in evidence_rows(c)]
+    for m in (c.a, c.b):
+        lines += ["", f"## {m.name} Capabilities"]
+        for cap in m.capabilities:
+            lines += ["", f"### {cap.title}", "", cap.description]
+            if cap.unique:
+                lines += ["", f"**Unique:** {cap.unique}"]
+            if cap.vs_alternatives:
+                lines += ["", f"**vs alternatives:** {cap.vs_alternatives}"]
+    lines += ["", "## Verdict", "", " ".join(c.verdict), "", "## Need something different?", "",
+              "[Search the match graph →](/search)", ""]
+    return "\n".join(lines)
+
+
+def _e(text: str) -> str:
+    return _html.escape(text, quote=True)
+
+
+def html(c: Comparison) -> str:
+    title = f"{c.a.name} vs {c.b.name}"
+    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{_e(title)}</title>",
+           "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
+           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}"
+           "</style></head><body>", f"<h1>{_e(title)}</h1>",
+           f'<p class="headline">{_e(c.headline)} Capability-level comparison backed by match graph evidence '
+           f"from {c.events_total:,} recorded search event{'s' if c.events_total != 1 else ''}.</p>",
+           '<table class="features"><thead><tr><th>Feature</th>'
+           f"<th>{_e(c.a.name)}</th><th>{_e(c.b.name)}</th></tr></thead><tbody>"]
+    out += [f"<tr><td>{_e(f)}</td><td>{_e(x)}</td><td>{_e(y)}</td></tr>" for f, x, y in c.rows]
+    out += ["</tbody></table>",
+            "<p>Scores are on 0–1 (UnfragileRank on 0–100) with 95% bootstrap intervals in brackets.</p>",
+            '<h2>Evidence</h2><table class="evidence"><thead><tr>'
+            + "".join(f"<th>{_e(h)}</th>" for h in EVIDENCE_HEADER) + "</tr></thead><tbody>"]
+    out += ["<tr>" + "".join(f"<td>{_e(x)}</td>" for x in row) + "</tr>" for row in evidence_rows(c)]
+    out.append("</tbody></table>")
+    for m in (c.a, c.b):
+        out.append(f'<section class="capabilities"><h2>{_e(m.name)} Capabilities</h2>')
+        for cap in m.capabilities:
+            out += [f"<h3>{_e(cap.title)}</h3>", f"<p>{_e(cap.description)}</p>"]
+            if cap.unique:
+                out.append(f"<p><strong>Unique:</strong> {_e(cap.unique)}</p>")
+            if cap.vs_alternatives:
+                out.append(f"<p><strong>vs alternatives:</strong> {_e(cap.vs_alternatives)}</p>")
+        out.append("</section>")
+    out += ['<section class="verdict"><h2>Verdict</h2>', f"<p>{_e(' '.join(c.verdict))}</p></section>",
+            '<h2>Need something different?</h2><p><a href="/search">Search the match graph →</a></p>',
+            "</body></html>"]
+    return "\n".join(out)

@@ -1,0 +1,168 @@
+"""``unfragile graph ...``: client commands talking gRPC to a running MatchGraph server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+DEFAULT_TARGET = "127.0.0.1:50053"
+graph_app = typer.Typer(help="MatchGraph client: seed, compare, rank, search, record events, run probes.",
+                        no_args_is_help=True)
+TargetOpt = typer.Option(DEFAULT_TARGET, "--target", help="MatchGraph host:port")
+
+
+def _stub(target: str):  # noqa: ANN202 - generated stub type
+    from services.core.client import channel
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+    return pb_grpc.MatchGraphStub(channel(target))
+
+
+def _fail(exc: Exception) -> None:
+    import grpc
+
+    if isinstance(exc, grpc.RpcError):
+        typer.echo(f"error: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
+        raise typer.Exit(1)
+    raise exc
+
+
+@graph_app.command("seed")
+def seed(target: str = TargetOpt) -> None:
+    """Upsert the two models of the seed page (kosmos-2-patch14-224, Stable Diffusion)."""
+    from graph.seed_data import SEED_MODELS
+    from services.matchgraph.types import record_to_pb
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    stub = _stub(target)
+    try:
+        for m in SEED_MODELS:
+            r = stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(m)), timeout=30)
+            typer.echo(f"{'created' if r.created else 'updated'} {r.model.id} ({len(r.model.capabilities)} capabilities)")
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+
+
+@graph_app.command("compare")
+def compare(a: str, b: str, target: str = TargetOpt,
+            fmt: str = typer.Option("markdown", "--format", help="markdown | html | json")) -> None:
+    """Print the comparison page of A vs B from a real Compare call."""
+    from google.protobuf import json_format
+
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    try:
+        r = _stub(target).Compare(pb.CompareRequest(a=a, b=b), timeout=60)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    if fmt == "html":
+        typer.echo(r.html)
+    elif fmt == "json":
+        typer.echo(json_format.MessageToJson(r))
+    else:
+        typer.echo(r.markdown)
+
+
+@graph_app.command("get")
+def get(model: str, target: str = TargetOpt, explain: bool = typer.Option(False, help="include evidence rows")) -> None:
+    """Show one model's scores (and with --explain the evidence behind each)."""
+    from google.protobuf import json_format
+
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    try:
+        r = _stub(target).GetModel(pb.GetModelRequest(model=model, explain=explain), timeout=60)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(json_format.MessageToJson(r))
+
+
+@graph_app.command("rank")
+def rank(target: str = TargetOpt, capability: str = typer.Option("", help="filter by capability text"),
+         limit: int = typer.Option(20)) -> None:
+    """List models by the lower bound of their UnfragileRank interval."""
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    try:
+        r = _stub(target).Rank(pb.RankRequest(capability=capability, limit=limit), timeout=60)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    for m in r.models:
+        s = m.scores.rank
+        typer.echo(f"{m.position:3d}. {m.name:40s} {s.value:5.1f}/100  (95% {s.low:.1f}–{s.high:.1f})")
+
+
+@graph_app.command("search")
+def search(query: str, target: str = TargetOpt, limit: int = typer.Option(10)) -> None:
+    """Free-text search over models and capabilities."""
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    try:
+        r = _stub(target).Search(pb.SearchRequest(query=query, limit=limit), timeout=60)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    if not r.embeddings_used:
+        typer.echo(f"(degraded: {r.degraded_reason})", err=True)
+    for h in r.hits:
+        typer.echo(f"{h.score:.4f}  {h.name:30s} {h.capability}")
+
+
+@graph_app.command("record")
+def record(events_file: Path = typer.Argument(..., help="JSON lines: {event_id, query, matched, compared, clicked}"),
+           target: str = TargetOpt, batch: int = typer.Option(5000)) -> None:
+    """Stream match events from a JSON-lines file (``-`` = stdin) with RecordMatches."""
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    def batches() -> Iterator[pb.RecordMatchesRequest]:
+        src = sys.stdin if str(events_file) == "-" else events_file.open()
+        buf: list[pb.MatchEvent] = []
+        for line in src:
+            if line.strip():
+                d = json.loads(line)
+                buf.append(pb.MatchEvent(event_id=str(d["event_id"]), query=d["query"], matched=d["matched"],
+                                         compared=d.get("compared", []), clicked=d.get("clicked", []),
+                                         timestamp_ms=int(d.get("timestamp_ms", 0))))
+                if len(buf) >= batch:
+                    yield pb.RecordMatchesRequest(events=buf)
+                    buf = []
+        if buf:
+            yield pb.RecordMatchesRequest(events=buf)
+
+    try:
+        r = _stub(target).RecordMatches(batches(), timeout=600)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(f"received {r.received}, inserted {r.inserted}, duplicates {r.duplicates}, "
+               f"graph version {r.graph_version}")
+
+
+@graph_app.command("probes")
+def probes(target: str = TargetOpt, max_prompts: int = typer.Option(0), seed: int = typer.Option(0),
+           model: Optional[list[str]] = typer.Option(None, help="served models to probe (default all)")) -> None:
+    """Run the quality probes now and print the refreshed quality scores."""
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    try:
+        r = _stub(target).RunProbes(pb.RunProbesRequest(models=model or [], max_prompts=max_prompts, seed=seed),
+                                    timeout=600)
+    except Exception as exc:  # noqa: BLE001
+        _fail(exc)
+        return
+    typer.echo(f"run {r.run_id}: {len(r.results)} results, {len(r.outcomes)} pairwise outcomes")
+    for m, q in sorted(r.quality.items()):
+        typer.echo(f"  {m:30s} quality {q.value:.2f} (95% {q.low:.2f}–{q.high:.2f}, {q.evidence_count} outcomes)")
+    for s in r.skipped:
+        typer.echo(f"  skipped: {s}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(graph_app, name="graph")

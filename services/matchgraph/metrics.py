@@ -1,0 +1,68 @@
+"""MatchGraph-specific Prometheus metrics (request counts/latency come from the core interceptor)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "unfragile_graph_events_total",
+    "Match events received by RecordMatches, by result (inserted, duplicate).",
+    ["result"],
+)
+BATCH_SIZE = Histogram(
+    "unfragile_graph_ingest_batch_size",
+    "Events per RecordMatches message.",
+    buckets=(1, 10, 100, 1_000, 5_000, 10_000, 25_000, 50_000),
+)
+GRAPH_VERSION = Gauge("unfragile_graph_version", "Sequence number of the last stored match event.")
+MODELS = Gauge("unfragile_graph_models", "Models and tools in the catalogue.")
+EDGES = Gauge("unfragile_graph_comatch_edges", "Distinct model-model co-match edges in the graph.")
+PAGERANK_ITERATIONS = Histogram(
+    "unfragile_graph_pagerank_iterations",
+    "Power iterations of the last incremental (warm-started) PageRank refresh.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+SEARCH_DEGRADED = Counter(
+    "unfragile_graph_search_degraded_total",
+    "Searches answered from FTS5 alone because the embedding service was unavailable.",
+)
+PROBE_RUNS = Counter(
+    "unfragile_graph_probe_runs_total", "Probe runs, by trigger (rpc, schedule) and result (ok, error).",
+    ["trigger", "result"],
+)
+
+
+def observe_graph(models: int, edges: int, version: int, iterations: int | None = None) -> None:
+    """Graph size gauges; ``iterations`` of a PageRank refresh when one just ran."""
+    MODELS.set(models)
+    EDGES.set(edges)
+    GRAPH_VERSION.set(version)
+    if iterations is not None:
+        PAGERANK_ITERATIONS.observe(iterations)
+
+
+def observe_ingest(result: object, batch: int, engine: object) -> None:
+    """Record one RecordMatches message's outcome and the graph's size after it."""
+    EVENTS.labels("inserted").inc(result.inserted)  # type: ignore[attr-defined]
+    EVENTS.labels("duplicate").inc(result.duplicates)  # type: ignore[attr-defined]
+    BATCH_SIZE.observe(batch)
+    g = engine.graph  # type: ignore[attr-defined]
+    observe_graph(len(g.nodes), g.w.nnz // 2, g.version)
+
+
+def observe_search(result: object) -> None:
+    if not result.embeddings_used:  # type: ignore[attr-defined]
+        SEARCH_DEGRADED.inc()
+
+
+@contextmanager
+def probe_run(trigger: str) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        PROBE_RUNS.labels(trigger, "error").inc()
+        raise
+    PROBE_RUNS.labels(trigger, "ok").inc()

@@ -1,0 +1,65 @@
+"""The MatchGraph gRPC servicer: protobuf in, one engine call, protobuf out.
+
+Errors are typed domain errors raised by types.py or the engine; the core interceptor
+maps them to status codes. Nothing here aborts a context.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import grpc
+
+from graph.engine import Engine, IngestResult
+from services.core.cancel import CancelToken
+from services.matchgraph import metrics
+from services.matchgraph import types as t
+from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+
+class MatchGraphServicer(pb_grpc.MatchGraphServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def RecordMatches(self, request_iterator: Iterator[pb.RecordMatchesRequest],
+                      context: grpc.ServicerContext) -> pb.RecordMatchesResponse:
+        token = CancelToken.from_context(context)
+        total, batches = IngestResult(0, 0, 0, self.engine.graph.version), 0
+        for req in request_iterator:
+            token.raise_if_cancelled()
+            r = self.engine.record_events([t.event_from_pb(e) for e in req.events])
+            metrics.observe_ingest(r, len(req.events), self.engine)
+            total = IngestResult(total.received + r.received, total.inserted + r.inserted,
+                                 total.duplicates + r.duplicates, r.graph_version)
+            batches += 1
+        return t.ingest_to_pb(total, batches)
+
+    def UpsertModel(self, request: pb.UpsertModelRequest, context: grpc.ServicerContext) -> pb.UpsertModelResponse:
+        req = t.UpsertModel.from_pb(request)
+        return t.UpsertModel.to_pb(*self.engine.upsert(req.record))
+
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.GetModelResponse:
+        req = t.GetModel.from_pb(request)
+        return t.GetModel.to_pb(*self.engine.get(req.model, req.explain))
+
+    def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
+        req = t.RankQuery.from_pb(request)
+        return t.RankQuery.to_pb(*self.engine.rank(req.capability, req.limit, req.offset), req.offset)
+
+    def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext) -> pb.CompareResponse:
+        req = t.CompareQuery.from_pb(request)
+        return t.CompareQuery.to_pb(self.engine.compare(req.a, req.b))
+
+    def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
+        req = t.SearchQuery.from_pb(request)
+        result = self.engine.search(req.query, req.limit)
+        metrics.observe_search(result)
+        return t.SearchQuery.to_pb(result)
+
+    def RunProbes(self, request: pb.RunProbesRequest, context: grpc.ServicerContext) -> pb.RunProbesResponse:
+        req = t.ProbeQuery.from_pb(request)
+        token = CancelToken.from_context(context)
+        with metrics.probe_run("rpc"):
+            run, quality = self.engine.run_probes(req.models, req.max_prompts, req.seed, token.raise_if_cancelled)
+        return t.ProbeQuery.to_pb(run, quality)

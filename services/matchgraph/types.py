@@ -1,0 +1,229 @@
+"""Protobuf <-> domain conversion for the MatchGraph API, with request validation.
+
+Each request type has ``from_pb`` (validating, raising InvalidArgument with a message
+that says what to fix); each domain result has a ``*_to_pb`` function. The servicer only
+chains these around one engine call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graph.engine import CompareResult, EvidenceRow, IngestResult
+from graph.probes import ProbeRun
+from graph.rank import Score, ScoreCard
+from graph.records import (
+    Capability,
+    MatchEvent,
+    ModelRecord,
+    Pricing,
+    PricingPlan,
+    QualityEvidence,
+    Signal,
+)
+from graph.search import SearchResult
+from graph.verdict import A_LEADS, B_LEADS, DimensionResult
+from services.core.errors import InvalidArgument
+from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+_TYPE_FROM = {pb.MODEL_TYPE_MODEL: "model", pb.MODEL_TYPE_TOOL: "tool", pb.MODEL_TYPE_API: "api"}
+_TYPE_TO = {v: k for k, v in _TYPE_FROM.items()}
+_TIER_FROM = {pb.PRICING_TIER_UNSPECIFIED: "unknown", pb.PRICING_TIER_FREE: "free",
+              pb.PRICING_TIER_FREEMIUM: "freemium", pb.PRICING_TIER_PAID: "paid"}
+_TIER_TO = {v: k for k, v in _TIER_FROM.items()}
+_OUTCOME_TO = {A_LEADS: pb.OUTCOME_A_LEADS, B_LEADS: pb.OUTCOME_B_LEADS}
+
+
+# ---------------------------------------------------------------- records
+def record_from_pb(m: pb.ModelRecord) -> ModelRecord:
+    if m.type not in _TYPE_FROM:
+        raise InvalidArgument("model.type is unspecified: set MODEL_TYPE_MODEL, MODEL_TYPE_TOOL or MODEL_TYPE_API")
+    if m.pricing.tier not in _TIER_FROM:
+        raise InvalidArgument(f"pricing.tier {m.pricing.tier} is not a known PricingTier")
+    rec = ModelRecord(
+        id=m.id, name=m.name, type=_TYPE_FROM[m.type], aliases=tuple(m.aliases),
+        pricing=Pricing(_TIER_FROM[m.pricing.tier],
+                        tuple(PricingPlan(p.name, p.usd_per_month, p.description) for p in m.pricing.plans)),
+        adoption=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.adoption),
+        ecosystem=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.ecosystem),
+        serving_endpoint=m.serving_endpoint, version=m.version,
+        capabilities=tuple(Capability(c.title, c.description, c.unique, c.vs_alternatives) for c in m.capabilities),
+        external_quality=tuple(QualityEvidence(q.benchmark, q.score, q.source, q.observed_at)
+                               for q in m.external_quality),
+    )
+    rec.validate()
+    return rec
+
+
+def record_to_pb(r: ModelRecord) -> pb.ModelRecord:
+    return pb.ModelRecord(
+        id=r.id, name=r.name, aliases=list(r.aliases), type=_TYPE_TO[r.type],
+        pricing=pb.Pricing(tier=_TIER_TO[r.pricing.tier],
+                           plans=[pb.PricingPlan(name=p.name, usd_per_month=p.usd_per_month,
+                                                 description=p.description) for p in r.pricing.plans]),
+        adoption=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
+                  for s in r.adoption],
+        ecosystem=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
+                   for s in r.ecosystem],
+        serving_endpoint=r.serving_endpoint, version=r.version,
+        capabilities=[pb.Capability(title=c.title, description=c.description, unique=c.unique,
+                                    vs_alternatives=c.vs_alternatives) for c in r.capabilities],
+        external_quality=[pb.QualityEvidence(benchmark=q.benchmark, score=q.score, source=q.source,
+                                             observed_at=q.observed_at) for q in r.external_quality],
+    )
+
+
+def score_to_pb(s: Score) -> pb.Score:
+    return pb.Score(value=s.value, low=s.low, high=s.high, evidence_count=s.evidence_count)
+
+
+def card_to_pb(c: ScoreCard) -> pb.ScoreCard:
+    return pb.ScoreCard(rank=score_to_pb(c.rank), adoption=score_to_pb(c.adoption),
+                        ecosystem=score_to_pb(c.ecosystem), match_graph=score_to_pb(c.match_graph),
+                        quality=score_to_pb(c.quality), times_matched=c.times_matched,
+                        times_compared=c.times_compared, times_clicked=c.times_clicked, weights=c.weights)
+
+
+def evidence_to_pb(e: EvidenceRow) -> pb.Evidence:
+    return pb.Evidence(dimension=e.dimension, kind=e.kind, detail=e.detail, value=e.value,
+                       contribution=e.contribution, source=e.source, observed_at=e.observed_at)
+
+
+# ---------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class UpsertModel:
+    record: ModelRecord
+
+    @classmethod
+    def from_pb(cls, req: pb.UpsertModelRequest) -> "UpsertModel":
+        if not req.HasField("model"):
+            raise InvalidArgument("model is missing: send a ModelRecord with at least id, name and type")
+        return cls(record_from_pb(req.model))
+
+    @staticmethod
+    def to_pb(stored: ModelRecord, created: bool) -> pb.UpsertModelResponse:
+        return pb.UpsertModelResponse(model=record_to_pb(stored), created=created)
+
+
+@dataclass(frozen=True)
+class GetModel:
+    model: str
+    explain: bool
+
+    @classmethod
+    def from_pb(cls, req: pb.GetModelRequest) -> "GetModel":
+        if not req.model.strip():
+            raise InvalidArgument("model is empty: give a model id, name or alias")
+        return cls(req.model, req.explain)
+
+    @staticmethod
+    def to_pb(record: ModelRecord, card: ScoreCard, evidence: list[EvidenceRow]) -> pb.GetModelResponse:
+        return pb.GetModelResponse(model=record_to_pb(record), scores=card_to_pb(card),
+                                   evidence=[evidence_to_pb(e) for e in evidence])
+
+
+def event_from_pb(e: pb.MatchEvent) -> MatchEvent:
+    return MatchEvent(e.event_id, e.query, tuple(e.matched), tuple(e.compared), tuple(e.clicked), e.timestamp_ms)
+
+
+def ingest_to_pb(total: IngestResult, batches: int) -> pb.RecordMatchesResponse:
+    return pb.RecordMatchesResponse(received=total.received, inserted=total.inserted, duplicates=total.duplicates,
+                                    batches=batches, graph_version=total.graph_version)
+
+
+@dataclass(frozen=True)
+class RankQuery:
+    capability: str
+    limit: int
+    offset: int
+
+    @classmethod
+    def from_pb(cls, req: pb.RankRequest) -> "RankQuery":
+        limit = req.limit or 20
+        if limit > 1000:
+            raise InvalidArgument(f"limit {req.limit} is over 1000; page with offset instead")
+        if len(req.capability) > 512:
+            raise InvalidArgument("capability filter is longer than 512 characters")
+        return cls(req.capability, limit, req.offset)
+
+    @staticmethod
+    def to_pb(rows: list[tuple[str, str, ScoreCard]], total: int, offset: int) -> pb.RankResponse:
+        return pb.RankResponse(total=total, models=[
+            pb.RankedModel(position=offset + k + 1, id=i, name=n, scores=card_to_pb(c))
+            for k, (i, n, c) in enumerate(rows)])
+
+
+@dataclass(frozen=True)
+class CompareQuery:
+    a: str
+    b: str
+
+    @classmethod
+    def from_pb(cls, req: pb.CompareRequest) -> "CompareQuery":
+        if not req.a.strip() or not req.b.strip():
+            raise InvalidArgument("both a and b are required: give two model ids, names or aliases")
+        return cls(req.a, req.b)
+
+    @staticmethod
+    def to_pb(r: CompareResult) -> pb.CompareResponse:
+        c = r.comparison
+        return pb.CompareResponse(
+            a=record_to_pb(c.a), b=record_to_pb(c.b), a_scores=card_to_pb(c.a_scores),
+            b_scores=card_to_pb(c.b_scores), dimensions=[_dim_to_pb(d) for d in (c.rank, *c.dimensions)],
+            rows=[pb.FeatureRow(feature=f, a=x, b=y) for f, x, y in c.rows], headline=c.headline,
+            verdict=list(c.verdict), markdown=r.markdown, html=r.html)
+
+
+def _dim_to_pb(d: DimensionResult) -> pb.DimensionComparison:
+    return pb.DimensionComparison(dimension=d.dimension, a=score_to_pb(d.a), b=score_to_pb(d.b), diff=d.diff.diff,
+                                  diff_low=d.diff.low, diff_high=d.diff.high,
+                                  outcome=_OUTCOME_TO.get(d.outcome, pb.OUTCOME_TIED),
+                                  records_to_flip=d.records_to_flip, fragile=d.fragile)
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    query: str
+    limit: int
+
+    @classmethod
+    def from_pb(cls, req: pb.SearchRequest) -> "SearchQuery":
+        if not req.query.strip():
+            raise InvalidArgument("query is empty: type some words to search for")
+        if len(req.query) > 512:
+            raise InvalidArgument(f"query is {len(req.query)} characters; the limit is 512")
+        limit = req.limit or 10
+        if limit > 100:
+            raise InvalidArgument(f"limit {req.limit} is over 100")
+        return cls(req.query, limit)
+
+    @staticmethod
+    def to_pb(r: SearchResult) -> pb.SearchResponse:
+        return pb.SearchResponse(embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason, hits=[
+            pb.SearchHit(model_id=h.model_id, name=h.name, capability=h.capability, score=h.score,
+                         fts_rank=h.fts_rank, embedding_rank=h.embedding_rank, snippet=h.snippet) for h in r.hits])
+
+
+@dataclass(frozen=True)
+class ProbeQuery:
+    models: list[str]
+    max_prompts: int
+    seed: int
+
+    @classmethod
+    def from_pb(cls, req: pb.RunProbesRequest) -> "ProbeQuery":
+        if req.max_prompts > 64:
+            raise InvalidArgument(f"max_prompts {req.max_prompts} is over 64")
+        if req.seed > 2**31 - 1:
+            raise InvalidArgument("seed must fit in 31 bits")
+        return cls(list(req.models), req.max_prompts, req.seed)
+
+    @staticmethod
+    def to_pb(run: ProbeRun, quality: dict[str, Score]) -> pb.RunProbesResponse:
+        return pb.RunProbesResponse(
+            run_id=run.run_id, skipped=list(run.skipped),
+            results=[pb.ProbeResult(model_id=r.model_id, model_version=r.model_version, prompt=r.prompt,
+                                    score=r.score, detail=r.detail) for r in run.results],
+            outcomes=[pb.ProbeOutcome(prompt=o.prompt, model_a=o.model_a, model_b=o.model_b, a_score=o.a_score)
+                      for o in run.outcomes],
+            quality={m: score_to_pb(s) for m, s in quality.items()})

@@ -1,0 +1,56 @@
+"""The client commands against a real server (typer's CliRunner, real gRPC)."""
+
+from __future__ import annotations
+
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from services.diffusion.cli import register
+from tests.diffusion.conftest import decode
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_generate_saves_images(server, tmp_path) -> None:
+    out = tmp_path / "cat.png"
+    res = CliRunner().invoke(_app(), ["generate", "a red cat", "--out", str(out), "--target", server.address,
+                                      "--steps", "2", "--width", "32", "--height", "32", "--seed", "5",
+                                      "--num-images", "2", "--preview-every", "1",
+                                      "--preview-dir", str(tmp_path / "prev")])
+    assert res.exit_code == 0, res.output
+    for i, seed in ((0, 5), (1, 6)):
+        assert decode((tmp_path / f"cat-{i}.png").read_bytes()).size == (32, 32)
+        assert f"seed={seed}" in res.output
+    assert sorted(p.name for p in (tmp_path / "prev").iterdir()) == ["step001-0.png", "step001-1.png"]
+
+
+def test_inpaint_style_and_errors(server, tmp_path) -> None:
+    img, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(img)
+    Image.new("L", (32, 32), 255).save(mask)
+    runner = CliRunner()
+    res = runner.invoke(_app(), ["inpaint", str(img), str(mask), "a dog", "--out", str(tmp_path / "o.png"),
+                                 "--steps", "2", "--target", server.address])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(_app(), ["style", str(img), str(img), "--out", str(tmp_path / "s.png"), "--steps", "2",
+                                 "--target", server.address])
+    assert res.exit_code == 0, res.output
+    bad = runner.invoke(_app(), ["generate", "x", "--width", "33", "--target", server.address])
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output and "multiple of 8" in bad.output
+
+
+def test_finetune_command(server, tmp_path) -> None:
+    img = tmp_path / "a.png"
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(img)
+    (tmp_path / "a.txt").write_text("a red square")
+    res = CliRunner().invoke(_app(), ["finetune", "cli-adapter", "--image", str(img), "--steps", "2",
+                                      "--target", server.address])
+    assert res.exit_code == 0, res.output
+    assert "SUCCEEDED" in res.output
+    listed = CliRunner().invoke(_app(), ["adapters", "--target", server.address])
+    assert "cli-adapter" in listed.output

@@ -1,0 +1,80 @@
+"""Fixtures: real MatchGraph servers on port 0 over real gRPC channels, each on its own database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import grpc
+import pytest
+
+from services.core.server import RunningServer, start_server
+from services.matchgraph.app import Settings, build_engine, build_service
+from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+
+class GraphServer:
+    """A running server, its stub, and how to restart it on the same database."""
+
+    def __init__(self, settings: Settings, **engine_kwargs: Any) -> None:
+        self.settings = settings
+        self.engine_kwargs = engine_kwargs
+        self.running: RunningServer | None = None
+        self.channel: grpc.Channel | None = None
+        self.start()
+
+    def start(self) -> None:
+        engine = build_engine(self.settings, **self.engine_kwargs)
+        self.engine = engine
+        self.running = start_server(self.settings, build_service(self.settings, engine))
+        self.channel = grpc.insecure_channel(self.running.address)
+        self.stub = pb_grpc.MatchGraphStub(self.channel)
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        if self.running is not None:
+            self.running.stop(0)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture()
+def make_server(tmp_path: Path) -> Iterator[Callable[..., GraphServer]]:
+    made: list[GraphServer] = []
+
+    def make(name: str = "graph.db", **overrides: Any) -> GraphServer:
+        engine_kwargs = {k: overrides.pop(k) for k in ("embedder", "probe_backend") if k in overrides}
+        settings = Settings(port=0, metrics_port=-1, db_path=tmp_path / name, bootstrap_rounds=200,
+                            graph_bootstrap_rounds=20, **overrides)
+        server = GraphServer(settings, **engine_kwargs)
+        made.append(server)
+        return server
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def seed(stub: pb_grpc.MatchGraphStub) -> None:
+    """UpsertModel the two seed models over gRPC."""
+    from graph.seed_data import SEED_MODELS
+    from services.matchgraph.types import record_to_pb
+
+    for m in SEED_MODELS:
+        stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(m)))
+
+
+@pytest.fixture()
+def upsert_seed() -> Callable[[pb_grpc.MatchGraphStub], None]:
+    return seed
+
+
+@pytest.fixture()
+def seeded(make_server: Callable[..., GraphServer]) -> GraphServer:
+    server = make_server()
+    seed(server.stub)
+    return server

@@ -1,0 +1,212 @@
+"""M3-M6 over gRPC with replaceable backends: Rank, Search (RRF + degradation), probes + BT, fragility."""
+
+from __future__ import annotations
+
+import hashlib
+
+import grpc
+import numpy as np
+import pytest
+
+from graph import bradley_terry
+from graph.probes import PROBE_PROMPTS, pairwise
+from graph.store import ProbeResultRow
+from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+
+# ---------------------------------------------------------------- Rank
+def test_rank_orders_by_lower_bound_and_filters_by_capability(seeded):
+    for k in range(4):
+        seeded.stub.UpsertModel(pb.UpsertModelRequest(model=pb.ModelRecord(
+            id=f"tool-{k}", name=f"Tool {k}", type=pb.MODEL_TYPE_TOOL,
+            adoption=[pb.Signal(kind="downloads", value=10 ** (k + 2), source="t", observed_at="2026-01-01")
+                      for _ in range(k + 1)],
+            capabilities=[pb.Capability(title="Upscaling", description="makes images larger")])))
+    r = seeded.stub.Rank(pb.RankRequest(limit=10))
+    assert r.total == 6 and [m.position for m in r.models] == list(range(1, 7))
+    lows = [m.scores.rank.low for m in r.models]
+    assert lows == sorted(lows, reverse=True)
+    for m in r.models:
+        s = m.scores.rank
+        assert 0 <= s.low <= s.high <= 100
+    page2 = seeded.stub.Rank(pb.RankRequest(limit=2, offset=2))
+    assert [m.id for m in page2.models] == [m.id for m in r.models[2:4]] and page2.models[0].position == 3
+    only = seeded.stub.Rank(pb.RankRequest(capability="inpainting"))
+    assert [m.id for m in only.models] == ["stable-diffusion"]
+    up = seeded.stub.Rank(pb.RankRequest(capability="upscaling images"))
+    assert {m.id for m in up.models} == {f"tool-{k}" for k in range(4)}
+    with pytest.raises(grpc.RpcError) as err:
+        seeded.stub.Rank(pb.RankRequest(limit=5000))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---------------------------------------------------------------- Search
+class FakeEmbedder:
+    """Deterministic bag-of-words hashing vectors: texts sharing words are similar."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("visionlanguage is down")
+        out = np.zeros((len(texts), 64))
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, int(hashlib.md5(w.strip(".,").encode()).hexdigest(), 16) % 64] += 1
+        return out
+
+
+def test_search_fts_only_when_no_embedder(seeded):
+    r = seeded.stub.Search(pb.SearchRequest(query="inpainting masked region"))
+    assert not r.embeddings_used and "FTS5 only" in r.degraded_reason
+    assert r.hits[0].model_id == "stable-diffusion" and r.hits[0].capability == "Inpainting"
+    assert r.hits[0].fts_rank == 1 and r.hits[0].embedding_rank == 0
+    assert "[" in r.hits[0].snippet
+    grounded = seeded.stub.Search(pb.SearchRequest(query="grounding boxes for phrases", limit=1))
+    assert [h.model_id for h in grounded.hits] == ["kosmos-2-patch14-224"]
+
+
+def test_search_fuses_embeddings_with_rrf(make_server, upsert_seed):
+    emb = FakeEmbedder()
+    s = make_server(embedder=emb)
+    upsert_seed(s.stub)
+    r = s.stub.Search(pb.SearchRequest(query="text prompt image generation"))
+    assert r.embeddings_used and r.degraded_reason == ""
+    assert {h.model_id for h in r.hits} == {"stable-diffusion", "kosmos-2-patch14-224"}
+    for h in r.hits:
+        expected = sum(1 / (60 + k) for k in (h.fts_rank, h.embedding_rank) if k)
+        assert h.score == pytest.approx(expected)
+        assert h.embedding_rank > 0
+    calls = emb.calls
+    s.stub.Search(pb.SearchRequest(query="another query"))
+    assert emb.calls == calls + 1  # documents embedded once, then only the query
+
+
+def test_search_degrades_to_fts_when_embedder_fails(make_server, upsert_seed):
+    s = make_server(embedder=FakeEmbedder(fail=True))
+    upsert_seed(s.stub)
+    r = s.stub.Search(pb.SearchRequest(query="inpainting"))
+    assert not r.embeddings_used and "unavailable" in r.degraded_reason
+    assert r.hits[0].model_id == "stable-diffusion"
+
+
+def test_search_bad_input(seeded):
+    for req in (pb.SearchRequest(query="  "), pb.SearchRequest(query="x" * 600), pb.SearchRequest(query="a", limit=101)):
+        with pytest.raises(grpc.RpcError) as err:
+            seeded.stub.Search(req)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---------------------------------------------------------------- probes + Bradley-Terry
+class FakeProbes:
+    """Diffusion images are the prompt bytes; the 'judge' scores by a fixed table."""
+
+    def __init__(self, image_score: float, caption_score: float) -> None:
+        self.image_score, self.caption_score = image_score, caption_score
+        self.seeds: list[int] = []
+
+    def text_to_image(self, prompt: str, seed: int) -> bytes:
+        self.seeds.append(seed)
+        return prompt.encode()
+
+    def image_text_similarity(self, image: bytes, text: str) -> float:
+        assert image == text.encode()
+        return self.image_score
+
+    def caption(self, image: bytes) -> str:
+        return "caption of " + image.decode()
+
+    def text_similarity(self, a: str, b: str) -> float:
+        assert a == "caption of " + b
+        return self.caption_score
+
+
+def test_bradley_terry_recovers_order_and_handles_ties():
+    i = np.array([0, 0, 0, 1, 1, 2])
+    j = np.array([1, 2, 2, 2, 2, 0])
+    s = np.array([1, 1, 1, 1, 0.5, 0])
+    theta = bradley_terry.fit(i, j, s, 3, prior=0.1)
+    assert theta[0] > theta[1] > theta[2]
+    q = bradley_terry.win_probability(theta)
+    assert np.all((q > 0) & (q < 1))
+    # all ties -> equal strengths, quality 0.5
+    t = bradley_terry.fit(np.array([0, 0]), np.array([1, 1]), np.array([0.5, 0.5]), 2)
+    np.testing.assert_allclose(bradley_terry.win_probability(t), [0.5, 0.5])
+
+
+def test_pairwise_outcomes_with_tie_margin():
+    rows = [ProbeResultRow("r", "a", "1", "p", 0.50, ""), ProbeResultRow("r", "b", "1", "p", 0.51, ""),
+            ProbeResultRow("r", "a", "1", "q", 0.9, ""), ProbeResultRow("r", "b", "1", "q", 0.1, "")]
+    out = {o.prompt: o.a_score for o in pairwise(rows, 0.02)}
+    assert out == {"p": 0.5, "q": 1.0}
+
+
+def test_run_probes_feeds_quality_and_the_page(make_server, upsert_seed):
+    fake = FakeProbes(image_score=0.8, caption_score=0.3)  # the image beats the caption round trip every time
+    s = make_server(probe_backend=fake)
+    upsert_seed(s.stub)
+    r = s.stub.RunProbes(pb.RunProbesRequest(max_prompts=6, seed=7))
+    assert len(r.results) == 12 and len(r.outcomes) == 6
+    assert fake.seeds == [7 + i for i in range(6)]
+    assert {x.prompt for x in r.results} == set(PROBE_PROMPTS[:6])
+    assert {(x.model_id, x.model_version) for x in r.results} == {("stable-diffusion", "v1-5"),
+                                                                  ("kosmos-2-patch14-224", "patch14-224")}
+    sd, k2 = r.quality["stable-diffusion"], r.quality["kosmos-2-patch14-224"]
+    assert sd.value > 0.5 > k2.value and sd.value + k2.value == pytest.approx(1.0)
+    assert sd.evidence_count == 6
+    page = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    q = next(d for d in page.dimensions if d.dimension == "quality")
+    assert q.diff < 0
+    if q.outcome == pb.OUTCOME_B_LEADS:
+        assert q.diff_high < 0 and "Stable Diffusion leads on quality" in " ".join(page.verdict)
+    # removing Stable Diffusion's wins over kosmos-2 one by one erases its lead after a few
+    assert 0 < q.records_to_flip <= 6
+    stored = s.engine.store.probe_results(r.run_id)
+    assert len(stored) == 12 and all(x.model_version for x in stored)
+    ex = s.stub.GetModel(pb.GetModelRequest(model="sd", explain=True))
+    assert any(e.kind == "probe_outcome" and "6 wins" in e.detail for e in ex.evidence)
+
+
+def test_run_probes_without_backends_is_failed_precondition(seeded):
+    with pytest.raises(grpc.RpcError) as err:
+        seeded.stub.RunProbes(pb.RunProbesRequest())
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "diffusion_target" in err.value.details()
+
+
+def test_run_probes_rejects_unserved_models(make_server, upsert_seed):
+    s = make_server(probe_backend=FakeProbes(0.5, 0.5))
+    upsert_seed(s.stub)
+    s.stub.UpsertModel(pb.UpsertModelRequest(model=pb.ModelRecord(id="other", name="Other", type=pb.MODEL_TYPE_API)))
+    with pytest.raises(grpc.RpcError) as err:
+        s.stub.RunProbes(pb.RunProbesRequest(models=["other"]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not served" in err.value.details()
+
+
+# ---------------------------------------------------------------- fragility
+def test_match_graph_lead_reports_records_to_flip(seeded):
+    """kosmos-2 co-matched with many models, SD with one: removing kosmos-2's events erases the lead."""
+    for k in range(5):
+        seeded.stub.UpsertModel(pb.UpsertModelRequest(model=pb.ModelRecord(id=f"m{k}", name=f"M{k}",
+                                                                           type=pb.MODEL_TYPE_MODEL)))
+    events = [pb.MatchEvent(event_id=f"k{k}", query="vision", matched=["kosmos2", f"m{k}"]) for k in range(5)]
+    events += [pb.MatchEvent(event_id="s0", query="gen", matched=["sd", "m0"])]
+    seeded.stub.RecordMatches(iter([pb.RecordMatchesRequest(events=events)]))
+    page = seeded.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    mg = next(d for d in page.dimensions if d.dimension == "match_graph")
+    assert mg.diff > 0
+    assert mg.records_to_flip >= 1
+    # check the claim: remove that many of kosmos-2's events (largest first, as documented) and recompute
+    g = seeded.engine.graph
+    removed = [tuple(seeded.engine.pos[m] for m in ("kosmos-2-patch14-224", f"m{k}"))
+               for k in range(mg.records_to_flip)]
+    pr, deg = g.without(removed)
+    from graph.rank import midrank_percentile
+
+    pct = midrank_percentile(np.where(deg > 0, pr, 0.0))
+    ia, ib = g.index[seeded.engine.node_of["kosmos-2-patch14-224"]], g.index[seeded.engine.node_of["stable-diffusion"]]
+    assert round(pct[ia], 2) <= round(pct[ib], 2)
+    rank = page.dimensions[0]
+    assert rank.records_to_flip != 0 and rank.fragile == (0 < rank.records_to_flip <= 5)
