@@ -100,11 +100,14 @@ def demo(
     models_dir: Path = typer.Option(Path(".models"), help="where the tiny models live (built if missing)"),
     data_dir: Path = typer.Option(Path("var"), help="databases and fine-tuned adapters"),
     out_dir: Path = typer.Option(Path("out"), help="where the demo writes its PNG"),
+    free_ports: bool = typer.Option(False, help="pick free ports instead of the defaults (tests)"),
 ) -> None:
     """``make run``: start the stack, seed the graph, show a caption, an image and a comparison page."""
     from services.demo import run_demo
 
     stack = Stack(models_dir=models_dir, data_dir=data_dir)
+    if free_ports:
+        stack.ports = Stack.free_ports()
     typer.echo(f"building tiny models in {models_dir} (first run only)")
     build_tiny(models_dir)
     _run_stack(stack, lambda: run_demo(stack, out_dir))

@@ -40,6 +40,24 @@ class Stack:
     ports: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     procs: list[StackProcess] = field(default_factory=list)
 
+    @staticmethod
+    def free_ports(names: list[str] | None = None) -> dict[str, tuple[int, int]]:
+        """Free (grpc, metrics) ports per service, for tests and side-by-side stacks."""
+        import socket
+
+        socks, ports = [], {}
+        for name in names or list(DEFAULT_PORTS):
+            pair = []
+            for _ in range(2):
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                socks.append(s)
+                pair.append(s.getsockname()[1])
+            ports[name] = (pair[0], pair[1])
+        for s in socks:
+            s.close()
+        return ports
+
     def target(self, name: str) -> str:
         return f"{self.host}:{self.ports[name][0]}"
 
