@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import typer
 
-from services.stack import SERVICES, Stack
+from services.stack import GATEWAY, SERVICES, Stack
 
 app = typer.Typer(help="unfragile: gRPC model serving (Kosmos-2, Stable Diffusion) and a search match graph.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -34,7 +34,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def serve(
-    service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph"),
+    service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph | gateway"),
     host: Optional[str] = typer.Option(None, help="bind address"),
     port: Optional[int] = typer.Option(None, help="gRPC port (0 = any free port)"),
     metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (-1 = off)"),
@@ -44,15 +44,23 @@ def serve(
     set_: list[str] = typer.Option([], "--set", help="any other settings field, as field=value"),
 ) -> None:
     """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0."""
-    if service not in SERVICES:
-        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
-    from services.core.server import start_server
-
-    module = importlib.import_module(SERVICES[service][0])
+    if service not in (*SERVICES, GATEWAY):
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join([*SERVICES, GATEWAY])}")
     overrides: dict[str, object] = {k: v for k, v in dict(host=host, port=port, metrics_port=metrics_port,
                                                           model=model, device=device, dtype=dtype).items()
                                     if v is not None}
     overrides.update(_parse_sets(set_))
+    if service == GATEWAY:
+        from services.gateway.server import run
+        from services.gateway.settings import Settings as GatewaySettings
+
+        gateway_settings = GatewaySettings(**overrides)
+        logging.basicConfig(level=gateway_settings.log_level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
+        run(gateway_settings)
+        return
+    from services.core.server import start_server
+
+    module = importlib.import_module(SERVICES[service][0])
     settings = module.Settings(**overrides)
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
     running = start_server(settings, module.build_service(settings))
@@ -66,7 +74,7 @@ def up(
     data_dir: Path = typer.Option(Path("var"), help="databases and fine-tuned adapters"),
     host: str = typer.Option("127.0.0.1"),
 ) -> None:
-    """Start all three services on localhost (each its own process) until Ctrl-C."""
+    """Start all three services and the web gateway on localhost (each its own process) until Ctrl-C."""
     stack = Stack(host=host, models_dir=models_dir, data_dir=data_dir)
     build_tiny(models_dir)
     _run_stack(stack, lambda: None)
@@ -82,7 +90,8 @@ def _run_stack(stack: Stack, after_start: Callable[[], None]) -> None:
     try:
         stack.start()
         for p in stack.procs:
-            typer.echo(f"{p.name:15s} grpc {p.target}   metrics {p.metrics_url}")
+            where = stack.gateway_url if p.name == GATEWAY else f"grpc {p.target}"
+            typer.echo(f"{p.name:15s} {where}   metrics {p.metrics_url}")
         after_start()
         typer.echo("stack is up; Ctrl-C to stop")
         while all(p.proc.poll() is None for p in stack.procs):

@@ -82,3 +82,6 @@ def run_demo(stack: Stack, out_dir: Path) -> None:
     typer.echo(f"caption of that image (tiny random-weight Kosmos-2: expect nonsense): {caption_png(vl, png)}")
     typer.echo(f"quality probes: {run_probes(graph)}")
     typer.echo("\n" + compare_markdown(graph, *PAGE_PAIR))
+    from services.gateway.server import seed_compare_url
+
+    typer.echo(f"\nthe comparison page on the web: {seed_compare_url(stack.gateway_url)}")

@@ -21,7 +21,10 @@ SERVICES = {
     "diffusion": ("services.diffusion.app", "unfragile.diffusion.v1.Diffusion"),
     "matchgraph": ("services.matchgraph.app", "unfragile.matchgraph.v1.MatchGraph"),
 }
-DEFAULT_PORTS = {"visionlanguage": (50051, 9101), "diffusion": (50052, 9102), "matchgraph": (50053, 9103)}
+# The HTTP gateway in front of MatchGraph (search pages, JSON); not a gRPC service.
+GATEWAY = "gateway"
+DEFAULT_PORTS = {"visionlanguage": (50051, 9101), "diffusion": (50052, 9102), "matchgraph": (50053, 9103),
+                 GATEWAY: (8080, 9104)}
 
 
 @dataclass
@@ -61,6 +64,10 @@ class Stack:
     def target(self, name: str) -> str:
         return f"{self.host}:{self.ports[name][0]}"
 
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.ports[GATEWAY][0]}"
+
     def _command(self, name: str) -> list[str]:
         port, mport = self.ports[name]
         cmd = [sys.executable, "-m", "services.cli", "serve", name, "--host", self.host,
@@ -71,17 +78,24 @@ class Stack:
             cmd += ["--set", f"db_path={self.data_dir / 'matchgraph.db'}",
                     "--set", f"visionlanguage_target={self.target('visionlanguage')}",
                     "--set", f"diffusion_target={self.target('diffusion')}"]
+        if name == GATEWAY:
+            cmd += ["--set", f"matchgraph_target={self.target('matchgraph')}"]
         return cmd
 
     def start(self, names: list[str] | None = None, timeout: float = 300.0) -> None:
         """Start each service as a child process and wait until all report SERVING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for name in names or list(SERVICES):
+        for name in names or [*SERVICES, GATEWAY]:
             proc = subprocess.Popen(self._command(name), env=os.environ.copy())
             self.procs.append(StackProcess(name, self.target(name),
                                            f"http://{self.host}:{self.ports[name][1]}/metrics", proc))
         deadline = time.monotonic() + timeout
         for p in self.procs:
+            if p.name == GATEWAY:
+                from services.gateway.server import wait_until_ready
+
+                wait_until_ready(self.gateway_url, timeout=max(1.0, deadline - time.monotonic()))
+                continue
             while True:  # wait for SERVING, but notice at once if the process died
                 if p.proc.poll() is not None:
                     raise RuntimeError(f"{p.name} exited with code {p.proc.returncode} before serving; "

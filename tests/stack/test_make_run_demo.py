@@ -4,6 +4,8 @@ generates and captions an image over gRPC, prints the comparison page, and stops
 from __future__ import annotations
 
 import os
+import re
+import urllib.request
 import signal
 import subprocess
 import sys
@@ -30,6 +32,8 @@ def test_demo_prints_page_saves_png_and_shuts_down_cleanly(tmp_path, tiny_models
                 assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
                 assert time.monotonic() < deadline, "demo did not come up in 240 s"
                 time.sleep(1)
+            url = re.search(r"the comparison page on the web: (\S+)", log.read_text()).group(1)
+            page = urllib.request.urlopen(url, timeout=30).read().decode()
             proc.send_signal(signal.SIGINT)  # what Ctrl-C does
             code = proc.wait(timeout=60)
         finally:
@@ -40,6 +44,7 @@ def test_demo_prints_page_saves_png_and_shuts_down_cleanly(tmp_path, tiny_models
     assert "# kosmos-2-patch14-224 vs Stable Diffusion" in text
     assert "## Verdict" in text and "| UnfragileRank |" in text
     assert "caption of that image" in text
-    assert "stopped: {'visionlanguage': 0, 'diffusion': 0, 'matchgraph': 0}" in text
+    assert "Verdict" in page and "kosmos-2-patch14-224" in page
+    assert "stopped: {'visionlanguage': 0, 'diffusion': 0, 'matchgraph': 0, 'gateway': 0}" in text
     png = (out / "demo.png").read_bytes()
     assert decode_image(png).size == (64, 64)

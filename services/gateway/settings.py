@@ -1,0 +1,84 @@
+"""The gateway's typed settings (env prefix ``UNFRAGILE_GATEWAY_``).
+
+Kept apart from ``app.py`` so the server runner and the tests can import them without
+building an application.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from services.core.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """HTTP gateway settings. ``port`` is the HTTP port here (not a gRPC one).
+
+    Inherited ``tls_cert_file``/``tls_key_file``/``tls_client_ca_file`` make it serve HTTPS
+    (client certificates required when the CA is set). ``auth_tokens_file`` is not used:
+    the API is read-only; the gateway itself authenticates to the MatchGraph with
+    ``matchgraph_token`` / a client certificate.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="UNFRAGILE_GATEWAY_", extra="ignore", protected_namespaces=())
+
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port of the gateway; 0 picks a free one (tests).")
+    metrics_port: int = Field(
+        -1, ge=-1, le=65535,
+        description="Extra Prometheus port like the gRPC services use (0 = any free port, -1 = none); "
+                    "the same metrics are always on `metrics_path` of the HTTP port too.",
+    )
+    metrics_path: str = Field("/metrics", description='Path of the Prometheus endpoint on the HTTP port ("" = off).')
+    matchgraph_target: str = Field("127.0.0.1:50053", description="host:port of the MatchGraph gRPC service.")
+    matchgraph_root_ca: Path | None = Field(None, description="PEM CA to verify a TLS MatchGraph (unset = plaintext).")
+    matchgraph_client_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS.")
+    matchgraph_client_key: Path | None = Field(None, description="PEM key of matchgraph_client_cert.")
+    matchgraph_token: str = Field("", description="Bearer token sent to MatchGraph when its auth is on (\"\" = none).")
+    rpc_timeout_s: float = Field(10.0, gt=0, description="Deadline of each MatchGraph call; past it the answer is 504.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description='Origins allowed to call the JSON API from a browser, e.g. ["https://search.example"]; '
+                    '["*"] allows any; empty = no CORS headers.',
+    )
+    cors_max_age_s: int = Field(600, ge=0, description="How long browsers may cache a CORS preflight answer.")
+    public_base_url: str = Field(
+        "", description="Absolute URL the gateway is reached at (for printed links); \"\" = http://host:port."
+    )
+    record_searches: bool = Field(
+        False, description="Send each search made on the pages (query, results, what was opened/compared) to "
+                           "MatchGraph RecordMatches. Off by default: it stores what users typed.")
+    record_flush_s: float = Field(30.0, ge=0, description="Send a search event once it was quiet this long.")
+    record_max_pending: int = Field(10_000, ge=1, description="Most unsent search events held in memory.")
+    site_name: str = Field("unfragile", description="Name shown in page headers and titles.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: Any) -> Any:
+        """Accept a JSON list or a comma-separated string (env vars, ``--set cors_origins=a,b``)."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [o.strip() for o in text.split(",") if o.strip()]
+        return v
+
+    @field_validator("metrics_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if v and not v.startswith("/"):
+            raise ValueError(f"metrics_path must start with '/' (or be empty to turn it off), got {v!r}")
+        return v
+
+    def base_url(self, port: int | None = None) -> str:
+        """Where a browser reaches this gateway: public_base_url, else http://host:port."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        scheme = "https" if self.tls_cert_file and self.tls_key_file else "http"
+        return f"{scheme}://{host}:{port if port is not None else self.port}"

@@ -1,0 +1,134 @@
+"""The gateway's only way to the match graph: async gRPC calls to the MatchGraph service.
+
+One ``grpc.aio`` channel per application, opened in the app's lifespan (it belongs to
+the event loop that serves requests). Every failure leaves here as ``UpstreamError``
+carrying the gRPC status, so a single handler maps it to an HTTP status.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+import grpc.aio
+
+from services.core.client import DEFAULT_MAX_MESSAGE_BYTES
+from services.gateway import metrics
+from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+SERVICE_FULL_NAME = "unfragile.matchgraph.v1.MatchGraph"
+
+
+class UpstreamError(Exception):
+    """A MatchGraph call that did not return OK: its status, message and retry hint."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class MatchGraphAPI(Protocol):
+    """What the routes need; tests may hand in any object with these coroutines."""
+
+    async def search(self, query: str, limit: int) -> pb.SearchResponse: ...
+    async def rank(self, capability: str, limit: int, offset: int) -> pb.RankResponse: ...
+    async def compare(self, a: str, b: str) -> pb.CompareResponse: ...
+    async def get_model(self, model: str, explain: bool) -> pb.GetModelResponse: ...
+    async def record_matches(self, events: list[pb.MatchEvent]) -> pb.RecordMatchesResponse: ...
+    async def ready(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+def _retry_after(err: grpc.aio.AioRpcError) -> float | None:
+    for key, value in err.trailing_metadata() or ():
+        if key == "retry-after-ms":
+            try:
+                return max(0.0, int(value) / 1000.0)
+            except ValueError:
+                return None
+    return None
+
+
+@dataclass
+class ChannelConfig:
+    target: str
+    timeout_s: float = 10.0
+    root_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    token: str = ""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+class GrpcMatchGraph:
+    """MatchGraphAPI over a real ``grpc.aio`` channel."""
+
+    def __init__(self, cfg: ChannelConfig) -> None:
+        options = [
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ]
+        if cfg.root_ca is None:
+            self._channel = grpc.aio.insecure_channel(cfg.target, options=options)
+        else:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(cfg.root_ca).read_bytes(),
+                private_key=Path(cfg.client_key).read_bytes() if cfg.client_key else None,
+                certificate_chain=Path(cfg.client_cert).read_bytes() if cfg.client_cert else None,
+            )
+            self._channel = grpc.aio.secure_channel(cfg.target, creds, options=options)
+        self._stub = pb_grpc.MatchGraphStub(self._channel)
+        self._timeout = cfg.timeout_s
+        self._metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
+        self.target = cfg.target
+
+    async def _call(self, name: str, method, request):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as err:
+            code = err.code().name
+            raise UpstreamError(err.code(), err.details() or err.code().name, _retry_after(err)) from None
+        finally:
+            metrics.UPSTREAM_CALLS.labels(name, code).inc()
+            metrics.UPSTREAM_LATENCY.labels(name).observe(time.perf_counter() - start)
+
+    async def search(self, query: str, limit: int) -> pb.SearchResponse:
+        return await self._call("Search", self._stub.Search, pb.SearchRequest(query=query, limit=limit))
+
+    async def rank(self, capability: str, limit: int, offset: int) -> pb.RankResponse:
+        request = pb.RankRequest(capability=capability, limit=limit, offset=offset)
+        return await self._call("Rank", self._stub.Rank, request)
+
+    async def compare(self, a: str, b: str) -> pb.CompareResponse:
+        return await self._call("Compare", self._stub.Compare, pb.CompareRequest(a=a, b=b))
+
+    async def get_model(self, model: str, explain: bool) -> pb.GetModelResponse:
+        return await self._call("GetModel", self._stub.GetModel, pb.GetModelRequest(model=model, explain=explain))
+
+    async def record_matches(self, events: list[pb.MatchEvent]) -> pb.RecordMatchesResponse:
+        """One RecordMatches stream carrying one batch (idempotent by event_id)."""
+        return await self._call("RecordMatches", self._stub.RecordMatches,
+                                iter([pb.RecordMatchesRequest(events=events)]))
+
+    async def ready(self) -> bool:
+        """True when the MatchGraph health check says SERVING."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            resp = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_FULL_NAME), timeout=min(self._timeout, 2.0)
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,103 @@
+"""Fixtures: a real MatchGraph server (port 0, its own SQLite file, seeded through its own
+seeding code and a few recorded searches) and the real gateway in front of it (port 0)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+
+from services.core.server import RunningServer, start_server
+from services.gateway.server import RunningGateway, start
+from services.gateway.settings import Settings as GatewaySettings
+from services.matchgraph.app import Settings as GraphSettings
+from services.matchgraph.app import build_service
+from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+KOSMOS = "kosmos-2-patch14-224"
+SD = "stable-diffusion"
+FRONTEND_ORIGIN = "https://frontend.example"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+# A handful of searches so Times Matched, the co-match graph and the pages have data.
+SEARCHES = [
+    ("gw-e1", "image captioning", [KOSMOS, SD], [KOSMOS, SD], [KOSMOS]),
+    ("gw-e2", "text to image", [SD, KOSMOS], [], [SD]),
+    ("gw-e3", "grounded captions with boxes", [KOSMOS], [], [KOSMOS]),
+    ("gw-e4", "inpainting", [SD], [], [SD]),
+    ("gw-e5", "describe a photo", [KOSMOS, SD], [KOSMOS, SD], [KOSMOS]),
+]
+
+
+def seed_matchgraph(stub: pb_grpc.MatchGraphStub) -> None:
+    """The two seed models (the service's own seed records) and a few search events, over gRPC."""
+    from graph.seed_data import SEED_MODELS
+    from services.matchgraph.types import record_to_pb
+
+    for m in SEED_MODELS:
+        stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(m)))
+    now = int(time.time() * 1000)
+    events = [pb.MatchEvent(event_id=i, query=q, matched=m, compared=c, clicked=k, timestamp_ms=now)
+              for i, q, m, c, k in SEARCHES]
+    stub.RecordMatches(iter([pb.RecordMatchesRequest(events=events)]))
+
+
+@pytest.fixture(scope="session")
+def matchgraph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    db = tmp_path_factory.mktemp("gateway-graph") / "graph.db"
+    settings = GraphSettings(port=0, metrics_port=-1, db_path=db, bootstrap_rounds=200, graph_bootstrap_rounds=20)
+    server = start_server(settings, build_service(settings))
+    with grpc.insecure_channel(server.address) as ch:
+        seed_matchgraph(pb_grpc.MatchGraphStub(ch))
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def stub(matchgraph: RunningServer) -> Iterator[pb_grpc.MatchGraphStub]:
+    with grpc.insecure_channel(matchgraph.address) as ch:
+        yield pb_grpc.MatchGraphStub(ch)
+
+
+@pytest.fixture(scope="session")
+def gateway(matchgraph: RunningServer) -> Iterator[RunningGateway]:
+    settings = GatewaySettings(port=0, metrics_port=-1, matchgraph_target=matchgraph.address,
+                               cors_origins=[FRONTEND_ORIGIN], log_level="WARNING")
+    gw = start(settings)
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(gateway: RunningGateway) -> str:
+    return gateway.url
+
+
+@pytest.fixture()
+def fresh_graph(tmp_path: Path):
+    """A MatchGraph of its own for tests that change data (the shared one stays as seeded,
+    so its pages and screenshots are the same on every run)."""
+    settings = GraphSettings(port=0, metrics_port=-1, db_path=tmp_path / "g.db", bootstrap_rounds=50,
+                             graph_bootstrap_rounds=10)
+    server = start_server(settings, build_service(settings))
+    ch = grpc.insecure_channel(server.address)
+    stub = pb_grpc.MatchGraphStub(ch)
+    seed_matchgraph(stub)
+    yield server, stub
+    ch.close()
+    server.stop(0)
+
+
+def chromium_missing_reason() -> str | None:
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        return f"{CHROMIUM} not found: install Debian's chromium package (apt-get install -y chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright Python package is not installed"
+    return None
