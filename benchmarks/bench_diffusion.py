@@ -7,13 +7,15 @@ on port 0:
 - ``diffusion.served_over_inprocess.images_per_s``: images/s of sequential TextToImage
   calls over gRPC (stream consumed to the final PNGs) divided by images/s of calling
   the same pipeline object in-process with the same parameters (PIL output). Calls are
-  interleaved so machine load drifts hit both equally. Target >= 0.9.
+  interleaved and the value is the median of back-to-back pair ratios, so machine-load
+  drift cancels. Target >= 0.9.
 - ``diffusion.batching.throughput_4_clients``: images/s with 4 concurrent clients on a
   server with cross-request batching, divided by the same load on a server with
-  batching off. Target >= 1.5.
-- ``diffusion.previews.every_step_over_none``: median end-to-end time of a request
-  with an approx preview after every step divided by the same request without
-  previews. Target <= 1.10.
+  batching off; both servers run side by side and rounds alternate between them (median
+  of per-round ratios), so machine-load drift cancels. Target >= 1.5.
+- ``diffusion.previews.every_step_over_none``: end-to-end time of a request with an
+  approx preview after every step divided by the same request without previews (median
+  of back-to-back pair ratios). Target <= 1.10.
 - ``diffusion.finetune.steps_per_s``: LoRA training steps/s (rank 4, batch of 4, 64x64)
   measured by the job's own progress events. Absolute; target >= 1 on 2 CPU cores.
 - ``diffusion.finetune.adapter_over_unet_size``: size of the saved safetensors adapter
@@ -34,6 +36,7 @@ from benchmarks.common import Result
 PREFIX = "diffusion."
 STEPS = 8
 SIZE = 64
+THREADS = 1
 
 
 def _params(pb: Any, seed: int, **kw: Any) -> Any:
@@ -62,18 +65,27 @@ def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int) -> Result:
         inproc(seed)
         _served_call(stub, pb, seed)
     t_in, t_srv = [], []
-    for i in range(n):
+
+    def timed(fn: Any, seed: int) -> float:
         t = time.perf_counter()
-        inproc(100 + i)
-        t_in.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        _served_call(stub, pb, 100 + i)
-        t_srv.append(time.perf_counter() - t)
+        fn(seed)
+        return time.perf_counter() - t
+
+    served = lambda seed: _served_call(stub, pb, seed)  # noqa: E731
+    for i in range(n):  # alternate which side goes first, so order effects cancel too
+        if i % 2:
+            t_srv.append(timed(served, 100 + i))
+            t_in.append(timed(inproc, 100 + i))
+        else:
+            t_in.append(timed(inproc, 100 + i))
+            t_srv.append(timed(served, 100 + i))
     ips_in, ips_srv = 1 / statistics.median(t_in), 1 / statistics.median(t_srv)
-    return Result("diffusion.served_over_inprocess.images_per_s", ips_srv / ips_in, 0.9, "higher", "ratio",
-                  "in-process StableDiffusionPipeline images/s, same params",
-                  f"{SIZE}x{SIZE}, {STEPS} DDIM steps, concurrency 1, {n} calls each: served {ips_srv:.2f} img/s, "
-                  f"in-process {ips_in:.2f} img/s")
+    # median of per-pair ratios: each pair ran back to back, so machine-load drift cancels out
+    ratio = statistics.median(a / b for a, b in zip(t_in, t_srv))
+    return Result("diffusion.served_over_inprocess.images_per_s", ratio, 0.9, "higher", "ratio",
+                  "in-process StableDiffusionPipeline images/s, same params (median of back-to-back pairs)",
+                  f"{SIZE}x{SIZE}, {STEPS} DDIM steps, concurrency 1, {n} pairs: served {ips_srv:.2f} img/s, "
+                  f"in-process {ips_in:.2f} img/s (medians)")
 
 
 def _throughput(stub: Any, pb: Any, clients: int, per_client: int) -> tuple[float, float]:
@@ -97,21 +109,47 @@ def _throughput(stub: Any, pb: Any, clients: int, per_client: int) -> tuple[floa
     return clients * per_client / elapsed, statistics.mean(batches)
 
 
+def _batching(stub_b: Any, stub_u: Any, pb: Any, rounds: int) -> Result:
+    """Alternate rounds on the batching and the non-batching server; median of per-round ratios."""
+    _throughput(stub_b, pb, 4, 1)  # warm-up
+    _throughput(stub_u, pb, 4, 1)
+    ratios, ips_b, ips_u, batch = [], [], [], []
+    for _ in range(rounds):
+        b, mean_batch = _throughput(stub_b, pb, 4, 4)
+        u, _ = _throughput(stub_u, pb, 4, 4)
+        ratios.append(b / u)
+        ips_b.append(b)
+        ips_u.append(u)
+        batch.append(mean_batch)
+    return Result(
+        "diffusion.batching.throughput_4_clients", statistics.median(ratios), 1.5, "higher", "ratio",
+        "images/s of the same load on a server with batching off (median of alternating rounds)",
+        f"4 clients x 4 requests per round, {rounds} rounds, {SIZE}x{SIZE}, {STEPS} steps: batched "
+        f"{statistics.median(ips_b):.2f} img/s (mean batch {statistics.mean(batch):.1f} images), unbatched "
+        f"{statistics.median(ips_u):.2f} img/s")
+
+
 def _previews(stub: Any, pb: Any, n: int) -> Result:
     for seed in range(2):
         _served_call(stub, pb, seed, preview_every=1)
         _served_call(stub, pb, seed)
     with_p, without = [], []
-    for i in range(n):
+
+    def timed(**kw: Any) -> float:
         t = time.perf_counter()
-        _served_call(stub, pb, i, preview_every=1)
-        with_p.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        _served_call(stub, pb, i)
-        without.append(time.perf_counter() - t)
-    ratio = statistics.median(with_p) / statistics.median(without)
+        _served_call(stub, pb, i, **kw)
+        return time.perf_counter() - t
+
+    for i in range(n):  # alternate which goes first
+        if i % 2:
+            without.append(timed())
+            with_p.append(timed(preview_every=1))
+        else:
+            with_p.append(timed(preview_every=1))
+            without.append(timed())
+    ratio = statistics.median(a / b for a, b in zip(with_p, without))
     return Result("diffusion.previews.every_step_over_none", ratio, 1.10, "lower", "ratio",
-                  "median end-to-end time of the same request without previews",
+                  "end-to-end time of the same request without previews (median of back-to-back pairs)",
                   f"approx (latent->RGB) preview after each of {STEPS} steps; medians "
                   f"{statistics.median(with_p) * 1000:.0f} ms vs {statistics.median(without) * 1000:.0f} ms, n={n}")
 
@@ -161,6 +199,11 @@ def run() -> list[Result]:
     from unfragile.diffusion.v1 import diffusion_pb2 as pb
     from unfragile.diffusion.v1 import diffusion_pb2_grpc as pb_grpc
 
+    import torch
+
+    # One intra-op thread everywhere (served worker and in-process baseline alike): on a shared
+    # 2-core box two OpenMP threads spin against other processes and steps get ~20x slower.
+    torch.set_num_threads(THREADS)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-diffusion-") as tmp:
         model = build_tiny_sd(Path(tmp) / "tiny-sd-bench", preset="bench")
@@ -168,34 +211,23 @@ def run() -> list[Result]:
 
         def serve(batching: bool) -> Any:
             settings = Settings(port=0, metrics_port=-1, model=str(model), adapters_dir=adapters, batching=batching,
-                                max_batch_images=8)
+                                max_batch_images=8, torch_threads=THREADS)
             return start_server(settings, build_service(settings))
 
-        batched = serve(True)
+        batched, unbatched = serve(True), serve(False)
         try:
-            with channel(batched.address) as ch:
-                stub = pb_grpc.DiffusionStub(ch)
+            with channel(batched.address) as ch_b, channel(unbatched.address) as ch_u:
+                stub_b, stub_u = pb_grpc.DiffusionStub(ch_b), pb_grpc.DiffusionStub(ch_u)
                 runner = batched.service.servicer.engine.runner
-                results.append(_served_vs_inprocess(stub, pb, runner, n=15))
-                results.append(_previews(stub, pb, n=10))
-                _throughput(stub, pb, 4, 1)  # warm-up
-                ips_b, mean_batch = _throughput(stub, pb, 4, 8)
-                results.extend(_finetune(stub, pb, cpb, adapters, model, steps=30))
+                results.append(_served_vs_inprocess(stub_b, pb, runner, n=15))
+                results.append(_previews(stub_b, pb, n=15))
+                results.append(_batching(stub_b, stub_u, pb, rounds=5))
+                results.extend(_finetune(stub_b, pb, cpb, adapters, model, steps=30))
         finally:
             batched.stop(0)
-        unbatched = serve(False)
-        try:
-            with channel(unbatched.address) as ch:
-                stub = pb_grpc.DiffusionStub(ch)
-                _throughput(stub, pb, 4, 1)
-                ips_u, _ = _throughput(stub, pb, 4, 8)
-        finally:
             unbatched.stop(0)
-        results.append(Result(
-            "diffusion.batching.throughput_4_clients", ips_b / ips_u, 1.5, "higher", "ratio",
-            "images/s of the same load with batching off",
-            f"4 clients x 8 requests, {SIZE}x{SIZE}, {STEPS} steps: batched {ips_b:.2f} img/s (mean batch "
-            f"{mean_batch:.1f} images), unbatched {ips_u:.2f} img/s"))
+    for r in results:
+        r.notes += f"; bench preset tiny SD, {THREADS} torch thread(s)"
     return results
 
 

@@ -8,11 +8,12 @@ seven operations of the API in domain terms. No gRPC here.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import itertools
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -26,7 +27,7 @@ from graph.records import MatchEvent, ModelRecord, slugify
 from graph.search import Embedder, Searcher, SearchResult
 from graph.store import Store, normalise_query
 from graph.verdict import DimensionResult, headline, verdict
-from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, UnfragileError
 
 log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = {"adoption": 0.25, "ecosystem": 0.25, "match_graph": 0.25, "quality": 0.25}
@@ -69,6 +70,7 @@ class CompareResult:
     comparison: pages.Comparison
     markdown: str
     html: str
+    snapshot: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class _ScoreState:
     rank: DimensionScores
     rank_low: np.ndarray
     signal_x: dict[str, tuple[list[str], np.ndarray, list[np.ndarray]]]  # kinds, X (N,K), sorted columns
+    order: np.ndarray  # model positions in Rank order
+    snapshot: int  # opaque id of the data + settings these scores come from
 
 
 class Engine:
@@ -111,8 +115,12 @@ class Engine:
         self._state: _ScoreState | None = None
         self._signal_cache: dict[str, tuple[tuple, DimensionScores]] = {}
         self._mg_boot: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._mg_boot_key = ""
         self._fragility_cache: dict[tuple, tuple[dict[str, int], int]] = {}
         self._checkpoint_version = 0
+        self._rows_cache: tuple[tuple, list] = ((), [])
+        self._id_rank = np.zeros(0, dtype=np.int64)
+        self._records: OrderedDict[tuple[str, int], ModelRecord] = OrderedDict()
         self.on_refresh: Callable[[int], None] | None = None  # e.g. a metrics hook: iterations per refresh
 
     # ------------------------------------------------------------------ lifecycle
@@ -138,9 +146,8 @@ class Engine:
             if snap is not None:
                 arrays = np.load(io.BytesIO(snap[1]))
                 a, b, c, since = arrays["a"], arrays["b"], arrays["c"], snap[0]
-                row_of = {n: i for i, n in enumerate(node_list)}
-                for n, m, cp, k in zip(*(arrays[x].tolist() for x in ("sn", "sm", "sc", "sk"))):
-                    self.stats[row_of[n]] = (m, cp, k)
+                rows = np.searchsorted(np.array(node_list, dtype=np.int64), arrays["sn"])  # nodes ascend
+                self.stats[rows] = np.column_stack([arrays["sm"], arrays["sc"], arrays["sk"]])
             self.graph.load(node_list, a, b, c, since)
             replayed = 0
             for rows in self.store.iter_events(after_seq=since):
@@ -156,21 +163,30 @@ class Engine:
             if replayed:
                 self.checkpoint()
             self.refresh_graph()
+            boot = self.store.load_state("mg_bootstrap")
+            if boot is not None and not self.graph.dirty:
+                arrays = np.load(io.BytesIO(boot[1]))
+                if str(arrays["key"]) == self._boot_key():
+                    self._mg_boot = (self.graph.structure_version, arrays["reps"], arrays["has"])
+                    self._mg_boot_key = self._boot_key()
             self.catalog_version += 1
             self._state = None
 
-    def _apply_events(self, events: list[tuple[Sequence[str], Sequence[str], Sequence[str]]]) -> None:
+    def _apply_events(self, events: list[tuple[Sequence[str], Sequence[str], Sequence[str]]],
+                      groups: list[tuple[int, ...]] | None = None) -> None:
         """Fold (matched, compared, clicked) id lists into the graph and the per-model counters.
 
-        Dense graph indices equal positions in ``self.ids`` (both follow the rowid order).
+        Dense graph indices equal positions in ``self.ids`` (both follow the rowid order);
+        ``groups`` are the matched models as indices when the caller already has them.
         """
-        pos = self.pos
-        groups = [tuple(pos[m] for m in matched) for matched, _c, _k in events]
+        get = self.pos.__getitem__
+        if groups is None:
+            groups = [tuple(map(get, matched)) for matched, _c, _k in events]
         n = len(self.ids)
         self.stats[:, 0] += np.bincount(np.fromiter(itertools.chain.from_iterable(groups), dtype=np.int64),
                                         minlength=n)
-        compared = [pos[m] for _m, c, _k in events for m in c]
-        clicked = [pos[m] for _m, _c, k in events for m in k]
+        compared = [get(m) for _m, c, _k in events for m in c]
+        clicked = [get(m) for _m, _c, k in events for m in k]
         if compared:
             self.stats[:, 1] += np.bincount(np.array(compared, dtype=np.int64), minlength=n)
         if clicked:
@@ -178,17 +194,33 @@ class Engine:
         self.graph.apply(pairs_of(groups), self.graph.version)
 
     def checkpoint(self) -> None:
-        """Persist the derived counts (and an up-to-date PageRank) so a restart replays little."""
+        """Persist the derived counts so a restart replays little (no PageRank work on this path).
+
+        The PageRank vector is persisted whenever it is refreshed, and its bootstrap
+        replicates here if they are current; a restart adopts either only if it belongs to
+        exactly the graph version it rebuilt.
+        """
         with self.lock:
-            self.refresh_graph()
             a, b, c = self.graph.upper_edges()
             nodes = np.array(self.graph.nodes, dtype=np.int64)
             buf = io.BytesIO()
             np.savez(buf, a=a, b=b, c=c, sn=nodes, sm=self.stats[:, 0], sc=self.stats[:, 1], sk=self.stats[:, 2])
             v = self.graph.version
-            self.store.save_state({"comatch": (v, buf.getvalue()),
-                                   "pagerank": (v, self.graph.pr.astype(np.float64).tobytes())})
+            items = {"comatch": (v, buf.getvalue())}
+            if not self.graph.dirty and self._mg_boot is not None \
+                    and self._mg_boot[0] == self.graph.structure_version:
+                boot = io.BytesIO()  # the PageRank bootstrap is the slow part of a restart: keep it
+                np.savez(boot, key=np.array(self._mg_boot_key), reps=self._mg_boot[1], has=self._mg_boot[2])
+                items["mg_bootstrap"] = (v, boot.getvalue())
+            self.store.save_state(items)
             self._checkpoint_version = v
+
+    def _boot_key(self) -> str:
+        """What the PageRank bootstrap replicates depend on: graph version, size and settings."""
+        c = self.config
+        return (f"v={self.graph.version};n={len(self.graph.nodes)};nnz={self.graph.w.nnz};"
+                f"rounds={c.graph_bootstrap_rounds};tol={c.graph_bootstrap_tol};seed={c.seed};"
+                f"damping={c.pagerank.damping};pr_tol={c.pagerank.tol}")
 
     def refresh_graph(self) -> int:
         """Bring PageRank up to date (warm start) and persist it with its graph version."""
@@ -201,7 +233,8 @@ class Engine:
             return iterations
 
     def close(self) -> None:
-        """Checkpoint (counts + up-to-date PageRank) so a restart serves identical ranks, then close."""
+        """Refresh and persist PageRank, checkpoint the counts, then close: a restart serves identical ranks."""
+        self.refresh_graph()
         self.checkpoint()
         self.store.close()
 
@@ -252,9 +285,18 @@ class Engine:
         return stored, created
 
     def record_of(self, model_id: str) -> ModelRecord:
+        """The stored record, through a small LRU cache (records change only by upsert)."""
+        key = (model_id, self.catalog_version)
+        rec = self._records.get(key)
+        if rec is not None:
+            self._records.move_to_end(key)
+            return rec
         rec = self.store.get_model(model_id)
         if rec is None:
             raise NotFound(f"model {model_id!r} disappeared from the store")
+        self._records[key] = rec
+        if len(self._records) > 4096:
+            self._records.popitem(last=False)
         return rec
 
     # ------------------------------------------------------------------ events
@@ -263,28 +305,39 @@ class Engine:
         if len(events) > self.config.max_batch_events:
             raise InvalidArgument(f"batch has {len(events)} events; send at most "
                                   f"{self.config.max_batch_events} per message")
-        resolved = []
-        pos = self.pos
+        resolved: list[MatchEvent] = []
+        groups: list[tuple[int, ...]] = []  # matched models as graph indices, per resolved event
+        seen: set[str] = set()
+        get = self.pos.__getitem__
         with self.lock:
             for i, e in enumerate(events):
                 e.validate(f"events[{i}]")
-                if all(m in pos for m in e.matched) and all(m in pos for m in e.compared) \
-                        and all(m in pos for m in e.clicked):
-                    resolved.append(e)
+                if e.event_id in seen:  # repeated within the batch: the first one counts
                     continue
-                try:
-                    m = tuple(self._resolve_fast(x) for x in e.matched)
-                    c = tuple(self._resolve_fast(x) for x in e.compared)
-                    k = tuple(self._resolve_fast(x) for x in e.clicked)
-                except NotFound as exc:
-                    raise InvalidArgument(f"events[{i}] ({e.event_id}): {exc.message}") from None
-                if len(set(m)) != len(m):
-                    raise InvalidArgument(f"events[{i}] ({e.event_id}): matched names the same model twice")
-                resolved.append(MatchEvent(e.event_id, e.query, m, c, k, e.timestamp_ms))
+                seen.add(e.event_id)
+                try:  # fast path: every name is already a model id
+                    idx = tuple(map(get, e.matched))
+                    if e.compared or e.clicked:
+                        tuple(map(get, e.compared + e.clicked))
+                except KeyError:
+                    try:
+                        e = MatchEvent(e.event_id, e.query, tuple(map(self._resolve_fast, e.matched)),
+                                       tuple(map(self._resolve_fast, e.compared)),
+                                       tuple(map(self._resolve_fast, e.clicked)), e.timestamp_ms)
+                    except NotFound as exc:
+                        raise InvalidArgument(f"events[{i}] ({e.event_id}): {exc.message}") from None
+                    if len(set(e.matched)) != len(e.matched):
+                        raise InvalidArgument(f"events[{i}] ({e.event_id}): matched names the same model twice")
+                    idx = tuple(map(get, e.matched))
+                resolved.append(e)
+                groups.append(idx)
             new, first = self.store.record_events(resolved)
             if new:
+                if len(new) != len(resolved):  # some were replays: keep the groups of the new ones only
+                    fresh = {id(e) for e in new}
+                    groups = [g for e, g in zip(resolved, groups) if id(e) in fresh]
                 self.graph.version = first + len(new) - 1
-                self._apply_events([(e.matched, e.compared, e.clicked) for e in new])
+                self._apply_events([(e.matched, e.compared, e.clicked) for e in new], groups)
                 self._state = None
                 if self.graph.version - self._checkpoint_version >= self.config.checkpoint_every_events:
                     self.checkpoint()
@@ -296,30 +349,37 @@ class Engine:
         return self.resolve(name)
 
     # ------------------------------------------------------------------ scores
+    def _signal_rows(self, dim: str) -> list[tuple[str, str, float]]:
+        key = (self.catalog_version, dim)
+        if self._rows_cache[0] != key:
+            self._rows_cache = (key, self.store.signal_values(dim))
+        return self._rows_cache[1]
+
     def _signal_dim(self, dim: str) -> DimensionScores:
         key = (self.catalog_version, len(self.ids))
         hit = self._signal_cache.get(dim)
         if hit and hit[0] == key:
             return hit[1]
-        rows = self.store.signal_rows(dim)
+        rows = self._signal_rows(dim)
         d = rank.signal_dimension(self.ids, rows, self.config.bootstrap_rounds,
                                   rank.rng_for(self.config.seed, dim))
         self._signal_cache[dim] = (key, d)
         return d
 
     def _signal_matrix(self, dim: str) -> tuple[list[str], np.ndarray, list[np.ndarray]]:
-        rows = self.store.signal_rows(dim)
+        """Per model and kind: mean log1p(value) (0 = none), plus each kind's sorted column."""
+        rows = [r for r in self._signal_rows(dim) if r[0] in self.pos]
         kinds = sorted({r[1] for r in rows})
         k_of = {k: i for i, k in enumerate(kinds)}
-        n = len(self.ids)
-        sums = np.zeros((n, len(kinds)))
-        cnts = np.zeros((n, len(kinds)))
-        for m, k, v, _s, _o in rows:
-            if m in self.pos:
-                sums[self.pos[m], k_of[k]] += np.log1p(v)
-                cnts[self.pos[m], k_of[k]] += 1
-        x = np.divide(sums, cnts, out=np.zeros_like(sums), where=cnts > 0)
-        return kinds, x, [np.sort(x[:, c]) for c in range(len(kinds))]
+        n, nk = len(self.ids), len(kinds)
+        if not rows:
+            return kinds, np.zeros((n, nk)), [np.zeros(n) for _ in kinds]
+        key = np.array([self.pos[r[0]] * nk + k_of[r[1]] for r in rows], dtype=np.int64)
+        v = np.log1p(np.array([r[2] for r in rows], dtype=np.float64))
+        sums = np.bincount(key, weights=v, minlength=n * nk)
+        cnts = np.bincount(key, minlength=n * nk)
+        x = np.divide(sums, cnts, out=np.zeros(n * nk), where=cnts > 0).reshape(n, nk)
+        return kinds, x, [np.sort(x[:, c]) for c in range(nk)]
 
     def _quality_dim(self) -> DimensionScores:
         outcomes = [(o.model_a, o.model_b, o.a_score) for o in self.store.probe_outcomes()]
@@ -334,6 +394,7 @@ class Engine:
             params = PageRankParams(g.params.damping, self.config.graph_bootstrap_tol, g.params.max_iter)
             reps, has = poisson_replicates(g.w, g.pr, params, rounds, rank.rng_for(self.config.seed, "match_graph"))
             self._mg_boot = (g.structure_version, reps, has)
+            self._mg_boot_key = self._boot_key()
         _v, reps, has = self._mg_boot
         d = rank.match_graph_dimension(g.pr, g.degree(), reps, has, self.stats[:, 0])
         # the graph uses its own (smaller) number of rounds: tile to the common replicate count
@@ -351,12 +412,24 @@ class Engine:
             key = (self.catalog_version, self.graph.structure_version, self.probe_version, len(self.ids))
             if self._state is not None and self._state.key == key:
                 return self._state
-            dims = {"adoption": self._signal_dim("adoption"), "ecosystem": self._signal_dim("ecosystem"),
-                    "match_graph": self._match_graph_dim(), "quality": self._quality_dim()}
+            dims: dict[str, DimensionScores] = {}
+            sig = {}
+            for d in ("adoption", "ecosystem"):
+                dims[d] = self._signal_dim(d)
+                sig[d] = self._signal_matrix(d)
+            dims["match_graph"] = self._match_graph_dim()
+            dims["quality"] = self._quality_dim()
             total = rank.combine(dims, self.config.weights)
             low = total.bounds()[0]
-            sig = {d: self._signal_matrix(d) for d in ("adoption", "ecosystem")}
-            self._state = _ScoreState(key, list(self.ids), dims, total, np.asarray(low), sig)
+            if self._id_rank.shape[0] != len(self.ids):  # ids only ever grow
+                self._id_rank = np.empty(len(self.ids), dtype=np.int64)
+                self._id_rank[np.argsort(np.array(self.ids))] = np.arange(len(self.ids))
+            id_rank = self._id_rank
+            order = np.lexsort((id_rank, -total.value, -low))  # by lower bound, then value, then id
+            seq, cat, runs = self.store.data_versions()
+            digest = hashlib.blake2b(f"{seq}:{cat}:{runs}:{self.config!r}".encode(), digest_size=8).digest()
+            snapshot = int.from_bytes(digest, "big") >> 11  # < 2^53: exact in JSON numbers
+            self._state = _ScoreState(key, list(self.ids), dims, total, np.asarray(low), sig, order, snapshot)
             self._fragility_cache.clear()
             return self._state
 
@@ -367,13 +440,13 @@ class Engine:
                          weights=dict(self.config.weights))
 
     # ------------------------------------------------------------------ GetModel
-    def get(self, name: str, explain: bool) -> tuple[ModelRecord, ScoreCard, list[EvidenceRow]]:
+    def get(self, name: str, explain: bool) -> tuple[ModelRecord, ScoreCard, list[EvidenceRow], int]:
         model_id = self.resolve(name)
         st = self.state()
         i = self.pos[model_id]
         card = self.scorecard(st, i)
         record = self.record_of(model_id)
-        return record, card, (self._explain(st, i, record, card) if explain else [])
+        return record, card, (self._explain(st, i, record, card) if explain else []), st.snapshot
 
     def _explain(self, st: _ScoreState, i: int, record: ModelRecord, card: ScoreCard) -> list[EvidenceRow]:
         out: list[EvidenceRow] = []
@@ -434,15 +507,16 @@ class Engine:
         return out
 
     # ------------------------------------------------------------------ Rank
-    def rank(self, capability: str, limit: int, offset: int) -> tuple[list[tuple[str, str, ScoreCard]], int]:
+    def rank(self, capability: str, limit: int, offset: int) -> tuple[list[tuple[str, str, ScoreCard]], int, int]:
         st = self.state()
-        idx = np.arange(len(st.ids))
+        order = st.order
         if capability.strip():
-            allowed = self.store.capability_model_ids(capability)
-            idx = np.array([self.pos[m] for m in allowed if m in self.pos], dtype=np.int64)
-        order = sorted(idx.tolist(), key=lambda i: (-st.rank_low[i], -st.rank.value[i], st.ids[i]))
-        page = order[offset:offset + limit]
-        return [(st.ids[i], self.names.get(st.ids[i], st.ids[i]), self.scorecard(st, i)) for i in page], len(order)
+            keep = np.zeros(len(st.ids), dtype=bool)
+            keep[[self.pos[m] for m in self.store.capability_model_ids(capability) if m in self.pos]] = True
+            order = order[keep[order]]
+        page = order[offset:offset + limit].tolist()
+        rows = [(st.ids[i], self.names.get(st.ids[i], st.ids[i]), self.scorecard(st, i)) for i in page]
+        return rows, len(order), st.snapshot
 
     # ------------------------------------------------------------------ Compare
     def compare(self, name_a: str, name_b: str) -> CompareResult:
@@ -466,8 +540,8 @@ class Engine:
             rec_a, rec_b, ca, cb, rank_res, dims, pages.feature_rows(rec_a, rec_b, ca, cb),
             headline(rec_a.name, rec_b.name, rank_res),
             tuple(verdict(rec_a.name, rec_b.name, rank_res, list(dims), rec_a.pricing, rec_b.pricing)),
-            self.graph.version)
-        return CompareResult(comp, pages.markdown(comp), pages.html(comp))
+            self.graph.version, pages.freshness_note(*self.store.probe_freshness()))
+        return CompareResult(comp, pages.markdown(comp), pages.html(comp), st.snapshot)
 
     # ------------------------------------------------------------------ fragility
     def _fragility(self, st: _ScoreState, i: int, j: int) -> tuple[dict[str, int], int]:
@@ -499,6 +573,8 @@ class Engine:
         r = fragility.merge_rank_curves(rank_curves, self.config.weights, cap)
         if r == -1 and graph_skipped:
             r = -2
+        if len(self._fragility_cache) >= 10_000:  # bounded: pairs are cheap to recompute
+            self._fragility_cache.clear()
         self._fragility_cache[key] = (flips, r)
         return flips, r
 
@@ -586,8 +662,8 @@ class Engine:
         return fragility.prefix_curve(removable, diff_without, cap, stop)
 
     # ------------------------------------------------------------------ Search
-    def search(self, query: str, limit: int) -> SearchResult:
-        return self.searcher.search(query, limit, self.names)
+    def search(self, query: str, limit: int) -> tuple[SearchResult, int]:
+        return self.searcher.search(query, limit, self.names), self.state().snapshot
 
     # ------------------------------------------------------------------ probes
     def run_probes(self, models: list[str], max_prompts: int, seed: int,
@@ -606,7 +682,11 @@ class Engine:
         if not served:
             raise FailedPrecondition("no served models to probe: set serving_endpoint on a model record")
         prompts = PROBE_PROMPTS[:max_prompts] if max_prompts else PROBE_PROMPTS
-        run = run_probes(self.probe_backend, served, prompts, seed, self.config.probe_tie_margin, check_cancel)
+        try:
+            run = run_probes(self.probe_backend, served, prompts, seed, self.config.probe_tie_margin, check_cancel)
+        except UnfragileError as exc:  # a model service down or too slow: record it, pages say quality is stale
+            self.store.record_probe_failure(exc.message)
+            raise
         if run.results:
             self.store.add_probe_run(run.run_id, seed, list(prompts), list(run.results), list(run.outcomes))
             with self.lock:

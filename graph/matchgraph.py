@@ -65,7 +65,8 @@ class MatchGraph:
         self.lock = threading.RLock()
         self.nodes: list[int] = []  # store node (rowid) at each dense index
         self.index: dict[int, int] = {}  # store node -> dense index
-        self.g = nx.Graph()
+        self._g: nx.Graph | None = None  # built on first use, then kept in step by deltas
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.w = sp.csr_array((0, 0), dtype=np.float64)
         self.pr = np.zeros(0)
         self.version = 0  # store graph_version the state reflects
@@ -84,10 +85,7 @@ class MatchGraph:
             lookup[np.array(self.nodes, dtype=np.int64)] = np.arange(n)
             ia, ib = lookup[a.astype(np.int64)], lookup[b.astype(np.int64)]
             self.w = _symmetric(ia, ib, c.astype(np.float64), n)
-            g = nx.Graph()
-            g.add_nodes_from(range(n))
-            g.add_weighted_edges_from(zip(ia.tolist(), ib.tolist(), c.astype(np.float64).tolist()))
-            self.g = g
+            self._g, self._pending = None, []  # networkx is built from the matrix when first needed
             self.version = version
             self.pr = np.full(n, 1.0 / n) if n else np.zeros(0)
             self.dirty = True
@@ -117,7 +115,8 @@ class MatchGraph:
             for n in sorted(new):
                 self.index[n] = len(self.nodes)
                 self.nodes.append(n)
-                self.g.add_node(self.index[n])
+                if self._g is not None:
+                    self._g.add_node(self.index[n])
             size = len(self.nodes)
             self.w.resize((size, size))
             if self.pr.shape[0]:
@@ -154,18 +153,40 @@ class MatchGraph:
                 ia, ib = flat[0::2], flat[1::2]
                 cnt = np.fromiter(pairs.values(), dtype=np.float64, count=k)
                 self.w = (self.w + _symmetric(ia, ib, cnt, len(self.nodes))).tocsr()
-                adj = self.g._adj  # direct dict access: nx.Graph.add_edge costs ~10x more per edge
-                for (u, v), c in pairs.items():
-                    d = adj[u].get(v)
-                    if d is None:
-                        d = {"weight": float(c)}
-                        adj[u][v] = d
-                        adj[v][u] = d
-                    else:
-                        d["weight"] += c
+                if self._g is not None:
+                    self._pending.append((ia, ib, cnt))
                 self.dirty = True
                 self.structure_version += 1
             self.version = version
+
+    @property
+    def g(self) -> nx.Graph:
+        """The networkx view (weights = co-match counts), brought up to date with pending deltas.
+
+        Ingest only queues its deltas here, so the hot path pays for the matrix update alone;
+        the first reader after a burst applies them all at once (or builds the graph from
+        the matrix on first use, e.g. after a restart).
+        """
+        with self.lock:
+            if self._g is None:
+                up = sp.triu(self.w, k=1).tocoo()
+                g = nx.Graph()
+                g.add_nodes_from(range(len(self.nodes)))
+                g.add_weighted_edges_from(zip(up.row.tolist(), up.col.tolist(), up.data.tolist()))
+                self._g, self._pending = g, []
+            elif self._pending:
+                adj = self._g._adj  # direct dict access: nx.Graph.add_edge costs ~10x more per edge
+                for ia, ib, cnt in self._pending:
+                    for u, v, k in zip(ia.tolist(), ib.tolist(), cnt.tolist()):
+                        d = adj[u].get(v)
+                        if d is None:
+                            d = {"weight": k}
+                            adj[u][v] = d
+                            adj[v][u] = d
+                        else:
+                            d["weight"] += k
+                self._pending = []
+            return self._g
 
     # ------------------------------------------------------------------ queries
     def degree(self) -> np.ndarray:
@@ -178,8 +199,9 @@ class MatchGraph:
             i = self.index.get(node)
             if i is None:
                 return []
-            items = sorted(((float(d["weight"]), self.nodes[j]) for j, d in self.g[i].items()),
-                           key=lambda t: (-t[0], t[1]))
+            lo, hi = self.w.indptr[i], self.w.indptr[i + 1]  # row i of the CSR matrix
+            items = sorted(((float(w), self.nodes[int(j)]) for j, w in
+                            zip(self.w.indices[lo:hi], self.w.data[lo:hi]) if w > 0), key=lambda t: (-t[0], t[1]))
             return [(n, w) for w, n in items[:limit]]
 
     def personalized(self, nodes: list[int]) -> np.ndarray:
@@ -243,13 +265,20 @@ def poisson_replicates(w: sp.csr_array, start: np.ndarray, params: PageRankParam
     edges are resampled independently). Returns (pr replicates (B, N), degree > 0 mask).
     """
     n = w.shape[0]
+    w = w.tocsr()
+    w.sort_indices()
     upper = sp.triu(w, k=1).tocoo()
+    # map every stored entry of w (both directions) to its undirected edge, once
+    key = np.minimum(upper.row, upper.col).astype(np.int64) * n + np.maximum(upper.row, upper.col)
+    rows = np.repeat(np.arange(n), np.diff(w.indptr))
+    entry = np.minimum(rows, w.indices).astype(np.int64) * n + np.maximum(rows, w.indices)
+    sorter = np.argsort(key)
+    edge_of_entry = sorter[np.searchsorted(key, entry, sorter=sorter)]
     reps = np.zeros((rounds, n))
     has = np.zeros((rounds, n), dtype=bool)
     for b in range(rounds):
-        data = rng.poisson(upper.data).astype(np.float64)
-        keep = data > 0
-        wb = _symmetric(upper.row[keep].astype(np.int64), upper.col[keep].astype(np.int64), data[keep], n)
+        draws = rng.poisson(upper.data).astype(np.float64)
+        wb = sp.csr_array((draws[edge_of_entry], w.indices, w.indptr), shape=(n, n))
         reps[b], _ = pagerank_power(wb, start, params)
         has[b] = np.asarray(wb.sum(axis=1)).ravel() > 0
     return reps, has

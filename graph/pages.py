@@ -35,6 +35,24 @@ class Comparison:
     headline: str
     verdict: tuple[str, ...]
     events_total: int
+    freshness: str = ""  # how current the quality evidence is (stale when the last probe attempt failed)
+
+
+def freshness_note(last_ok_ms: int, failed_ms: int, reason: str) -> str:
+    """One sentence on the age of the quality evidence, so a page never hides that probes failed."""
+    import datetime as _dt
+
+    def when(ms: int) -> str:
+        return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    since = f"the last successful probe run ({when(last_ok_ms)})" if last_ok_ms else \
+        "recorded external evidence (no probe run has succeeded yet)"
+    if failed_ms and failed_ms >= last_ok_ms:
+        return (f"Quality evidence is stale: the latest live probe attempt ({when(failed_ms)}) failed ({reason}); "
+                f"quality is shown from {since}.")
+    if last_ok_ms:
+        return f"Quality evidence is from live probes run {when(last_ok_ms)}."
+    return "Quality is from recorded external evidence (no live probe run yet)."
 
 
 def score_cell(dimension: str, s: Score) -> str:
@@ -94,7 +112,8 @@ def markdown(c: Comparison) -> str:
              f"graph evidence from {c.events_total:,} recorded search event{'s' if c.events_total != 1 else ''}.",
              "", f"| Feature | {_md_cell(c.a.name)} | {_md_cell(c.b.name)} |", "|---|---|---|"]
     lines += [f"| {f} | {_md_cell(x)} | {_md_cell(y)} |" for f, x, y in c.rows]
-    lines += ["", "Scores are on 0–1 (UnfragileRank on 0–100) with 95% bootstrap intervals in brackets.", "",
+    lines += ["", "Scores are on 0–1 (UnfragileRank on 0–100) with 95% bootstrap intervals in brackets."
+              + (f" {c.freshness}" if c.freshness else ""), "",
               "## Evidence", "", "| " + " | ".join(EVIDENCE_HEADER) + " |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in evidence_rows(c)]
     for m in (c.a, c.b):
@@ -127,6 +146,7 @@ def html(c: Comparison) -> str:
     out += [f"<tr><td>{_e(f)}</td><td>{_e(x)}</td><td>{_e(y)}</td></tr>" for f, x, y in c.rows]
     out += ["</tbody></table>",
             "<p>Scores are on 0–1 (UnfragileRank on 0–100) with 95% bootstrap intervals in brackets.</p>",
+            f'<p class="freshness">{_e(c.freshness)}</p>' if c.freshness else "",
             '<h2>Evidence</h2><table class="evidence"><thead><tr>'
             + "".join(f"<th>{_e(h)}</th>" for h in EVIDENCE_HEADER) + "</tr></thead><tbody>"]
     out += ["<tr>" + "".join(f"<td>{_e(x)}</td>" for x in row) + "</tr>" for row in evidence_rows(c)]

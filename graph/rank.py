@@ -7,8 +7,9 @@ Sub-scores (each a point estimate on all evidence plus a bootstrap over that evi
   for the kind is the mid-rank percentile of that value among all models; a model with
   no (or zero) observation of a kind scores 0 for it ("no evidence, no credit"). The
   sub-score is the mean over kinds. Bootstrap: each model's own signal rows are resampled
-  with replacement (a kind that drops out counts 0), all models at once, percentiles
-  recomputed per replicate.
+  with replacement (a kind that drops out counts 0) and its percentile recomputed against
+  the other models' point values (the same "what if this model's evidence were
+  different" view the robustness measure takes).
 - **Ecosystem** — the same over integrations, SDKs and formats.
 - **Match Graph** — the percentile of a model's PageRank on the co-match graph (0 for a
   model never co-matched). Bootstrap: Poisson redraw of every edge count
@@ -121,17 +122,23 @@ def midrank_percentile(x: np.ndarray) -> np.ndarray:
         return np.vstack([midrank_percentile(row) for row in x]) if x.shape[0] else x.copy()
     n = x.shape[0]
     if n == 0:
-        return x.copy()
+        return x.astype(np.float64)
     if n == 1:
         return (x > 0).astype(np.float64)
-    s = np.sort(x)
-    lt = np.searchsorted(s, x, "left")
-    le = np.searchsorted(s, x, "right")
-    p = (lt + 0.5 * (le - lt - 1)) / (n - 1)
+    order = np.argsort(x, kind="stable")
+    s = x[order]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    starts = np.flatnonzero(new)  # first sorted position of each run of equal values
+    run = np.cumsum(new) - 1
+    lengths = np.diff(np.append(starts, n))
+    p = np.empty(n)
+    p[order] = (starts[run] + 0.5 * (lengths[run] - 1)) / (n - 1)
     return np.where(x > 0, p, 0.0)
 
 
-def signal_dimension(ids: list[str], rows: list[tuple[str, str, float, str, str]], rounds: int,
+def signal_dimension(ids: list[str], rows: list[tuple[str, str, float]], rounds: int,
                      rng: np.random.Generator) -> DimensionScores:
     """Adoption or ecosystem for every model from its signal rows (see the module doc)."""
     n = len(ids)
@@ -148,24 +155,59 @@ def signal_dimension(ids: list[str], rows: list[tuple[str, str, float, str, str]
     v = np.log1p(np.array([r[2] for r in rows], dtype=np.float64))
     np.add.at(count, m, 1)
 
-    def score_of(mm: np.ndarray, kk: np.ndarray, vv: np.ndarray) -> np.ndarray:
+    def values_of(mm: np.ndarray, kk: np.ndarray, vv: np.ndarray) -> np.ndarray:
         key = mm * nk + kk
         sums = np.bincount(key, weights=vv, minlength=n * nk)
         cnts = np.bincount(key, minlength=n * nk)
-        x = np.divide(sums, cnts, out=np.zeros(n * nk), where=cnts > 0).reshape(n, nk)
-        return np.mean([midrank_percentile(x[:, c]) for c in range(nk)], axis=0)
+        return np.divide(sums, cnts, out=np.zeros(n * nk), where=cnts > 0).reshape(n, nk)
 
-    value = score_of(m, k, v)
-    order = np.argsort(m, kind="stable")
-    ms, ks, vs = m[order], k[order], v[order]
-    start = np.zeros(n, dtype=np.int64)
-    np.cumsum(count[:-1], out=start[1:])
-    slot_start, slot_n = start[ms], count[ms]
-    reps = np.zeros((rounds, n))
+    x = values_of(m, k, v)
+    p = np.column_stack([midrank_percentile(x[:, c]) for c in range(nk)])
+    value = p.mean(axis=1)
+    reps = np.tile(value.astype(np.float32), (rounds, 1))
+    # Only a model with 2+ rows can draw a different sample; the others keep their point score.
+    movable = np.flatnonzero(count >= 2)
+    if movable.size == 0:
+        return DimensionScores(value, reps, count)
+    sub = np.isin(m, movable)
+    local = np.searchsorted(movable, m[sub])
+    mv, kv, vv = local, k[sub], v[sub]
+    nm = movable.size
+    cnt_m = count[movable]
+    order = np.argsort(mv, kind="stable")
+    ms, ks, vs = mv[order], kv[order], vv[order]
+    start = np.zeros(nm, dtype=np.int64)
+    np.cumsum(cnt_m[:-1], out=start[1:])
+    slot_start, slot_n = start[ms], cnt_m[ms]
+    x_m, p_m = x[movable], p[movable]
+    cols = [np.sort(x[:, c]) for c in range(nk)]
     for b in range(rounds):
         pick = slot_start + np.floor(rng.random(len(ms)) * slot_n).astype(np.int64)
-        reps[b] = score_of(ms, ks[pick], vs[pick])  # slot keeps its model; the row drawn is any of its rows
+        key = ms * nk + ks[pick]  # each slot keeps its model; the row drawn is any of that model's rows
+        sums = np.bincount(key, weights=vs[pick], minlength=nm * nk)
+        cnts = np.bincount(key, minlength=nm * nk)
+        xb = np.divide(sums, cnts, out=np.zeros(nm * nk), where=cnts > 0).reshape(nm, nk)
+        pb = np.where(xb == x_m, p_m, 0.0)  # unchanged value -> unchanged percentile; dropped kind -> 0
+        moved = np.nonzero((xb != x_m) & (xb > 0))
+        for c in np.unique(moved[1]):
+            rows_c = moved[0][moved[1] == c]
+            pb[rows_c, c] = percentile_among_others(xb[rows_c, c], x_m[rows_c, c], cols[c])
+        reps[b, movable] = pb.mean(axis=1)
     return DimensionScores(value, reps, count)
+
+
+def percentile_among_others(new: np.ndarray, own: np.ndarray, sorted_col: np.ndarray) -> np.ndarray:
+    """Mid-rank percentile of ``new`` values among the OTHER models' point values.
+
+    ``sorted_col`` holds every model's point value (each model's own ``own`` value once),
+    so the model's own entry is taken out of the counts.
+    """
+    n = sorted_col.shape[0]
+    if n <= 1:
+        return (new > 0).astype(np.float64)
+    lt = np.searchsorted(sorted_col, new, "left") - (own < new)
+    eq = np.searchsorted(sorted_col, new, "right") - np.searchsorted(sorted_col, new, "left") - (own == new)
+    return np.where(new > 0, (lt + 0.5 * eq) / (n - 1), 0.0)
 
 
 def per_model_mean(ids: list[str], rows: list[tuple[str, float]], rounds: int,
@@ -227,10 +269,12 @@ def match_graph_dimension(pr: np.ndarray, degree: np.ndarray, reps: np.ndarray, 
 
 
 def combine(dims: dict[str, DimensionScores], weights: dict[str, float]) -> DimensionScores:
-    """UnfragileRank = 100 x weighted sum, replicate by replicate."""
+    """UnfragileRank = 100 x weighted sum, replicate by replicate (replicates kept as float32)."""
     total = sum(weights.values())
     value = sum(weights[d] / total * dims[d].value for d in DIMENSIONS) * 100
-    reps = sum(weights[d] / total * dims[d].reps for d in DIMENSIONS) * 100
+    reps = np.zeros(dims["adoption"].reps.shape, dtype=np.float32)
+    for d in DIMENSIONS:
+        reps += np.float32(weights[d] / total * 100) * dims[d].reps.astype(np.float32, copy=False)
     count = sum(dims[d].count for d in DIMENSIONS)
     return DimensionScores(np.asarray(value), np.asarray(reps), np.asarray(count))
 

@@ -186,7 +186,7 @@ class MatchEvent:
             raise InvalidArgument(f"{where}.matched lists a model twice")
         if len(self.matched) > 100:
             raise InvalidArgument(f"{where}.matched has {len(self.matched)} models; at most 100")
-        extra = (set(self.compared) | set(self.clicked)) - set(self.matched)
+        extra = ((set(self.compared) | set(self.clicked)) - set(self.matched)) if self.compared or self.clicked else ()
         if extra:
             raise InvalidArgument(f"{where}: compared/clicked {sorted(extra)} are not in matched")
         if self.timestamp_ms < 0:

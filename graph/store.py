@@ -106,6 +106,7 @@ class Store:
         self.conn.execute("PRAGMA foreign_keys=OFF")
         self.conn.execute("PRAGMA cache_size=-200000")
         self._create_schema()
+        self._migrate()
 
     # ------------------------------------------------------------------ schema
     def _create_schema(self) -> None:
@@ -157,6 +158,12 @@ class Store:
                 db["meta"].create({"key": str, "value": str}, pk="key")
                 db["meta"].insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
 
+
+    def _migrate(self) -> None:
+        """Rows later versions rely on, added to databases created before them."""
+        with self.lock:
+            self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('catalog_seq', '0')")
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()
@@ -179,6 +186,7 @@ class Store:
                     "UPDATE models SET name=?, type=?, pricing_tier=?, serving_endpoint=?, version=?, "
                     "record=?, updated_ms=? WHERE id=?", (*values, record.id))
                 node, created = int(row[0]), False
+            self._bump("catalog_seq")
             for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
                 self.conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (record.id,))
             names = {a.lower() for a in (record.name, *record.aliases)} - {record.id}
@@ -211,6 +219,7 @@ class Store:
         """Fast path for benchmarks and imports: new models only, no capability rows re-deleted."""
         now = int(time.time() * 1000)
         with self.lock, self._tx():
+            self._bump("catalog_seq")
             for batch in _chunks(records, 10_000):
                 self.conn.executemany(
                     "INSERT INTO models (id, name, type, pricing_tier, serving_endpoint, version, record, "
@@ -253,6 +262,11 @@ class Store:
         return list(self.conn.execute(
             "SELECT model_id, kind, value, source, observed_at FROM signals WHERE dimension = ? "
             "ORDER BY rowid", (dimension,)))
+
+    def signal_values(self, dimension: str) -> list[tuple[str, str, float]]:
+        """(model_id, kind, value) of every signal of ``dimension``: what scoring needs, cheaply."""
+        return self.conn.execute(
+            "SELECT model_id, kind, value FROM signals WHERE dimension = ? ORDER BY rowid", (dimension,)).fetchall()
 
     def signal_rows_for(self, model_id: str, dimension: str) -> list[tuple[str, str, float, str, str]]:
         """The rows of ``signal_rows`` for one model (indexed lookup)."""
@@ -302,16 +316,20 @@ class Store:
                 unique.append(e)
         now = int(time.time() * 1000)
         with self.lock, self._tx():
-            existing = {r[0] for r in self.conn.execute(
-                "SELECT event_id FROM events WHERE event_id IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(seen)),))}
-            new = [e for e in unique if e.event_id not in existing] if existing else unique
             first = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
+            before = self.conn.total_changes
             self.conn.executemany(
-                "INSERT INTO events (event_id, query, matched, compared, clicked, ts_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO events (event_id, query, matched, compared, clicked, ts_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 [(e.event_id, e.query, " ".join(e.matched), " ".join(e.compared), " ".join(e.clicked),
-                  e.timestamp_ms or now) for e in new],
+                  e.timestamp_ms or now) for e in unique],
             )
+            inserted = self.conn.total_changes - before
+            if inserted == len(unique):
+                new = unique  # the common case: nothing was a replay
+            else:  # the rows just inserted are exactly those with seq >= first, in batch order
+                fresh = {r[0] for r in self.conn.execute("SELECT event_id FROM events WHERE seq >= ?", (first,))}
+                new = [e for e in unique if e.event_id in fresh]
         return new, first
 
     def event_count(self) -> int:
@@ -377,6 +395,19 @@ class Store:
             sql, args = sql + " WHERE run_id = ?", (run_id,)
         return [ProbeResultRow(*r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
 
+    def record_probe_failure(self, reason: str) -> None:
+        """Remember the latest failed probe attempt (pages state how stale quality is)."""
+        value = json.dumps({"at_ms": int(time.time() * 1000), "reason": reason[:300]})
+        with self.lock:
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_probe_failure', ?)", (value,))
+
+    def probe_freshness(self) -> tuple[int, int, str]:
+        """(last successful probe run ms or 0, last failed attempt ms or 0, its reason)."""
+        last_ok = self.conn.execute("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs").fetchone()[0]
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'last_probe_failure'").fetchone()
+        failure = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
+        return int(last_ok), int(failure["at_ms"]), str(failure["reason"])
+
     # ------------------------------------------------------------------ derived state
     def save_state(self, items: dict[str, tuple[int, bytes]]) -> None:
         """Write derived-state blobs (key -> (version, bytes)) in one transaction."""
@@ -388,7 +419,17 @@ class Store:
         row = self.conn.execute("SELECT version, data FROM graph_state WHERE key = ?", (key,)).fetchone()
         return (int(row[0]), bytes(row[1])) if row else None
 
+    def data_versions(self) -> tuple[int, int, int]:
+        """(last event seq, catalogue change count, probe runs): what every score depends on."""
+        seq = self.graph_version()
+        cat = int(self.conn.execute("SELECT value FROM meta WHERE key = 'catalog_seq'").fetchone()[0])
+        runs = int(self.conn.execute("SELECT COUNT(*) FROM probe_runs").fetchone()[0])
+        return seq, cat, runs
+
     # ------------------------------------------------------------------ helpers
+    def _bump(self, key: str) -> None:
+        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (key,))
+
     def _tx(self) -> "_Transaction":
         return _Transaction(self.conn)
 

@@ -15,6 +15,7 @@ make both impossible:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from graph.rank import DIMENSION_LABELS, Difference, Score
 from graph.records import Pricing
@@ -52,7 +53,7 @@ class DimensionResult:
     records_to_flip: int = 0  # -1: no flip found by removals; -2: not computed
     fragile: bool = False
 
-    @property
+    @cached_property
     def outcome(self) -> str:
         return outcome(self.dimension, self.a, self.b, self.diff)
 

@@ -17,17 +17,72 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from services.core import metrics
-from services.core.errors import Internal, ResourceExhausted, UnfragileError, Unavailable
+from services.core.errors import Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable
 from services.core.security import Authorizer
 
 log = logging.getLogger(__name__)
 
 
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse as the RPC's request type."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpc answers INTERNAL when a request does not parse; we want INVALID_ARGUMENT (caller's fault)."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bytes
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _check_decoded(request: Any, method: str) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(f"the {method} request is not a valid protobuf message of its type "
+                              f"({request.reason}); check the client's stubs and string fields (UTF-8)")
+    return request
+
+
+def _checked_stream(requests: Iterator[Any], method: str) -> Iterator[Any]:
+    for request in requests:
+        yield _check_decoded(request, method)
+
+
 class ServerState:
-    """Shared flags between the server lifecycle and the interceptor."""
+    """Shared flags between the server lifecycle and the interceptor.
+
+    ``in_flight`` counts service RPCs being handled (health/reflection excluded), so a
+    drain can keep the port open, answering new RPCs UNAVAILABLE from the interceptor,
+    until the in-flight ones are done; only then is the gRPC server stopped.
+    """
 
     def __init__(self) -> None:
         self.draining = threading.Event()
+        self.in_flight = 0
+        self._idle = threading.Condition()
+
+    def enter(self) -> None:
+        with self._idle:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self.in_flight -= 1
+            if self.in_flight <= 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no service RPC is in flight, or ``timeout`` seconds passed."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.in_flight <= 0, timeout)
 
 
 def _as_domain_error(exc: BaseException) -> UnfragileError:
@@ -61,13 +116,26 @@ class _Recorder:
             metrics.DOMAIN_ERRORS.labels(self.service, self.method, type(error).__name__, name).inc()
 
 
+MAX_DETAILS_CHARS = 2000
+
+
+def _bounded(message: str) -> str:
+    """Status details travel as a trailer (16 KiB hard limit on clients): a message that
+    echoes a huge input would turn into RESOURCE_EXHAUSTED 'Stream removed'. Keep the
+    start (what is wrong) and the end (what to do), drop the middle."""
+    if len(message) <= MAX_DETAILS_CHARS:
+        return message
+    half = MAX_DETAILS_CHARS // 2
+    return f"{message[:half]}…[{len(message) - 2 * half} characters omitted]…{message[-half:]}"
+
+
 def _abort(context: grpc.ServicerContext, rec: _Recorder, exc: BaseException) -> None:
     err = _as_domain_error(exc)
     rec.finish(err.code, err)
     trailers = err.trailing_metadata()
     if trailers:
         context.set_trailing_metadata(trailers)
-    context.abort(err.code, err.message)
+    context.abort(err.code, _bounded(err.message))
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -86,13 +154,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = details.method.rsplit("/", 1)[-1]
         if details.method.startswith("/grpc."):  # health and reflection: not counted
             return handler
+        handler = handler._replace(request_deserializer=_lenient(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, method))
         if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method))
+            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, method, True))
         if handler.unary_stream:
             return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, method))
-        return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method))
+        return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, method, True))
 
     def _admit(self, method: str, context: grpc.ServicerContext) -> Any:
         """Refuse while draining; authorize; returns a token to unbind the caller."""
@@ -110,29 +179,34 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except ValueError:  # generator resumed in another context: nothing to undo
                 pass
 
-    def _wrap_unary(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_unary(self, fn: Callable[..., Any], method: str, streaming_in: bool = False) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
             rec = _Recorder(self.service, method)
             bound = None
+            self.state.enter()
             try:
                 bound = self._admit(method, context)
+                request = _checked_stream(request, method) if streaming_in else _check_decoded(request, method)
                 response = fn(request, context)
             except Exception as exc:  # noqa: BLE001 - the mapping point
                 _abort(context, rec, exc)
                 return None
             finally:
                 self._release(bound)
+                self.state.leave()
             rec.finish(grpc.StatusCode.OK)
             return response
 
         return wrapper
 
-    def _wrap_stream(self, fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_stream(self, fn: Callable[..., Any], method: str, streaming_in: bool = False) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             rec = _Recorder(self.service, method)
             bound = None
+            self.state.enter()
             try:
                 bound = self._admit(method, context)
+                request = _checked_stream(request, method) if streaming_in else _check_decoded(request, method)
                 yield from fn(request, context)
             except GeneratorExit:  # client went away mid-stream
                 rec.finish(grpc.StatusCode.CANCELLED)
@@ -142,6 +216,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 return
             finally:
                 self._release(bound)
+                self.state.leave()
             rec.finish(grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
 
         return wrapper

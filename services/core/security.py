@@ -27,13 +27,17 @@ class Principal:
 
     name: str
     role: str
+    # True for the one identity every token-less caller shares while auth is on: it may read
+    # (when reads are open) but cannot own anything, e.g. cancel "its" jobs (they are everyone's).
+    shared: bool = False
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
 
-ANONYMOUS = Principal("anonymous", "reader")
+ANONYMOUS = Principal("anonymous", "reader")  # auth off: everyone, and everything is allowed
+SHARED_ANONYMOUS = Principal("anonymous", "reader", shared=True)  # auth on, no token, reads open
 _current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS)
 
 
@@ -91,7 +95,7 @@ class Authorizer:
                 raise PermissionDenied(f"{method} needs the admin role; token {principal.name!r} is a reader")
         elif principal is None and not self.open_reads:
             raise Unauthenticated(f"{method} needs a bearer token (metadata 'authorization')")
-        return principal or ANONYMOUS
+        return principal or SHARED_ANONYMOUS
 
     @staticmethod
     def bind(principal: Principal) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -123,7 +124,11 @@ class RunningServer:
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
             metrics.MODEL_READY.labels(self.service.name).set(0)
             log.info("%s draining for up to %.1fs", self.service.name, grace)
-            self.server.stop(grace).wait()
+            # Keep the port open while in-flight RPCs finish: new RPCs reach the interceptor and
+            # get a retryable UNAVAILABLE (grpc's own shutdown would CANCEL calls racing it).
+            deadline = time.monotonic() + grace
+            self.state.wait_idle(grace)
+            self.server.stop(max(0.0, deadline - time.monotonic())).wait()
             try:
                 self.service.close()
             finally:

@@ -27,13 +27,12 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from services.core.cancel import CancelToken
 from services.core.errors import (Cancelled, DeadlineExceeded, Internal, PermissionDenied, ResourceExhausted,
                                   UnfragileError, Unavailable)
 from services.core.security import ANONYMOUS, Principal
-from services.core.images import encode_png
 from services.diffusion import metrics as m
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobRegistry
 from services.diffusion.runner import BatchItem, Interrupted, Runner
@@ -108,13 +107,21 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._trainer: Trainer | None = None
         self._batch_s_ema = 1.0
+        self._running: list[GenJob] = []
 
     # ----------------------------------------------------------------- lifecycle
     def attach_trainer(self, trainer: Trainer) -> None:
         self._trainer = trainer
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="diffusion-worker", daemon=True)
+    def start(self, on_thread_start: Callable[[], None] | None = None) -> None:
+        """Start the worker; ``on_thread_start`` runs first on it (e.g. torch thread settings)."""
+
+        def main() -> None:
+            if on_thread_start is not None:
+                on_thread_start()
+            self._loop()
+
+        self._thread = threading.Thread(target=main, name="diffusion-worker", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -124,6 +131,8 @@ class Engine:
             pending, self._heap = list(self._heap), []
         for job in pending:
             self._finish_error(job, Unavailable("server is shutting down; retry on another replica"))
+        for job in list(self._running):  # stops the running batch within one step
+            job.token.cancel("server shutting down")
         if self._thread is not None:
             self._thread.join(timeout)
         m.WAITING.set(0)
@@ -180,13 +189,16 @@ class Engine:
         Callers may cancel their own jobs; other callers' jobs need the admin role.
         """
         job = self.registry.get(job_id)
+        if not caller.is_admin and caller.shared:
+            raise PermissionDenied(f"cancelling job {job_id} needs a bearer token: callers without one share a "
+                                   f"single identity and cannot own jobs")
         if not caller.is_admin and caller.name != job.owner:
             raise PermissionDenied(f"job {job_id} belongs to another caller; cancelling it needs the admin role")
         job.token.cancel("cancelled by CancelJob")
         self.wake()
-        deadline = time.monotonic() + self.config.cancel_wait_s
-        for snap in job.watch(poll_s=0.05):
-            if snap.terminal or time.monotonic() > deadline:
+        give_up = CancelToken(deadline=time.monotonic() + self.config.cancel_wait_s)
+        for snap in job.watch(give_up, poll_s=0.05):  # ends at a terminal state or when give_up expires
+            if snap.terminal:
                 return snap
         return job.snapshot
 
@@ -285,6 +297,7 @@ class Engine:
         images = sum(len(j.seeds) for j in jobs)
         m.BATCH_SIZE.labels(mode).observe(images)
         m.RUNNING.inc(len(jobs))
+        self._running = list(jobs)
         last = [t0]
 
         def on_step(step: int, total: int, latents: Any) -> bool:
@@ -317,6 +330,7 @@ class Engine:
             self._fail_batch(jobs, exc, images)
             return
         finally:
+            self._running = []
             m.RUNNING.dec(len(jobs))
             self._batch_s_ema = 0.8 * self._batch_s_ema + 0.2 * (time.monotonic() - t0)
         t1 = time.monotonic()
@@ -337,7 +351,7 @@ class Engine:
         p = job.request.params
         if p.preview_every and step % p.preview_every == 0 and step < total:
             for idx, img in enumerate(self.runner.preview(latents, p.preview_mode)):
-                job.emit(PreviewEvent(step, idx, encode_png(img)))
+                job.emit(PreviewEvent(step, idx, img))
             if job.first_preview is None:
                 job.first_preview = time.monotonic()
                 m.FIRST_PREVIEW.labels(job.request.mode).observe(job.first_preview - job.submitted)
@@ -358,7 +372,7 @@ class Engine:
 
     def _finish_ok(self, job: GenJob, imgs: list[Any], t0: float, t1: float, batch_images: int) -> None:
         now = time.monotonic()
-        outs = tuple(OutputImage(encode_png(img), seed, img.width, img.height) for img, seed in zip(imgs, job.seeds))
+        outs = tuple(OutputImage(img, seed, img.width, img.height) for img, seed in zip(imgs, job.seeds))
         p = job.request.params
         result = ResultEvent(
             images=outs,

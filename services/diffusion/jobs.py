@@ -31,8 +31,8 @@ class Job:
     """State shared by every job kind; thread-safe, observable."""
 
     def __init__(self, kind: str, token: CancelToken | None = None, adapter_name: str = "",
-                 owner: str = "anonymous") -> None:
-        self.id = new_job_id(kind)
+                 owner: str = "anonymous", job_id: str | None = None) -> None:
+        self.id = job_id or new_job_id(kind)  # an explicit id: a job recovered from the journal
         self.owner = owner  # caller name (services.core.security) for CancelJob permissions
         self.token = token or CancelToken()
         self.submitted = time.monotonic()
@@ -61,9 +61,13 @@ class Job:
             self._snap = replace(self._snap, **changes)
             watchers = list(self._watchers)
             snap = self._snap
+            self._persist(snap)  # before anyone is told: what a watcher saw is never lost in a crash
         for w in watchers:
             w.put(snap)
         return True
+
+    def _persist(self, snap: JobSnapshot) -> None:
+        """Hook for jobs that outlive the process (fine-tunes journal their state)."""
 
     def watch(self, token: CancelToken | None = None, poll_s: float = 0.25) -> Iterator[JobSnapshot]:
         """Current snapshot, then every change, ending after a terminal one (or on cancel)."""

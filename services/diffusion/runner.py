@@ -113,6 +113,7 @@ class DiffusersRunner:
         self.has_inpaint_unet = False
         self._base_scheduler_config: Any = None
         self._loaded_adapters: dict[str, int] = {}  # name -> mtime_ns of the weights it came from
+        self._rgb_factors: Any = None
 
     # ----------------------------------------------------------------- loading
     def load(self) -> None:
@@ -123,8 +124,9 @@ class DiffusersRunner:
         dlogging.disable_progress_bar()
         source, kwargs = pretrained_source(self.model)
         try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source, safety_checker=None, requires_safety_checker=False, dtype=self.dtype, **kwargs)
+            pipe = StableDiffusionPipeline.from_pretrained(  # safetensors only: never unpickle weights
+                source, safety_checker=None, requires_safety_checker=False, dtype=self.dtype, use_safetensors=True,
+                **kwargs)
         except Exception as exc:
             from services.core.errors import ModelUnavailable
 
@@ -135,7 +137,7 @@ class DiffusersRunner:
         else:
             try:
                 inpaint_unet = UNet2DConditionModel.from_pretrained(
-                    source, subfolder="unet_inpaint", dtype=self.dtype, **kwargs)
+                    source, subfolder="unet_inpaint", dtype=self.dtype, use_safetensors=True, **kwargs)
             except Exception:  # noqa: BLE001 - optional part of a checkpoint
                 log.info("no unet_inpaint in %s: Inpaint uses latent blending with the base UNet", self.model)
         pipe.to(self.device)
@@ -227,8 +229,9 @@ class DiffusersRunner:
                 vae = self.pipe.vae
                 decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
                 return self.pipe.image_processor.postprocess(decoded, output_type="pil")
-            factors = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float32, device=latents.device)
-            rgb = torch.einsum("bchw,cr->brhw", latents.float(), factors)
+            if self._rgb_factors is None or self._rgb_factors.device != latents.device:
+                self._rgb_factors = torch.tensor(LATENT_RGB_FACTORS, dtype=torch.float32, device=latents.device)
+            rgb = torch.einsum("bchw,cr->brhw", latents.float(), self._rgb_factors)
             arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a, "RGB") for a in arr]
 

@@ -143,6 +143,9 @@ class GenerationParams:
             raise InvalidArgument("the same adapter is listed twice; give each adapter once with its weight")
         if not -10 <= msg.priority <= 10:
             raise InvalidArgument(f"priority {msg.priority} is out of range; use -10..10")
+        if msg.preview_mode not in pb.PreviewMode.values():
+            raise InvalidArgument(f"preview_mode {msg.preview_mode} is not a known PreviewMode; use one of "
+                                  f"{', '.join(pb.PreviewMode.keys())}")
         return cls(
             prompt=msg.prompt,
             negative_prompt=msg.negative_prompt,
@@ -197,9 +200,9 @@ class GenerateRequest:
         return cls("txt2img", GenerationParams.from_pb(msg.params, limits))
 
     @classmethod
-    def _image_input(cls, params: GenerationParams, data: bytes, field_name: str, limits: Limits
+    def _image_input(cls, params: GenerationParams, img: Image.Image, field_name: str, limits: Limits
                      ) -> tuple[GenerationParams, Image.Image]:
-        img = decode_image(data, max_pixels=limits.max_image_pixels, field=field_name)
+        """Resize to params.width/height when set, else check the image's own size; fill the size in."""
         if params.width or params.height:
             width = params.width or img.width
             height = params.height or img.height
@@ -217,7 +220,8 @@ class GenerateRequest:
     @classmethod
     def from_img2img(cls, msg: pb.ImageToImageRequest, limits: Limits) -> "GenerateRequest":
         params = GenerationParams.from_pb(msg.params, limits)
-        params, img = cls._image_input(params, msg.image.data, "image", limits)
+        img = decode_image(msg.image.data, max_pixels=limits.max_image_pixels, field="image")
+        params, img = cls._image_input(params, img, "image", limits)
         strength = _fraction(msg.strength if msg.HasField("strength") else None, "strength", 0.75)
         _check_runs_a_step(params.steps, strength)
         return cls("img2img", params, image=img, strength=strength)
@@ -234,7 +238,7 @@ class GenerateRequest:
             )
         if (params.width and params.width != img.width) or (params.height and params.height != img.height):
             raise InvalidArgument("for Inpaint leave params.width/height at 0 or equal to the image size")
-        params, img = cls._image_input(_replace(params, width=0, height=0), msg.image.data, "image", limits)
+        params, img = cls._image_input(_replace(params, width=0, height=0), img, "image", limits)
         strength = _fraction(msg.strength if msg.HasField("strength") else None, "strength", 1.0)
         _check_runs_a_step(params.steps, strength)
         mask = mask.point(lambda v: 255 if v >= 128 else 0)
@@ -243,7 +247,8 @@ class GenerateRequest:
     @classmethod
     def from_style(cls, msg: pb.StyleTransferRequest, limits: Limits) -> "GenerateRequest":
         params = GenerationParams.from_pb(msg.params, limits, prompt_required=False)
-        params, content = cls._image_input(params, msg.content_image.data, "content_image", limits)
+        content = decode_image(msg.content_image.data, max_pixels=limits.max_image_pixels, field="content_image")
+        params, content = cls._image_input(params, content, "content_image", limits)
         style = decode_image(msg.style_image.data, max_pixels=limits.max_image_pixels, field="style_image")
         style = _resized(style, content.width, content.height)
         weight = _fraction(msg.style_weight if msg.HasField("style_weight") else None, "style_weight", 0.5,
@@ -297,18 +302,22 @@ class ProgressEvent:
 
 @dataclass(frozen=True)
 class PreviewEvent:
+    """A preview; PNG-encoded in ``to_pb`` on the RPC's thread, not on the denoising worker."""
+
     step: int
     index: int
-    png: bytes
+    image: Image.Image
 
     def to_pb(self, job_id: str) -> pb.GenerateEvent:
         return pb.GenerateEvent(job_id=job_id, preview=pb.Preview(
-            step=self.step, index=self.index, image=cpb.Image(data=self.png, mime_type="image/png")))
+            step=self.step, index=self.index, image=cpb.Image(data=encode_png(self.image), mime_type="image/png")))
 
 
 @dataclass(frozen=True)
 class OutputImage:
-    png: bytes
+    """A finished image; PNG-encoded in ``to_pb`` on the RPC's thread so the worker moves on."""
+
+    image: Image.Image
     seed: int
     width: int
     height: int
@@ -327,7 +336,7 @@ class ResultEvent:
 
     def to_pb(self, job_id: str) -> pb.GenerateEvent:
         return pb.GenerateEvent(job_id=job_id, result=pb.GeneratedImages(
-            images=[pb.GeneratedImage(image=cpb.Image(data=i.png, mime_type="image/png"), seed=i.seed,
+            images=[pb.GeneratedImage(image=cpb.Image(data=encode_png(i.image), mime_type="image/png"), seed=i.seed,
                                       width=i.width, height=i.height) for i in self.images],
             timings=cpb.Timings(queue_ms=self.queue_ms, inference_ms=self.inference_ms, total_ms=self.total_ms,
                                 first_token_ms=self.first_preview_ms),

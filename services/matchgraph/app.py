@@ -6,6 +6,7 @@ in-memory graph and PageRank from it; health turns SERVING only after that.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from pathlib import Path
@@ -125,6 +126,9 @@ def build_service(settings: Settings, engine: Engine | None = None) -> GrpcServi
     def load() -> None:
         engine.load()
         engine.state()
+        # Millions of long-lived graph objects: move them out of the cyclic GC's way so full
+        # collections do not stall requests (objects are still freed by reference counting).
+        gc.freeze()
         g = engine.graph
         metrics.observe_graph(len(g.nodes), g.w.nnz // 2, g.version)
         if schedule is not None and engine.probe_backend is not None:
@@ -133,6 +137,8 @@ def build_service(settings: Settings, engine: Engine | None = None) -> GrpcServi
     def close() -> None:
         if schedule is not None:
             schedule.stop_event.set()
+            if schedule.thread.is_alive():
+                schedule.thread.join(timeout=settings.probe_timeout_s)
         engine.close()
 
     return GrpcService(name="matchgraph", full_name=FULL_NAME, servicer=MatchGraphServicer(engine),

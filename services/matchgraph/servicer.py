@@ -53,9 +53,9 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         req = t.SearchQuery.from_pb(request)
-        result = self.engine.search(req.query, req.limit)
+        result, snapshot = self.engine.search(req.query, req.limit)
         metrics.observe_search(result)
-        return t.SearchQuery.to_pb(result)
+        return t.SearchQuery.to_pb(result, snapshot)
 
     def RunProbes(self, request: pb.RunProbesRequest, context: grpc.ServicerContext) -> pb.RunProbesResponse:
         req = t.ProbeQuery.from_pb(request)

@@ -117,9 +117,9 @@ class GetModel:
         return cls(req.model, req.explain)
 
     @staticmethod
-    def to_pb(record: ModelRecord, card: ScoreCard, evidence: list[EvidenceRow]) -> pb.GetModelResponse:
+    def to_pb(record: ModelRecord, card: ScoreCard, evidence: list[EvidenceRow], snapshot: int) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=record_to_pb(record), scores=card_to_pb(card),
-                                   evidence=[evidence_to_pb(e) for e in evidence])
+                                   evidence=[evidence_to_pb(e) for e in evidence], snapshot_version=snapshot)
 
 
 def event_from_pb(e: pb.MatchEvent) -> MatchEvent:
@@ -147,8 +147,8 @@ class RankQuery:
         return cls(req.capability, limit, req.offset)
 
     @staticmethod
-    def to_pb(rows: list[tuple[str, str, ScoreCard]], total: int, offset: int) -> pb.RankResponse:
-        return pb.RankResponse(total=total, models=[
+    def to_pb(rows: list[tuple[str, str, ScoreCard]], total: int, snapshot: int, offset: int) -> pb.RankResponse:
+        return pb.RankResponse(total=total, snapshot_version=snapshot, models=[
             pb.RankedModel(position=offset + k + 1, id=i, name=n, scores=card_to_pb(c))
             for k, (i, n, c) in enumerate(rows)])
 
@@ -171,7 +171,7 @@ class CompareQuery:
             a=record_to_pb(c.a), b=record_to_pb(c.b), a_scores=card_to_pb(c.a_scores),
             b_scores=card_to_pb(c.b_scores), dimensions=[_dim_to_pb(d) for d in (c.rank, *c.dimensions)],
             rows=[pb.FeatureRow(feature=f, a=x, b=y) for f, x, y in c.rows], headline=c.headline,
-            verdict=list(c.verdict), markdown=r.markdown, html=r.html)
+            verdict=list(c.verdict), markdown=r.markdown, html=r.html, snapshot_version=r.snapshot)
 
 
 def _dim_to_pb(d: DimensionResult) -> pb.DimensionComparison:
@@ -198,8 +198,9 @@ class SearchQuery:
         return cls(req.query, limit)
 
     @staticmethod
-    def to_pb(r: SearchResult) -> pb.SearchResponse:
-        return pb.SearchResponse(embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason, hits=[
+    def to_pb(r: SearchResult, snapshot: int) -> pb.SearchResponse:
+        return pb.SearchResponse(embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason,
+                                 snapshot_version=snapshot, hits=[
             pb.SearchHit(model_id=h.model_id, name=h.name, capability=h.capability, score=h.score,
                          fts_rank=h.fts_rank, embedding_rank=h.embedding_rank, snippet=h.snippet) for h in r.hits])
 

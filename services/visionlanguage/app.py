@@ -29,7 +29,6 @@ class Settings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="UNFRAGILE_VL_", extra="ignore", protected_namespaces=())
 
-    port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one (the stack uses 50051).")
     model: str = Field("", description="Kosmos-2 folder or hub id (e.g. microsoft/kosmos-2-patch14-224); "
                                        "'' = <models_dir>/tiny-kosmos2, built on first start if missing.")
     quantize: str = Field("", description="'' (none) or 'int8': dynamic int8 quantization of Linear layers (CPU).")
@@ -43,6 +42,8 @@ class Settings(ServiceSettings):
                                                       "RESOURCE_EXHAUSTED with a retry-after-ms hint.")
     feature_cache_size: int = Field(256, ge=0, description="Images whose projected features are kept (LRU by "
                                                            "content hash); 0 disables the cache.")
+    prefix_cache_size: int = Field(32, ge=0, description="Images whose prompt-prefix KV cache ('<s><image>[64 "
+                                                        "slots]</image>') is kept for reuse (LRU); 0 = recompute.")
     default_max_new_tokens: int = Field(32, ge=1, description="max_new_tokens when a request leaves it 0.")
     max_new_tokens_limit: int = Field(256, ge=1, description="Largest max_new_tokens a request may ask for.")
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest image (width*height) accepted.")
@@ -78,7 +79,8 @@ def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] 
     def load() -> None:
         runner = (runner_factory or make_runner)()
         engine = Engine(runner, EngineConfig(settings.max_batch_size, settings.max_queue_delay_ms,
-                                             settings.max_queue_size, settings.feature_cache_size))
+                                             settings.max_queue_size, settings.feature_cache_size,
+                                             settings.prefix_cache_size))
         limits = Limits(runner.model_id, settings.max_image_pixels, settings.default_max_new_tokens,
                         settings.max_new_tokens_limit)
         holder["state"] = (engine, limits)

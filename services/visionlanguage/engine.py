@@ -14,8 +14,8 @@ Each sequence samples from its own seeded generator with explicit position ids, 
 tokens do not depend on what else was batched with it. A cancelled or finished
 sequence leaves the batch before the next step: its slot is free at once.
 
-Unary ``caption`` consumes the same event stream as ``stream_caption``, so the
-streamed text equals the unary text by construction.
+Unary ``caption`` runs the same code as ``stream_caption`` (minus the per-token events
+and text decoding it does not need), so the streamed text equals the unary text.
 """
 
 from __future__ import annotations
@@ -27,23 +27,28 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image as PILImage
 
 from services.core.cancel import CancelToken
-from services.core.errors import Cancelled, DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable
+from services.core.errors import (
+    Cancelled, DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable,
+)
 from services.visionlanguage import grounding as g
 from services.visionlanguage import metrics as m
-from services.visionlanguage.runner import DecodeBatch, ImageFeatures, ModelRunner, PrefillItem, PromptIds, sample_next
+from services.visionlanguage.runner import (
+    DecodeBatch, ImageFeatures, ImagePrefix, ModelRunner, PrefillItem, PromptIds, StepOutput, sample_next,
+)
 from services.visionlanguage.types import (
     AttentionMapRequest, AttentionMapResult, CaptionEvent, CaptionRequest, CaptionResult, EmbedRequest, EmbedResult,
     ImageInput, ModelInfo, Sampling, SimilarityRequest, SimilarityResult, Timing, TokenizeRequest, TokenizeResult,
 )
 
 log = logging.getLogger(__name__)
+_POLL_S = 0.5  # backstop for deadlines that pass without a gRPC callback
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class EngineConfig:
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 64
     feature_cache_size: int = 256
+    prefix_cache_size: int = 32
 
 
 class FeatureCache:
@@ -77,11 +83,34 @@ class FeatureCache:
             self._d.popitem(last=False)
 
 
+class PrefixCache:
+    """LRU of image-prefix KV caches ('<s><image>[slots]</image>') keyed by image content hash."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._d: collections.OrderedDict[str, ImagePrefix] = collections.OrderedDict()
+
+    def get(self, key: str) -> ImagePrefix | None:
+        p = self._d.get(key)
+        if p is not None:
+            self._d.move_to_end(key)
+        return p
+
+    def put(self, key: str, p: ImagePrefix) -> None:
+        if self.capacity <= 0:
+            return
+        self._d[key] = p
+        self._d.move_to_end(key)
+        while len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+
+
 class Job:
     """A request's sequences and the channel its events travel back on."""
 
-    def __init__(self, cancel: CancelToken) -> None:
+    def __init__(self, cancel: CancelToken, stream: bool = False) -> None:
         self.cancel = cancel
+        self.stream = stream  # per-token events wanted (StreamCaption)
         self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.accepted = time.perf_counter()
         self.last_position = -1
@@ -129,6 +158,7 @@ class Engine:
         self.runner = runner
         self.config = config
         self.cache = FeatureCache(config.feature_cache_size)
+        self.prefix_cache = PrefixCache(config.prefix_cache_size)
         self._queue: collections.deque[Seq | _Task] = collections.deque()
         self._running: list[Seq] = []
         self._batch: DecodeBatch | None = None
@@ -172,7 +202,12 @@ class Engine:
             self._queue.extend(items)
             m.WAITING.set(len(self._queue))
             self._cond.notify_all()
-        job.cancel.on_cancel(self._wake)
+        job.cancel.on_cancel(lambda: self._on_cancel(job))
+
+    def _on_cancel(self, job: Job) -> None:
+        """Wake the scheduler (to free the slot) and the waiting handler thread."""
+        self._wake()
+        job.post("cancelled")
 
     def _wake(self) -> None:
         with self._cond:
@@ -199,12 +234,16 @@ class Engine:
                     f"the prompt is {len(pids.ids)} tokens (with {len(pids.ids) - len(pids.ids[pids.tail_start:])} "
                     f"for the image); with max_new_tokens={req.sampling.max_new_tokens} that is {total}, over the "
                     f"model context of {self.runner.max_context}: shorten the prompt or lower max_new_tokens")
-            seqs.append(Seq(job, i, req.image, prompt, pids, req.sampling, seed, self._prompt_raw(pids), with_attention))
+            seqs.append(Seq(job, i, req.image, prompt, pids, req.sampling, seed, self._prompt_raw(pids),
+                            with_attention))
         return seqs
 
-    def stream_caption(self, req: CaptionRequest, cancel: CancelToken) -> Iterator[CaptionEvent]:
-        """Queue position events, then text deltas, then one event with the final result."""
-        job = Job(cancel)
+    def stream_caption(self, req: CaptionRequest, cancel: CancelToken, stream: bool = True) -> Iterator[CaptionEvent]:
+        """Queue position events, then text deltas, then one event with the final result.
+
+        ``stream=False`` (unary Caption) skips per-token text work; the final result is the same.
+        """
+        job = Job(cancel, stream)
         seqs = self._make_seqs(req, job)
         items: list[Seq | _Task]
         if req.sampling.num_beams > 1:
@@ -218,11 +257,13 @@ class Engine:
         try:
             while True:
                 try:
-                    kind, payload = job.events.get(timeout=0.05)
+                    # Long timeout: cancellation posts an event; idle wake-ups would steal the
+                    # GIL from the scheduler thread between its many small torch calls.
+                    kind, payload = job.events.get(timeout=_POLL_S)
                 except queue.Empty:
-                    if cancel.cancelled:
-                        raise stopped_error(cancel)
-                    continue
+                    kind, payload = "", None
+                if kind == "cancelled" or cancel.cancelled:
+                    raise stopped_error(cancel)
                 if kind == "queued":
                     if payload != last_pos:
                         last_pos = payload
@@ -247,7 +288,7 @@ class Engine:
 
     def caption(self, req: CaptionRequest, cancel: CancelToken) -> CaptionResult:
         final = None
-        for ev in self.stream_caption(req, cancel):
+        for ev in self.stream_caption(req, cancel, stream=False):
             final = ev.final or final
         assert final is not None
         return final
@@ -279,16 +320,17 @@ class Engine:
             width=req.image.width, height=req.image.height, timing=timing)
 
     # ---- other work (exclusive tasks) -----------------------------------------------------------------
-    def _run_task(self, cancel: CancelToken, fn: Callable[[], Any]) -> Any:
-        job = Job(cancel)
+    def _run_task(self, cancel: CancelToken, fn: Callable[[], Any], job: Job | None = None) -> Any:
+        """Run ``fn`` on the scheduler thread (between decode steps) and wait for its result."""
+        job = job or Job(cancel)
         self._enqueue([_Task(job, fn)], job)
         while True:
             try:
-                kind, payload = job.events.get(timeout=0.05)
+                kind, payload = job.events.get(timeout=_POLL_S)
             except queue.Empty:
-                if cancel.cancelled:
-                    raise stopped_error(cancel)
-                continue
+                kind, payload = "", None
+            if kind == "cancelled" or cancel.cancelled:
+                raise stopped_error(cancel)
             if kind == "result":
                 return payload
             if kind == "error":
@@ -311,6 +353,39 @@ class Engine:
                 self.cache.put(im.digest, f)
                 out[im.digest] = f
         return [out[im.digest] for im in images]
+
+    def _prefill(self, seqs: list[Seq], feats: list[ImageFeatures],
+                 with_attention: bool = False) -> tuple[list[Seq], DecodeBatch, torch.Tensor, torch.Tensor | None]:
+        """Prefill ``seqs``; returns them in batch-row order with the batch, logits and attention.
+
+        Sequences whose image prefix KV is cached run only their prompt tail on top of it;
+        the others run whole prompts in one forward (a separate prefix forward would cost
+        a full pass over the weights) and leave their image's prefix in the cache.
+        """
+        hits: list[tuple[Seq, PrefillItem]] = []
+        misses: list[tuple[Seq, PrefillItem]] = []
+        for s, f in zip(seqs, feats):
+            prefix = self.prefix_cache.get(s.image.digest)
+            m.PREFIX_CACHE.labels("hit" if prefix is not None else "miss").inc()
+            (hits if prefix is not None else misses).append((s, PrefillItem(s.pids, f, prefix)))
+        parts = []
+        if misses:
+            items = [it for _, it in misses]
+            batch, out = self.runner.prefill(items, with_attention=with_attention)
+            if self.prefix_cache.capacity > 0:
+                for (s, _), prefix in zip(misses, self.runner.prefixes_from(batch, items)):
+                    self.prefix_cache.put(s.image.digest, prefix)
+            parts.append((batch, out))
+        if hits:
+            parts.append(self.runner.prefill([it for _, it in hits], with_attention=with_attention))
+        order = [s for s, _ in misses] + [s for s, _ in hits]
+        batch, out = parts[0]
+        logits, attention = out.logits, out.attention
+        if len(parts) == 2:
+            batch = self.runner.merge(batch, parts[1][0])
+            logits = torch.cat([logits, parts[1][1].logits])
+            attention = None  # only the single-sequence path (AttentionMap) records attention
+        return order, batch, logits, attention
 
     def embed(self, req: EmbedRequest, cancel: CancelToken) -> EmbedResult:
         t0 = time.perf_counter()
@@ -345,18 +420,7 @@ class Engine:
             self._solo(seq)
             return self._attention_result(req, seq)
 
-        self._enqueue([_Task(job, run)], job)
-        while True:
-            try:
-                kind, payload = job.events.get(timeout=0.05)
-            except queue.Empty:
-                if cancel.cancelled:
-                    raise stopped_error(cancel)
-                continue
-            if kind == "result":
-                return payload
-            if kind == "error":
-                raise payload
+        return self._run_task(cancel, run, job)
 
     def _attention_result(self, req: AttentionMapRequest, seq: Seq) -> AttentionMapResult:
         feats = self._features([seq.image], with_attention=True)[0]
@@ -406,7 +470,8 @@ class Engine:
                     self._drop_done()
             except Exception as exc:  # noqa: BLE001 - keep serving; fail only the affected requests
                 log.exception("scheduler step failed")
-                err = exc if isinstance(exc, UnfragileError) else Internal("model execution failed; the server logged the details")
+                err = exc if isinstance(exc, UnfragileError) else Internal(
+                    "model execution failed; the server logged the details")
                 for s in self._running + admitted:
                     if s.finish is None:
                         s.finish = "error"
@@ -430,12 +495,12 @@ class Engine:
         tasks: list[_Task] = []
         admitted: list[Seq] = []
         free = self.config.max_batch_size - len(self._running)
+        if any(item.job.cancel.cancelled for item in self._queue):  # leave the queue at once, wherever they are
+            for item in [x for x in self._queue if x.job.cancel.cancelled]:
+                self._finish_cancelled(item)
+            self._queue = collections.deque(x for x in self._queue if not x.job.cancel.cancelled)
         while self._queue:
             item = self._queue[0]
-            if item.job.cancel.cancelled:
-                self._queue.popleft()
-                self._finish_cancelled(item)
-                continue
             if isinstance(item, _Task):
                 if admitted:  # keep FIFO order: run it next iteration
                     break
@@ -473,13 +538,13 @@ class Engine:
             m.QUEUE_TIME.observe(now - s.job.accepted)
             s.job.post("queued", 0)
         feats = self._features([s.image for s in seqs])
-        batch, out = self.runner.prefill([PrefillItem(s.pids, f) for s, f in zip(seqs, feats)])
+        seqs, batch, logits, _ = self._prefill(seqs, feats)
         m.PREFILL_BATCH.observe(len(seqs))
         m.PROMPT_TOKENS.inc(sum(len(s.pids.ids) for s in seqs))
         self._batch = batch if self._batch is None else self.runner.merge(self._batch, batch)
         self._running.extend(seqs)
         for i, s in enumerate(seqs):
-            self._on_logits(s, out.logits[i])
+            self._on_logits(s, logits[i])
 
     def _step(self) -> None:
         assert self._batch is not None
@@ -516,25 +581,34 @@ class Engine:
         s.gen_ids.append(tok)
         s.pending = tok
         m.TOKENS.inc()
-        full = self.runner.decode_text(s.pids.ids[s.pids.tail_start:] + s.gen_ids)
-        s.raw_gen = full[len(s.prompt_raw):] if full.startswith(s.prompt_raw) else full
-        stop_at = _find_stop(s.raw_gen, s.sampling.stop)
-        if stop_at is not None:
-            s.raw_gen = s.raw_gen[:stop_at]
-            self._finish(s, "stop", [tok])
-        elif len(s.gen_ids) >= s.sampling.max_new_tokens:
+        if s.job.stream or s.sampling.stop:  # unary requests without stop strings decode text once, at the end
+            self._update_text(s)
+            stop_at = _find_stop(s.raw_gen, s.sampling.stop)
+            if stop_at is not None:
+                s.raw_gen = s.raw_gen[:stop_at]
+                self._finish(s, "stop", [tok])
+                return
+        if len(s.gen_ids) >= s.sampling.max_new_tokens:
             self._finish(s, "length", [tok])
-        else:
+        elif s.job.stream:
             visible = _clean_completion(_safe_prefix(s.raw_gen, s.sampling.stop)).rstrip()
             delta = visible[len(s.emitted):] if visible.startswith(s.emitted) else ""
             s.emitted += delta
             s.job.post("tokens", (s, delta, [tok]))
 
+    def _update_text(self, s: Seq) -> None:
+        """Decode prompt tail + generated ids and keep the generated part (with tags)."""
+        full = self.runner.decode_text(s.pids.ids[s.pids.tail_start:] + s.gen_ids)
+        s.raw_gen = full[len(s.prompt_raw):] if full.startswith(s.prompt_raw) else full
+
     def _finish(self, s: Seq, reason: str, last_ids: list[int]) -> None:
+        if reason != "stop":  # "stop" already holds the text cut at the stop string
+            self._update_text(s)
         s.finish = reason
         m.FINISHED.labels(reason).inc()
         self._ewma_s = 0.8 * self._ewma_s + 0.2 * (time.perf_counter() - s.job.accepted)
-        s.job.post("tokens", (s, "", last_ids))
+        if s.job.stream:
+            s.job.post("tokens", (s, "", last_ids))
         s.job.post("done", s)
 
     def _fail_all(self, err: UnfragileError) -> None:
@@ -548,7 +622,8 @@ class Engine:
         """Generate one sequence alone, recording attention when asked (AttentionMap)."""
         s.started = time.perf_counter()
         feats = self._features([s.image], with_attention=s.with_attention)
-        batch, out = self.runner.prefill([PrefillItem(s.pids, feats[0])], with_attention=s.with_attention)
+        _, batch, logits, attention = self._prefill([s], feats, with_attention=s.with_attention)
+        out = StepOutput(logits, attention)
         while True:
             if s.with_attention and out.attention is not None:
                 s.attn_steps.append(out.attention[0, -len(s.pids.ids) - len(s.gen_ids):])

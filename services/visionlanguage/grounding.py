@@ -106,7 +106,8 @@ def extract_entities(raw_text: str) -> tuple[str, list[GroundedEntity]]:
 
     text = raw_text.split("</image>")[-1]
     clean, entities = clean_text_and_extract_entities_with_bboxes(text, num_patches_per_side=LOCATION_GRID)
-    out = [GroundedEntity(name, start, end, tuple(NormBox(*b) for b in boxes)) for name, (start, end), boxes in entities]
+    out = [GroundedEntity(name, start, end, tuple(NormBox(*b) for b in boxes))
+           for name, (start, end), boxes in entities]
     return clean, out
 
 

@@ -29,6 +29,8 @@ PROMPT_TOKENS = Counter(_P + "prompt_tokens_total", "Prompt tokens prefilled (im
 RUNNING = Gauge(_P + "num_requests_running", "Sequences in the running decode batch.")
 WAITING = Gauge(_P + "num_requests_waiting", "Work items waiting in the queue.")
 CACHE = Counter(_P + "image_feature_cache_total", "Image-feature cache lookups by result.", ["result"])
+PREFIX_CACHE = Counter(_P + "prefix_cache_total", "Image-prefix KV cache lookups ('<s><image>[slots]</image>', "
+                       "reused across prompts of the same image) by result.", ["result"])
 FINISHED = Counter(_P + "request_success_total", "Finished sequences by finish reason (length, eos, stop, "
                    "cancelled, error).", ["finish_reason"])
 REJECTED = Counter(_P + "requests_rejected_total", "Requests refused because the queue was full.")

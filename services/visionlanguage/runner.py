@@ -17,6 +17,7 @@ run; explicit positions keep batched output equal to unbatched output.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +53,27 @@ class ImageFeatures:
 
 
 @dataclass
+class ImagePrefix:
+    """KV cache of '<s><image>[64 slots]</image>' for one image: per layer [heads, 67, head_dim].
+
+    Every prompt starts with this prefix and it depends on the image only, so it is
+    computed once per image and reused (prefix caching): a prefill then runs only the
+    few prompt tokens after it.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@dataclass
 class PrefillItem:
     prompt: PromptIds
     features: ImageFeatures
+    prefix: ImagePrefix | None = None  # when set, only prompt.ids[tail_start:] are run
 
 
 @dataclass
@@ -73,7 +92,7 @@ class DecodeBatch:
 
 @dataclass
 class StepOutput:
-    logits: torch.Tensor  # [B, V] float32
+    logits: torch.Tensor  # [B, V] float32, on the CPU (per-request generators are CPU generators)
     # [B, kv_len] mean self-attention of the newest query over all positions (layers+heads), when asked.
     attention: torch.Tensor | None = None
 
@@ -88,6 +107,7 @@ class ModelRunner(Protocol):
     def info(self) -> ModelInfo: ...
     def prompt_ids(self, prompt: str) -> PromptIds: ...
     def image_features(self, images: list[ImageInput], with_attention: bool = False) -> list[ImageFeatures]: ...
+    def prefixes_from(self, batch: DecodeBatch, items: list[PrefillItem]) -> list[ImagePrefix]: ...
     def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]: ...
     def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput: ...
     def merge(self, a: DecodeBatch, b: DecodeBatch) -> DecodeBatch: ...
@@ -136,8 +156,8 @@ class Kosmos2Runner:
         self.model_id = str(model_source)
         try:
             self.processor = AutoProcessor.from_pretrained(source, **extra)
-            model = Kosmos2ForConditionalGeneration.from_pretrained(
-                source, dtype=dtype, attn_implementation=attn_implementation, **extra)
+            model = Kosmos2ForConditionalGeneration.from_pretrained(  # safetensors only: never unpickle weights
+                source, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True, **extra)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"could not load Kosmos-2 from {self.model_id!r}: {exc}") from None
         self.device, self.dtype = device, dtype
@@ -148,6 +168,9 @@ class Kosmos2Runner:
         self.model = model
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
+        # gRPC threads build prompts while the scheduler thread decodes text; the fast
+        # tokenizer mutates its padding/truncation state per call, so calls are serialised.
+        self._tok_lock = threading.Lock()
         cfg = model.config
         self.text_cfg = cfg.text_config
         self.eos_id = int(self.tokenizer.eos_token_id)
@@ -202,19 +225,23 @@ class Kosmos2Runner:
 
     # ---- text --------------------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
-        return list(self.tokenizer(text).input_ids)
+        with self._tok_lock:
+            return list(self.tokenizer(text).input_ids)
 
     def token_strings(self, ids: list[int]) -> list[str]:
-        return list(self.tokenizer.convert_ids_to_tokens(ids))
+        with self._tok_lock:
+            return list(self.tokenizer.convert_ids_to_tokens(ids))
 
     def decode_text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        with self._tok_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def prompt_ids(self, prompt: str) -> PromptIds:
         """The same ids Kosmos2Processor(text=prompt, images=...) produces (tested)."""
         slots = " ".join(["<image>"] * (self.num_slots + 1) + ["</image>"])
         text = f"{self.tokenizer.bos_token}{slots} {prompt.strip()}"
-        ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
+        with self._tok_lock:
+            ids = list(self.tokenizer(text, add_special_tokens=False).input_ids)
         start = 2  # after <s> <image>
         ids = ids[:start] + self._slot_ids + ids[start + self.num_slots:]
         mask = [0, 0] + [1] * self.num_slots + [0] * (len(ids) - start - self.num_slots)
@@ -275,7 +302,78 @@ class Kosmos2Runner:
         return torch.stack([a[:, :, -1, :].float().mean(1) for a in out.attentions]).mean(0).cpu()
 
     @torch.inference_mode()
+    def image_prefix(self, feats: list[ImageFeatures]) -> list[ImagePrefix]:
+        """Run '<s><image>[slots]</image>' for each image (one batch, no padding) and keep its KV."""
+        from transformers import DynamicCache
+
+        ids = [self.tokenizer.bos_token_id, self._boi, *self._slot_ids, self._eoi]
+        img_mask = [0, 0] + [1] * self.num_slots + [0]
+        n, dev = len(feats), self.device
+        out = self.model.text_model(
+            input_ids=torch.tensor([ids] * n, device=dev), attention_mask=torch.ones(n, len(ids), device=dev,
+                                                                                        dtype=torch.long),
+            image_embeds=torch.stack([f.embeds for f in feats]).to(dev, self.dtype),
+            image_embeds_position_mask=torch.tensor([img_mask] * n, device=dev, dtype=torch.bool),
+            position_ids=torch.tensor([list(range(self.pad_id + 1, self.pad_id + 1 + len(ids)))] * n, device=dev),
+            past_key_values=DynamicCache(config=self.text_cfg), use_cache=True, logits_to_keep=1)
+        keys, values = self._cache_tensors(out.past_key_values)
+        return [ImagePrefix([k[i].clone() for k in keys], [v[i].clone() for v in values]) for i in range(n)]
+
+    def prefixes_from(self, batch: DecodeBatch, items: list[PrefillItem]) -> list[ImagePrefix]:
+        """The image-prefix KV of each row of a batch that ``prefill`` just built from whole prompts.
+
+        Causal attention makes the prefix positions' keys and values independent of the
+        prompt after them, so they can be cut out of the full prefill and reused.
+        """
+        n = batch.mask.shape[1]
+        out = []
+        for row, it in enumerate(items):
+            pad = n - len(it.prompt.ids)  # left padding of this row
+            end = pad + it.prompt.tail_start
+            out.append(ImagePrefix([k[row, :, pad:end].clone() for k in batch.keys],
+                                   [v[row, :, pad:end].clone() for v in batch.values]))
+        return out
+
+    @torch.inference_mode()
     def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]:
+        if all(it.prefix is not None for it in items):
+            return self._prefill_after_prefix(items, with_attention)
+        return self._prefill_full(items, with_attention)
+
+    def _prefill_after_prefix(self, items: list[PrefillItem], with_attention: bool) -> tuple[DecodeBatch, StepOutput]:
+        """Prefill only the prompt tails on top of the cached image prefixes.
+
+        Layout per row: [67 prefix positions][left padding][tail]; the padding is masked
+        out and positions continue after the prefix, so a row's result does not depend
+        on the other rows' tail lengths.
+        """
+        from transformers import DynamicCache
+
+        plen = items[0].prompt.tail_start
+        tails = [it.prompt.ids[plen:] for it in items]
+        n = max(len(t) for t in tails)
+        dev = self.device
+        ids = [[self.pad_id] * (n - len(t)) + t for t in tails]
+        mask = [[1] * plen + [0] * (n - len(t)) + [1] * len(t) for t in tails]
+        pos = [[self.pad_id] * (n - len(t)) + list(range(self.pad_id + 1 + plen, self.pad_id + 1 + plen + len(t)))
+               for t in tails]
+        layers = len(items[0].prefix.keys)  # type: ignore[union-attr]
+        cache = DynamicCache(ddp_cache_data=[
+            (torch.stack([it.prefix.keys[i] for it in items]),  # type: ignore[union-attr]
+             torch.stack([it.prefix.values[i] for it in items]))  # type: ignore[union-attr]
+            for i in range(layers)], config=self.text_cfg)
+        attn = torch.tensor(mask, device=dev)
+        with self._eager(with_attention):
+            out = self.model.text_model(
+                input_ids=torch.tensor(ids, device=dev), attention_mask=attn, position_ids=torch.tensor(pos, device=dev),
+                past_key_values=cache, use_cache=True, logits_to_keep=1, output_attentions=with_attention)
+        keys, values = self._cache_tensors(out.past_key_values)
+        next_pos = torch.tensor([self.pad_id + 1 + len(it.prompt.ids) for it in items], device=dev)
+        attention = self._attention_summary(out) if with_attention else None
+        return DecodeBatch(keys, values, attn, next_pos), StepOutput(out.logits[:, -1, :].float().cpu(), attention)
+
+    def _prefill_full(self, items: list[PrefillItem], with_attention: bool) -> tuple[DecodeBatch, StepOutput]:
+        """Prefill whole prompts (image prefix included), left padded."""
         from transformers import DynamicCache
 
         n = max(len(it.prompt.ids) for it in items)
@@ -300,7 +398,8 @@ class Kosmos2Runner:
         keys, values = self._cache_tensors(out.past_key_values)
         next_pos = torch.tensor([self.pad_id + 1 + len(it.prompt.ids) for it in items], device=dev)
         batch = DecodeBatch(keys, values, attn, next_pos)
-        return batch, StepOutput(out.logits[:, -1, :].float(), self._attention_summary(out) if with_attention else None)
+        attention = self._attention_summary(out) if with_attention else None
+        return batch, StepOutput(out.logits[:, -1, :].float().cpu(), attention)
 
     @torch.inference_mode()
     def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput:
@@ -314,7 +413,7 @@ class Kosmos2Runner:
                 output_attentions=with_attention)
         batch.keys, batch.values = self._cache_tensors(out.past_key_values)
         batch.next_pos = batch.next_pos + 1
-        return StepOutput(out.logits[:, -1, :].float(), self._attention_summary(out) if with_attention else None)
+        return StepOutput(out.logits[:, -1, :].float().cpu(), self._attention_summary(out) if with_attention else None)
 
     def merge(self, a: DecodeBatch, b: DecodeBatch) -> DecodeBatch:
         """Stack two batches, left-padding the shorter cache (padding is masked out)."""
@@ -349,12 +448,13 @@ class Kosmos2Runner:
 
         class _Cancel(StoppingCriteria):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> torch.Tensor:
-                return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool)
+                return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
 
         dev = self.device
         p = item.prompt
         out = self.model.text_model.generate(
-            input_ids=torch.tensor([p.ids], device=dev), attention_mask=torch.ones(1, len(p.ids), device=dev, dtype=torch.long),
+            input_ids=torch.tensor([p.ids], device=dev),
+            attention_mask=torch.ones(1, len(p.ids), device=dev, dtype=torch.long),
             image_embeds=item.features.embeds.unsqueeze(0).to(dev, self.dtype),
             image_embeds_position_mask=torch.tensor([p.image_mask], device=dev, dtype=torch.bool),
             num_beams=sampling.num_beams, do_sample=False, max_new_tokens=sampling.max_new_tokens,
@@ -382,15 +482,17 @@ class Kosmos2Runner:
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """Mean of the decoder's last hidden state over the text tokens (not <s>), L2-normalised."""
-        rows = [[self.tokenizer.bos_token_id] + list(self.tokenizer(t, add_special_tokens=False).input_ids)
-                for t in texts]
+        with self._tok_lock:
+            rows = [[self.tokenizer.bos_token_id] + list(self.tokenizer(t, add_special_tokens=False).input_ids)
+                    for t in texts]
         too_long = [i for i, r in enumerate(rows) if len(r) > self.max_context]
         if too_long:
             raise InvalidArgument(f"texts[{too_long[0]}] is over the model context of {self.max_context} tokens")
         n = max(len(r) for r in rows)
         ids = torch.tensor([r + [self.pad_id] * (n - len(r)) for r in rows], device=self.device)
         mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=self.device)
-        hidden = self.model.text_model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+        out = self.model.text_model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        hidden = out.last_hidden_state.float()
         keep = mask.clone()
         keep[:, 0] = 0  # drop <s>
         keep = keep.unsqueeze(-1).float()

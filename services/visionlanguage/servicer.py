@@ -67,6 +67,7 @@ class VisionLanguageServicer(pb_grpc.VisionLanguageServicer):
         req = AttentionMapRequest.from_pb(request, limits)
         return engine.attention_map(req, CancelToken.from_context(context)).to_pb()
 
-    def ModelInfo(self, request: common_pb2.ModelInfoRequest, context: grpc.ServicerContext) -> common_pb2.ModelInfoResponse:
+    def ModelInfo(self, request: common_pb2.ModelInfoRequest,
+                  context: grpc.ServicerContext) -> common_pb2.ModelInfoResponse:
         engine, _ = self._ready()
         return engine.info().to_pb()

@@ -25,6 +25,7 @@ MAX_STOP_CHARS = 64
 MAX_PHRASES = 16
 MAX_EMBED_ITEMS = 32
 MAX_TEMPERATURE = 5.0
+MIN_TEMPERATURE = 1e-3
 MAX_PROMPT_CHARS = 4000
 
 MODES = {
@@ -99,10 +100,15 @@ class Sampling:
         max_new = s.max_new_tokens or limits.default_max_new_tokens
         if max_new > limits.max_new_tokens_limit:
             raise InvalidArgument(
-                f"sampling.max_new_tokens={max_new} is over this server's limit of {limits.max_new_tokens_limit}; lower it"
+                f"sampling.max_new_tokens={max_new} is over this server's limit of "
+                f"{limits.max_new_tokens_limit}; lower it"
             )
         if not (s.temperature == s.temperature) or not (0.0 <= s.temperature <= MAX_TEMPERATURE):
-            raise InvalidArgument(f"sampling.temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {s.temperature}")
+            raise InvalidArgument(
+                f"sampling.temperature must be in [0, {MAX_TEMPERATURE}] (0 = greedy), got {s.temperature}")
+        if 0.0 < s.temperature < MIN_TEMPERATURE:  # logits / ~0 overflow to inf: sampling would fail
+            raise InvalidArgument(f"sampling.temperature {s.temperature} is too small to sample with; use 0 for "
+                                  f"greedy decoding or at least {MIN_TEMPERATURE}")
         if not (0.0 <= s.top_p <= 1.0):
             raise InvalidArgument(f"sampling.top_p must be in [0, 1] (0 or 1 = off), got {s.top_p}")
         top_p = 1.0 if s.top_p == 0.0 else float(s.top_p)
@@ -111,10 +117,12 @@ class Sampling:
             raise InvalidArgument(f"sampling.num_beams must be at most 8, got {s.num_beams}")
         if s.temperature == 0.0 and (top_p < 1.0 or s.top_k > 0):
             raise InvalidArgument(
-                "sampling.top_p/top_k only apply when sampling: set temperature > 0, or clear top_p and top_k for greedy"
+                "sampling.top_p/top_k only apply when sampling: set temperature > 0, "
+                "or clear top_p and top_k for greedy"
             )
         if beams > 1 and s.temperature > 0.0:
-            raise InvalidArgument("beam search is deterministic: set temperature=0 with num_beams > 1, or num_beams=1 to sample")
+            raise InvalidArgument(
+                "beam search is deterministic: set temperature=0 with num_beams > 1, or num_beams=1 to sample")
         if len(s.stop) > MAX_STOP:
             raise InvalidArgument(f"at most {MAX_STOP} stop sequences, got {len(s.stop)}")
         for i, stop in enumerate(s.stop):
@@ -162,11 +170,13 @@ def build_prompts(mode: str, prompt: str, phrases: Sequence[str], language: str,
         raise InvalidArgument("phrases are only used in CAPTION_MODE_PHRASES; clear them or change the mode")
     if mode in ("brief", "detailed"):
         if prompt:
-            raise InvalidArgument(f"prompt must be empty in {mode.upper()} mode; use CAPTION_MODE_PROMPT for a free prompt")
+            raise InvalidArgument(
+                f"prompt must be empty in {mode.upper()} mode; use CAPTION_MODE_PROMPT for a free prompt")
         return (tag + (tpl.brief if mode == "brief" else tpl.detailed),)
     if mode in ("prompt", "question"):
         if not prompt.strip():
-            raise InvalidArgument(f"prompt is empty: {mode.upper()} mode needs the {'question' if mode == 'question' else 'prompt'} text")
+            what = "question" if mode == "question" else "prompt"
+            raise InvalidArgument(f"prompt is empty: {mode.upper()} mode needs the {what} text")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
         body = tpl.question.format(question=prompt.strip()) if mode == "question" else prompt.strip()

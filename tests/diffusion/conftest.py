@@ -34,7 +34,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(model: Path, adapters: Path, data_root: Path | None = None, **kw: object) -> Settings:
-    base: dict[str, object] = dict(port=0, metrics_port=0, default_steps=4)
+    # torch_threads=1: on a shared 2-core box, OpenMP spinning with 2 threads made steps ~20x slower
+    base: dict[str, object] = dict(port=0, metrics_port=0, default_steps=4, torch_threads=1)
     base.update(kw)
     return Settings(model=str(model), adapters_dir=adapters, data_root=data_root, **base)
 

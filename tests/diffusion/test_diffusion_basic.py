@@ -55,3 +55,19 @@ def test_model_info(stub, tiny_sd) -> None:
     assert info.details["vae_scale_factor"] == "8"
     assert info.details["native_size"] == "64"
     assert info.details["inpaint"] == "9-channel inpaint UNet"
+
+
+def test_tiny_builder_is_deterministic(tiny_sd, tmp_path) -> None:
+    import hashlib
+
+    from services.diffusion.tiny import build_tiny_sd
+
+    again = build_tiny_sd(tmp_path / "again")
+
+    def digests(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    first = digests(tiny_sd)
+    assert first == digests(again)
+    assert "unet_inpaint/diffusion_pytorch_model.safetensors" in first

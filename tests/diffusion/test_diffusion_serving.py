@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 import urllib.request
 
 import numpy as np
@@ -47,3 +48,72 @@ def test_inpaint_by_latent_blending_without_inpaint_unet(tiny_sd, tmp_path) -> N
             assert np.array_equal(out[:, :32], np.asarray(original)[:, :32])
     finally:
         running.stop(0)
+
+
+def test_auth_roles_and_job_ownership(tiny_sd, tmp_path) -> None:
+    import grpc
+    import pytest
+
+    from services.core.client import bearer
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice-token reader alice\nbob-token reader bob\nroot-token admin root\n")
+    running = start(make_settings(tiny_sd, tmp_path / "adapters", metrics_port=-1, auth_tokens_file=tokens))
+    try:
+        with channel(running.address) as ch:
+            stub = pb_grpc.DiffusionStub(ch)
+            ft = pb.StartFineTuneRequest(adapter_name="x", examples=[pb.TrainingExample(
+                image=cpb.Image(data=png(Image.new("RGB", (64, 64)))), caption="c")], steps=1)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.StartFineTune(ft, metadata=bearer("alice-token"), timeout=30)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            stream = stub.TextToImage(pb.TextToImageRequest(params=params(steps=150, width=256, height=256)),
+                                      metadata=bearer("alice-token"), timeout=120)
+            job_id = next(stream).job_id
+            with pytest.raises(grpc.RpcError) as info:
+                stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=bearer("bob-token"), timeout=30)
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            done = stub.CancelJob(pb.CancelJobRequest(job_id=job_id), metadata=bearer("alice-token"), timeout=30)
+            assert done.status.state == cpb.JOB_STATE_CANCELLED
+            with pytest.raises(grpc.RpcError):
+                list(stream)
+            resp = stub.StartFineTune(ft, metadata=bearer("root-token"), timeout=30)
+            assert stub.CancelJob(pb.CancelJobRequest(job_id=resp.job_id), metadata=bearer("root-token"),
+                                  timeout=30).status.state in (cpb.JOB_STATE_CANCELLED, cpb.JOB_STATE_SUCCEEDED)
+    finally:
+        running.stop(0)
+
+
+def test_out_of_memory_fails_only_that_request_over_grpc(server, stub, monkeypatch) -> None:
+    import grpc
+    import pytest
+    import torch
+
+    runner = server.service.servicer.engine.runner
+    real = runner.run
+
+    def run(items, on_step):  # the allocator gives up on this one request only
+        if any(it.request.params.prompt == "oom please" for it in items):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(items, on_step)
+
+    monkeypatch.setattr(runner, "run", run)
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.TextToImage(pb.TextToImageRequest(params=params(prompt="oom please", steps=2)), timeout=60))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "out of memory" in info.value.details()
+    assert int(dict(info.value.trailing_metadata())["retry-after-ms"]) > 0
+    assert result_of(list(stub.TextToImage(pb.TextToImageRequest(params=params(steps=1)), timeout=60))).images
+
+
+def test_uncached_hub_model_fails_fast_with_a_clear_message(tmp_path) -> None:
+    import pytest
+
+    from services.core.errors import ModelUnavailable
+
+    settings = make_settings(Path("unused"), tmp_path / "adapters", metrics_port=-1)
+    settings = settings.model_copy(update={"model": "example-org/no-such-stable-diffusion"})
+    with pytest.raises(ModelUnavailable) as info:
+        start(settings)
+    assert "example-org/no-such-stable-diffusion" in info.value.message
+    assert "--model" in info.value.message

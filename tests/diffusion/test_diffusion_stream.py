@@ -115,7 +115,8 @@ def test_client_cancel_frees_the_slot(stub) -> None:
 
 def test_deadline_stops_the_job(stub) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        list(stub.TextToImage(pb.TextToImageRequest(params=params(steps=150)), timeout=1.0))
+        list(stub.TextToImage(pb.TextToImageRequest(params=params(steps=150, width=256, height=256)),
+                              timeout=1.0))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(result_of(_run(stub, steps=1)).images) == 1
 

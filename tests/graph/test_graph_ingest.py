@@ -57,6 +57,7 @@ def test_record_matches_is_idempotent(seeded):
 
 def test_times_matched_and_comatch_counts_follow_the_events(seeded):
     _add_extra(seeded.stub)
+    assert seeded.engine.graph.g.number_of_edges() == 0  # build the networkx view now: later batches are deltas
     ev = _events(200, 2)
     seeded.stub.RecordMatches(_stream(ev, 50))
     expected = sum("stable-diffusion" in e.matched for e in ev)
@@ -159,3 +160,29 @@ def test_store_reopens_with_same_rows(tmp_path):
     s2 = Store(path)
     assert s2.get_model(KOSMOS2.id) == KOSMOS2
     assert s2.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_snapshot_version_changes_exactly_when_numbers_can(make_server, upsert_seed):
+    s = make_server("snap.db")
+    upsert_seed(s.stub)
+
+    def versions():
+        return (s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd")).snapshot_version,
+                s.stub.Rank(pb.RankRequest()).snapshot_version,
+                s.stub.GetModel(pb.GetModelRequest(model="sd")).snapshot_version,
+                s.stub.Search(pb.SearchRequest(query="inpainting")).snapshot_version)
+
+    v1 = versions()
+    assert len(set(v1)) == 1 and 0 < v1[0] < 2 ** 53
+    assert versions() == v1  # nothing changed
+    ev = [pb.MatchEvent(event_id="a", query="q", matched=["kosmos2", "sd"])]
+    s.stub.RecordMatches(iter([pb.RecordMatchesRequest(events=ev)]))
+    v2 = versions()
+    assert v2[0] != v1[0]
+    s.stub.RecordMatches(iter([pb.RecordMatchesRequest(events=ev)]))  # a replay changes nothing
+    assert versions() == v2
+    s.stub.UpsertModel(pb.UpsertModelRequest(model=pb.ModelRecord(id="x", name="X", type=pb.MODEL_TYPE_TOOL)))
+    v3 = versions()
+    assert v3[0] not in (v1[0], v2[0])
+    s.restart()
+    assert versions() == v3  # derived from stored data: stable across restarts

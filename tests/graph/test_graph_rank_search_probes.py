@@ -210,3 +210,16 @@ def test_match_graph_lead_reports_records_to_flip(seeded):
     assert round(pct[ia], 2) <= round(pct[ib], 2)
     rank = page.dimensions[0]
     assert rank.records_to_flip != 0 and rank.fragile == (0 < rank.records_to_flip <= 5)
+
+
+def test_probes_also_run_on_a_schedule(make_server, upsert_seed):
+    import time
+
+    s = make_server(probe_backend=FakeProbes(0.6, 0.4), probe_interval_s=0.2)
+    upsert_seed(s.stub)
+    deadline = time.monotonic() + 20
+    while not s.engine.store.probe_results() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runs = {r.run_id for r in s.engine.store.probe_results()}
+    assert runs, "the schedule never ran a probe"
+    assert s.stub.GetModel(pb.GetModelRequest(model="sd")).scores.quality.evidence_count > 0

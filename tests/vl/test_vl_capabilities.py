@@ -118,7 +118,8 @@ def test_entities_from_known_token_string() -> None:
 
 
 def test_attention_map_shapes_and_caption_agree(stub) -> None:
-    cap = caption_request(png((120, 90), noise=40), sampling=pb.SamplingParams(max_new_tokens=5, temperature=1.0, seed=4))
+    cap = caption_request(png((120, 90), noise=40),
+                          sampling=pb.SamplingParams(max_new_tokens=5, temperature=1.0, seed=4))
     resp = stub.AttentionMap(pb.AttentionMapRequest(caption=cap, per_token_overlays=True), timeout=60)
     unary = stub.Caption(cap, timeout=30)
     assert list(resp.caption.token_ids) == list(unary.token_ids)

@@ -97,3 +97,41 @@ def test_phrase_grounding_returns_a_box_per_phrase(scripted) -> None:
         b = e.boxes[0]
         assert (b.x_min, b.y_min, b.x_max, b.y_max) == (0.390625, 0.046875, 0.984375, 0.828125)
         assert b.x_max_px == pytest.approx(0.984375 * 64)
+
+
+class FailingRunner(Kosmos2Runner):
+    """The real runner, except that decoding fails while ``fail`` is set (a model crash)."""
+
+    fail = False
+
+    def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput:
+        if self.fail:
+            raise RuntimeError("simulated kernel failure with a secret path /home/x")
+        return super().decode(batch, tokens, with_attention)
+
+
+def test_model_failure_is_internal_and_the_server_keeps_serving(tiny_model: Path) -> None:
+    import grpc
+
+    holder: dict[str, FailingRunner] = {}
+
+    def factory() -> FailingRunner:
+        holder["r"] = FailingRunner(tiny_model, torch.device("cpu"), torch.float32)
+        return holder["r"]
+
+    settings = Settings(port=0, metrics_port=-1, model=str(tiny_model))
+    srv = start_server(settings, build_service(settings, runner_factory=factory))
+    try:
+        with make_channel(srv.address) as ch:
+            stub = pb_grpc.VisionLanguageStub(ch)
+            holder["r"].fail = True
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Caption(caption_request(sampling=pb.SamplingParams(max_new_tokens=4)), timeout=30)
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in err.value.details()
+            assert srv.service.servicer.engine.stats() == {"running": 0, "waiting": 0}
+            holder["r"].fail = False
+            ok = stub.Caption(caption_request(sampling=pb.SamplingParams(max_new_tokens=4)), timeout=30)
+            assert len(ok.token_ids) == 4
+    finally:
+        srv.stop(0)

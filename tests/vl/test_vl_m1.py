@@ -68,8 +68,20 @@ def test_unset_seed_is_returned_and_reproduces(stub) -> None:
     assert again.token_ids == first.token_ids
 
 
+def _tiff() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
 BAD = [
     (dict(image=common_pb2.Image()), "image"),
+    (dict(image=image_pb(_tiff())), "supported formats"),
+    (dict(mode=99), "unknown mode"),
     (dict(image=image_pb(b"definitely not an image")), "not a decodable image"),
     (dict(image=image_pb(png()[:40])), "image"),
     (dict(mode=pb.CAPTION_MODE_PROMPT), "prompt is empty"),

@@ -69,3 +69,18 @@ def test_cli_caption_and_info(server, tmp_path: Path) -> None:
     assert res.exit_code == 0 and "Kosmos2ForConditionalGeneration" in res.stdout
     res = runner.invoke(app, ["vl", "caption", str(img), "--target", server.address, "--language", "xx"])
     assert res.exit_code == 1 and "INVALID_ARGUMENT" in res.output
+
+
+def test_bfloat16_server_serves(tiny_model: Path) -> None:
+    srv = start(tiny_model, dtype="bfloat16")
+    try:
+        with make_channel(srv.address) as ch:
+            stub = pb_grpc.VisionLanguageStub(ch)
+            assert stub.ModelInfo(common_pb2.ModelInfoRequest(), timeout=10).dtype == "bfloat16"
+            req = caption_request(sampling=pb.SamplingParams(max_new_tokens=4, temperature=1.0, seed=1))
+            a, b = stub.Caption(req, timeout=30), stub.Caption(req, timeout=30)
+            assert len(a.token_ids) == 4 and a.token_ids == b.token_ids
+            emb = stub.Embed(pb.EmbedRequest(texts=["a cat"]), timeout=30)
+            assert abs(sum(v * v for v in emb.text_embeddings[0].values) - 1) < 1e-3
+    finally:
+        srv.stop(0)

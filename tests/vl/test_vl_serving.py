@@ -57,7 +57,8 @@ def test_stop_sequence_cuts_text_in_stream_and_unary(stub) -> None:
 def test_concurrent_batched_requests_equal_unbatched(stub, server) -> None:
     reqs = [
         caption_request(png(noise=10 * (i + 1), color=(20 * i, 90, 200 - 20 * i)), mode=mode, prompt=prompt,
-                        sampling=sampled(8 + 3 * i, 100 + i))
+                        sampling=[sampled(8 + 3 * i, 100 + i), sampled(8 + 3 * i, 100 + i, top_k=20),
+                                  sampled(8 + 3 * i, 100 + i, top_p=0.9), pb.SamplingParams(max_new_tokens=8)][i % 4])
         for i, (mode, prompt) in enumerate([
             (pb.CAPTION_MODE_BRIEF, ""), (pb.CAPTION_MODE_DETAILED, ""),
             (pb.CAPTION_MODE_QUESTION, "what is the man holding in his hand"), (pb.CAPTION_MODE_BRIEF, ""),
@@ -85,12 +86,14 @@ def test_image_feature_cache_hits(stub) -> None:
     data = png((80, 80), noise=77)
     hits = metric("unfragile_vl_image_feature_cache_total", result="hit")
     misses = metric("unfragile_vl_image_feature_cache_total", result="miss")
+    prefix_hits = metric("unfragile_vl_prefix_cache_total", result="hit")
     s = pb.SamplingParams(max_new_tokens=3)
     a = stub.Caption(caption_request(data, sampling=s), timeout=30)
     b = stub.Caption(caption_request(data, sampling=s), timeout=30)
     assert a.token_ids == b.token_ids
     assert metric("unfragile_vl_image_feature_cache_total", result="miss") == misses + 1
     assert metric("unfragile_vl_image_feature_cache_total", result="hit") == hits + 1
+    assert metric("unfragile_vl_prefix_cache_total", result="hit") == prefix_hits + 1
 
 
 @pytest.fixture()
@@ -161,3 +164,17 @@ def test_queue_position_then_backpressure_with_retry_hint(one_slot) -> None:
     assert rest[-1].final.usage.completion_tokens == 2
     assert [c.queue_position for c in rest if c.queue_position] == [] or rest[0].queue_position in (0, 1)
     assert list(third)[-1].HasField("final")
+
+
+def test_cancel_while_queued_leaves_the_queue(one_slot) -> None:
+    srv, stub = one_slot
+    engine = srv.service.servicer.engine
+    first = stub.StreamCaption(caption_request(sampling=pb.SamplingParams(max_new_tokens=400)), timeout=60)
+    next(first)
+    waiting = stub.StreamCaption(caption_request(sampling=pb.SamplingParams(max_new_tokens=2)), timeout=60)
+    assert next(waiting).queue_position == 1
+    waiting.cancel()
+    assert _wait(lambda: engine.stats()["waiting"] == 0), "cancelled request still queued"
+    assert engine.stats()["running"] == 1
+    first.cancel()
+    assert _wait(lambda: engine.stats()["running"] == 0)

@@ -1,0 +1,41 @@
+"""The client commands the demo uses, against a real server: `unfragile graph seed|compare|...`."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typer.testing import CliRunner
+
+from services.matchgraph.cli import register
+
+
+def _app() -> typer.Typer:
+    root = typer.Typer()
+    register(root)
+    return root
+
+
+def test_seed_then_compare_prints_the_page(make_server, tmp_path):
+    s = make_server()
+    app, runner = _app(), CliRunner()
+    target = ["--target", s.running.address]
+    r = runner.invoke(app, ["graph", "seed", *target])
+    assert r.exit_code == 0, r.output
+    assert "created kosmos-2-patch14-224 (8 capabilities)" in r.output
+    assert "created stable-diffusion (4 capabilities)" in r.output
+    r = runner.invoke(app, ["graph", "compare", "kosmos-2-patch14-224", "Stable Diffusion", *target])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("# kosmos-2-patch14-224 vs Stable Diffusion")
+    assert "| Times Matched | 0 | 0 |" in r.output and "## Verdict" in r.output
+    r = runner.invoke(app, ["graph", "compare", "kosmos2", "sd", "--format", "json", *target])
+    assert json.loads(r.output)["rows"][0] == {"feature": "Type", "a": "Model", "b": "Model"}
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(json.dumps({"event_id": f"e{i}", "query": "captions",
+                                            "matched": ["kosmos2", "sd"]}) for i in range(3)) + "\n")
+    r = runner.invoke(app, ["graph", "record", str(events), *target])
+    assert "inserted 3, duplicates 0" in r.output
+    r = runner.invoke(app, ["graph", "record", str(events), *target])
+    assert "inserted 0, duplicates 3" in r.output
+    r = runner.invoke(app, ["graph", "compare", "kosmos2", "nope", *target])
+    assert r.exit_code == 1 and "NOT_FOUND" in r.output
