@@ -10,6 +10,7 @@ on white (they are the page's 4.5:1 text colours).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from html import escape
 
@@ -49,12 +50,27 @@ def _marker(kind: str, x: float, y: float, color: str, r: float = 5.5) -> str:
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{color}" stroke="#fff" stroke-width="1"/>'
 
 
+# Each colour also becomes a class (f-<name> for fills, s-<name> for strokes), so the
+# stylesheet can recolour the charts for a dark colour scheme; in the light scheme the
+# attributes alone draw them.
+COLOR_CLASSES = {COLOR_A: "a", COLOR_B: "b", COLOR_NEUTRAL: "n", COLOR_FRAGILE: "bad", COLOR_GRID: "grid",
+                 "#111827": "fg", "#374151": "muted", "#fff": "bg"}
+_PAINT = re.compile(r'\b(fill|stroke)="(#[0-9a-fA-F]{3,6})"')
+
+
+def _with_color_classes(element: str) -> str:
+    classes = [f"{attr[0]}-{COLOR_CLASSES[color]}" for attr, color in _PAINT.findall(element) if color in COLOR_CLASSES]
+    if not classes:
+        return element
+    return re.sub(r"^<(\w+)", lambda m: f'<{m.group(1)} class="{" ".join(classes)}"', element, count=1)
+
+
 def _svg(chart_id: str, width: int, height: int, title: str, desc: str, body: list[str]) -> Markup:
     return Markup(
         f'<svg class="chart" id="{chart_id}" viewBox="0 0 {width} {height}" role="img" '
         f'aria-labelledby="{chart_id}-t {chart_id}-d" xmlns="http://www.w3.org/2000/svg" {FONT}>'
         f'<title id="{chart_id}-t">{escape(title)}</title><desc id="{chart_id}-d">{escape(desc)}</desc>'
-        + "".join(body) + "</svg>"
+        + "".join(_with_color_classes(e) for e in body) + "</svg>"
     )
 
 

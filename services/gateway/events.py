@@ -108,4 +108,7 @@ class SearchRecorder:
         """Flush loop for the app's lifespan."""
         while True:
             await asyncio.sleep(interval_s)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - a bug here must not stop recording for good
+                log.exception("search event flush failed")

@@ -145,6 +145,9 @@ class ModelDetail(BaseModel):
     scores: ScoreCard
     evidence: list[Evidence] = Field(description="Empty unless explain=true.")
     links: dict[str, str] = Field(description="Related pages: the model page.")
+    snapshot_version: int | None = Field(
+        None, description="Score snapshot the answer was computed from (also in X-Snapshot-Version and the ETag); "
+                          "equal ids mean every number is the same.")
 
     @classmethod
     def from_pb(cls, r: pb.GetModelResponse) -> "ModelDetail":
@@ -152,7 +155,7 @@ class ModelDetail(BaseModel):
                    evidence=[Evidence(dimension=e.dimension, kind=e.kind, detail=e.detail, value=e.value,
                                       contribution=e.contribution, source=e.source, observed_at=e.observed_at)
                              for e in r.evidence],
-                   links={"page": f"/models/{r.model.id}"})
+                   links={"page": f"/models/{r.model.id}"}, snapshot_version=snapshot_version(r))
 
 
 class RankedModel(BaseModel):
@@ -169,11 +172,15 @@ class RankList(BaseModel):
     total: int = Field(ge=0, description="Models that passed the capability filter.")
     limit: int
     offset: int
+    snapshot_version: int | None = Field(
+        None, description="Score snapshot the answer was computed from (also in X-Snapshot-Version and the ETag); "
+                          "equal ids mean every number is the same.")
 
     @classmethod
     def from_pb(cls, r: pb.RankResponse, limit: int, offset: int) -> "RankList":
         return cls(models=[RankedModel(position=m.position, id=m.id, name=m.name, scores=ScoreCard.from_pb(m.scores))
-                           for m in r.models], total=r.total, limit=limit, offset=offset)
+                           for m in r.models], total=r.total, limit=limit, offset=offset,
+                   snapshot_version=snapshot_version(r))
 
 
 class Dimension(BaseModel):
@@ -215,6 +222,9 @@ class Comparison(BaseModel):
     verdict: list[str] = Field(description="Verdict sentences in page order.")
     markdown: str = Field(description="The whole comparison page as Markdown.")
     links: dict[str, str] = Field(description="The HTML comparison page and each model's page.")
+    snapshot_version: int | None = Field(
+        None, description="Score snapshot the answer was computed from (also in X-Snapshot-Version and the ETag); "
+                          "equal ids mean every number is the same.")
 
     @classmethod
     def from_pb(cls, r: pb.CompareResponse) -> "Comparison":
@@ -223,7 +233,7 @@ class Comparison(BaseModel):
                    rows=[FeatureRow(feature=x.feature, a=x.a, b=x.b) for x in r.rows], headline=r.headline,
                    verdict=list(r.verdict), markdown=r.markdown,
                    links={"page": f"/compare/{r.a.id}-vs-{r.b.id}", "a": f"/models/{r.a.id}",
-                          "b": f"/models/{r.b.id}"})
+                          "b": f"/models/{r.b.id}"}, snapshot_version=snapshot_version(r))
 
 
 class SearchHit(BaseModel):
@@ -244,17 +254,22 @@ class SearchResults(BaseModel):
     hits: list[SearchHit]
     embeddings_used: bool
     degraded_reason: str = Field(description='Why embeddings were not used ("" when they were).')
+    snapshot_version: int | None = Field(
+        None, description="Score snapshot the answer was computed from (also in X-Snapshot-Version and the ETag); "
+                          "equal ids mean every number is the same.")
 
     @classmethod
     def from_pb(cls, query: str, r: pb.SearchResponse) -> "SearchResults":
         return cls(query=query, embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason,
+                   snapshot_version=snapshot_version(r),
                    hits=[SearchHit(model_id=h.model_id, name=h.name, capability=h.capability, score=h.score,
                                    fts_rank=h.fts_rank, embedding_rank=h.embedding_rank, snippet=h.snippet,
                                    url=f"/models/{h.model_id}") for h in r.hits])
 
 
 def snapshot_version(message: object) -> int | None:
-    """The rank snapshot version if this MatchGraph's responses carry one (requested)."""
+    """The rank snapshot version of a response (None for a proto without the field, so the
+    gateway still works against an older MatchGraph)."""
     desc = getattr(message, "DESCRIPTOR", None)
     if desc is not None and "snapshot_version" in desc.fields_by_name:
         return int(getattr(message, "snapshot_version"))

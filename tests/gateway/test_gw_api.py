@@ -131,10 +131,14 @@ def test_whitespace_query_is_a_400_from_the_service_not_a_500(http):
     assert r.json()["grpc_code"] == "INVALID_ARGUMENT"
 
 
-def test_etag_and_if_none_match(http):
+def test_etag_and_if_none_match(http, stub):
     url = f"/api/v1/compare?a={KOSMOS}&b={SD}"
     first = http.get(url)
     etag = first.headers["etag"]
+    snapshot = stub.Compare(pb.CompareRequest(a=KOSMOS, b=SD)).snapshot_version
+    assert snapshot > 0, "the MatchGraph reports its rank snapshot version"
+    assert etag.startswith(f'"{snapshot}-') and first.headers["x-snapshot-version"] == str(snapshot)
+    assert first.json()["snapshot_version"] == snapshot
     assert etag.startswith('"') and first.headers["cache-control"] == "no-cache"
     again = http.get(url, headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
@@ -170,7 +174,11 @@ def test_openapi_documents_every_json_endpoint(http):
     for p in ("/api/v1/search", "/api/v1/rank", "/api/v1/compare", "/api/v1/models/{model}"):
         assert "get" in paths[p]
         responses = paths[p]["get"]["responses"]
-        assert {"200", "400", "404", "422", "429", "503"} <= set(responses)
+        assert {"200", "304", "400", "404", "422", "429", "503"} <= set(responses)
+        assert "ETag" in responses["200"]["headers"]
+        assert "application/problem+json" in responses["404"]["content"]
+        assert any(prm["name"] == "If-None-Match" and prm["in"] == "header" for prm in paths[p]["get"]["parameters"])
+        assert paths[p]["get"]["operationId"] in ("search", "rank", "compare", "getModel")
     assert "Problem" in doc["components"]["schemas"]
     assert not any(p.startswith("/compare") or p == "/" for p in paths), "pages stay out of the API document"
 
@@ -234,3 +242,13 @@ def test_head_is_get_without_body_and_writes_are_405(http):
     assert head.headers["content-length"] == str(len(get.content))
     post = http.post("/api/v1/rank")
     assert post.status_code == 405 and "use GET" in post.json()["detail"]
+
+
+def test_rank_page_pages_through_the_ranking(http, stub):
+    first = http.get("/rank", params={"limit": 1})
+    assert first.status_code == 200 and 'rel="next"' in first.text and 'rel="prev"' not in first.text
+    assert "1–1 of 2" in first.text
+    nxt = http.get("/rank", params={"limit": 1, "offset": 1})
+    assert 'rel="prev"' in nxt.text and 'rel="next"' not in nxt.text
+    second = stub.Rank(pb.RankRequest(limit=1, offset=1)).models[0]
+    assert f'href="/models/{second.id}"' in nxt.text

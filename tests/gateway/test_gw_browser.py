@@ -71,6 +71,13 @@ A11Y_JS = r"""
     const large = parseFloat(st.fontSize) >= 24 || (parseFloat(st.fontSize) >= 18.66 && +st.fontWeight >= 700);
     if (r < (large ? 3 : 4.5)) problems.push(`contrast ${r.toFixed(2)} for "${el.textContent.trim().slice(0, 40)}"`);
   }
+  // Text inside the SVG charts: its colour is the fill; the chart sits on the page background.
+  for (const t of document.querySelectorAll("svg text")) {
+    if (!t.textContent.trim()) continue;
+    const ratio = (a, b) => (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const r = ratio(lum(rgb(getComputedStyle(t).fill).slice(0, 3)), lum(bgOf(t.closest("svg"))));
+    if (r < 4.5) problems.push(`chart text contrast ${r.toFixed(2)} for "${t.textContent.trim().slice(0, 40)}"`);
+  }
   return problems;
 }
 """
@@ -91,6 +98,20 @@ def page(browser):
     ctx = browser.new_context(viewport=DESKTOP, java_script_enabled=False)
     pg = ctx.new_page()
     yield pg
+    ctx.close()
+
+
+def test_dark_colour_scheme_keeps_contrast(browser, base_url, stub):
+    """With prefers-color-scheme: dark every text, chart text included, still reads at 4.5:1."""
+    ranked = stub.Rank(pb.RankRequest(limit=2)).models
+    ctx = browser.new_context(viewport=DESKTOP, color_scheme="dark")
+    pg = ctx.new_page()
+    for path in (f"/compare/{ranked[0].id}-vs-{ranked[1].id}", f"/models/{ranked[0].id}",
+                 "/search?q=image+captioning", "/rank", "/models/nope"):
+        pg.goto(base_url + path)
+        assert pg.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(15, 23, 42)"
+        problems = pg.evaluate(A11Y_JS)
+        assert problems == [], f"{path} (dark): {problems}"
     ctx.close()
 
 

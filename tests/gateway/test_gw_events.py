@@ -96,5 +96,7 @@ def test_etag_changes_when_the_snapshot_changes(fresh_graph):
             assert after.status_code == 200
             assert after.json()["scores"]["times_matched"] == before.json()["scores"]["times_matched"] + 1
             assert after.headers["etag"] != before.headers["etag"]
+            assert int(after.headers["x-snapshot-version"]) != int(before.headers["x-snapshot-version"])
+            assert after.json()["snapshot_version"] == stub.GetModel(pb.GetModelRequest(model=SD)).snapshot_version
     finally:
         gw.stop()

@@ -34,3 +34,33 @@ def test_hostile_model_text_is_escaped_everywhere(fresh_graph):
             assert "Freemium" in pages[0].text and "Tool" in pages[0].text
     finally:
         gw.stop()
+
+
+class ManyEvidence:
+    """An upstream whose model has more evidence rows than a page shows (the real service
+    caps its rows today; the page must not depend on that)."""
+
+    async def get_model(self, model: str, explain: bool) -> pb.GetModelResponse:
+        rows = [pb.Evidence(dimension="match_graph", kind="co_match", detail=f"row {i}", value=i, source="events")
+                for i in range(120)]
+        return pb.GetModelResponse(model=pb.ModelRecord(id="big", name="Big", type=pb.MODEL_TYPE_MODEL),
+                                   evidence=rows, snapshot_version=7)
+
+    async def rank(self, capability: str, limit: int, offset: int) -> pb.RankResponse:
+        return pb.RankResponse(models=[pb.RankedModel(position=1, id="big", name="Big")], total=1)
+
+    async def close(self) -> None:
+        return None
+
+
+def test_model_page_shows_at_most_50_evidence_rows_per_dimension():
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+
+    with TestClient(create_app(Settings(port=0, metrics_port=-1), lambda _s: ManyEvidence())) as c:
+        page = c.get("/models/big")
+    assert page.status_code == 200
+    assert "Showing 50 of 120 rows" in page.text
+    assert "<td>row 49</td>" in page.text and "<td>row 50</td>" not in page.text
+    assert page.headers["etag"].startswith('"7-')
