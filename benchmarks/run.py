@@ -45,9 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
     if args.only:
         modules = [m for m in modules if m in args.only]
-    previous = []
-    if (HERE / "results.json").exists():
-        previous = json.loads((HERE / "results.json").read_text())
     fresh: list[Result] = []
     ran_prefixes: set[str] = set()
     for name in modules:
@@ -59,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr, flush=True)
         fresh.extend(got)
         ran_prefixes.add(getattr(mod, "PREFIX", ""))
+    # Read the previous results only now, so a run of another module that finished
+    # meanwhile is kept rather than overwritten.
+    previous = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else []
     fresh_names = {r.name for r in fresh}
     kept = [r for r in previous if r["name"] not in fresh_names
             and not any(p and str(r["name"]).startswith(p) for p in ran_prefixes)]
