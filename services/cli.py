@@ -41,13 +41,15 @@ def serve(
     model: Optional[str] = typer.Option(None, help="model folder or hub id (model services)"),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | float16 | bfloat16"),
+    quantize: Optional[str] = typer.Option(None, help='visionlanguage: "int8" (dynamic int8 on CPU)'),
     set_: list[str] = typer.Option([], "--set", help="any other settings field, as field=value"),
 ) -> None:
     """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0."""
     if service not in (*SERVICES, GATEWAY):
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join([*SERVICES, GATEWAY])}")
     overrides: dict[str, object] = {k: v for k, v in dict(host=host, port=port, metrics_port=metrics_port,
-                                                          model=model, device=device, dtype=dtype).items()
+                                                          model=model, device=device, dtype=dtype,
+                                                          quantize=quantize).items()
                                     if v is not None}
     overrides.update(_parse_sets(set_))
     if service == GATEWAY:

@@ -184,7 +184,9 @@ class Engine:
         info = self.runner.info()
         info.details.update({"max_batch_size": str(self.config.max_batch_size),
                              "max_queue_delay_ms": str(self.config.max_queue_delay_ms),
-                             "max_queue_size": str(self.config.max_queue_size)})
+                             "max_queue_size": str(self.config.max_queue_size),
+                             "feature_cache_size": str(self.config.feature_cache_size),
+                             "prefix_cache_size": str(self.config.prefix_cache_size)})
         return info
 
     # ---- submission --------------------------------------------------------------------------------
