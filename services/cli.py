@@ -6,6 +6,8 @@ Each service adds its own client commands through ``services/<svc>/cli.py: regis
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import logging
 import signal
 import time
@@ -68,6 +70,12 @@ def serve(
     running = start_server(settings, module.build_service(settings))
     running.install_signal_handlers()
     running.wait()
+    # Drained and released: exit now rather than wait seconds for torch/diffusers
+    # interpreter teardown (or a stray non-daemon thread) to finish.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()
