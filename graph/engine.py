@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from graph import bradley_terry, fragility, pages, rank
-from graph.matchgraph import MatchGraph, PageRankParams, pagerank_power, pairs_of, poisson_replicates
+from graph import fragility, pages, rank
+from graph.matchgraph import MatchGraph, PageRankParams, pair_arrays, poisson_replicates
 from graph.probes import PROBE_PROMPTS, ProbeBackend, ProbeRun, run_probes
 from graph.rank import DIMENSIONS, DimensionScores, ScoreCard
 from graph.records import MatchEvent, ModelRecord, slugify
@@ -191,7 +191,7 @@ class Engine:
             self.stats[:, 1] += np.bincount(np.array(compared, dtype=np.int64), minlength=n)
         if clicked:
             self.stats[:, 2] += np.bincount(np.array(clicked, dtype=np.int64), minlength=n)
-        self.graph.apply(pairs_of(groups), self.graph.version)
+        self.graph.apply(*pair_arrays(groups, n), self.graph.version)
 
     def checkpoint(self) -> None:
         """Persist the derived counts so a restart replays little (no PageRank work on this path).
@@ -331,7 +331,7 @@ class Engine:
                     idx = tuple(map(get, e.matched))
                 resolved.append(e)
                 groups.append(idx)
-            new, first = self.store.record_events(resolved)
+            new, first = self.store.record_events(resolved, unique_ids=True)
             if new:
                 if len(new) != len(resolved):  # some were replays: keep the groups of the new ones only
                     fresh = {id(e) for e in new}
@@ -706,5 +706,4 @@ def _pct_among(val: float, sorted_col: np.ndarray, self_val: float, n: int) -> f
     return float((lt + 0.5 * eq) / (n - 1))
 
 
-__all__ = ["Engine", "EngineConfig", "EvidenceRow", "CompareResult", "IngestResult", "bradley_terry",
-           "pagerank_power"]
+__all__ = ["Engine", "EngineConfig", "EvidenceRow", "CompareResult", "IngestResult"]

@@ -67,7 +67,8 @@ class MatchGraph:
         self.index: dict[int, int] = {}  # store node -> dense index
         self._g: nx.Graph | None = None  # built on first use, then kept in step by deltas
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.w = sp.csr_array((0, 0), dtype=np.float64)
+        self._w = sp.csr_array((0, 0), dtype=np.float64)
+        self._w_pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # deltas not yet in _w
         self.pr = np.zeros(0)
         self.version = 0  # store graph_version the state reflects
         self.structure_version = 0  # bumps on every change (bootstrap caches key on it)
@@ -84,7 +85,8 @@ class MatchGraph:
             lookup = np.full((max(self.nodes) + 1) if self.nodes else 1, -1, dtype=np.int64)
             lookup[np.array(self.nodes, dtype=np.int64)] = np.arange(n)
             ia, ib = lookup[a.astype(np.int64)], lookup[b.astype(np.int64)]
-            self.w = _symmetric(ia, ib, c.astype(np.float64), n)
+            self._w = _symmetric(ia, ib, c.astype(np.float64), n)
+            self._w_pending = []
             self._g, self._pending = None, []  # networkx is built from the matrix when first needed
             self.version = version
             self.pr = np.full(n, 1.0 / n) if n else np.zeros(0)
@@ -112,13 +114,14 @@ class MatchGraph:
             new = [n for n in nodes if n not in self.index]
             if not new:
                 return
+            self._merge()  # pending deltas are sized for the current nodes: merge before growing
             for n in sorted(new):
                 self.index[n] = len(self.nodes)
                 self.nodes.append(n)
                 if self._g is not None:
                     self._g.add_node(self.index[n])
             size = len(self.nodes)
-            self.w.resize((size, size))
+            self._w.resize((size, size))
             if self.pr.shape[0]:
                 old = self.pr.shape[0]
                 self.pr = np.concatenate([self.pr * old / size, np.full(size - old, 1.0 / size)])
@@ -140,24 +143,40 @@ class MatchGraph:
             self.structure_version += 1
             return self.last_iterations
 
-    def apply(self, pairs: Counter, version: int) -> None:
-        """Add a batch's co-match counts, keyed by DENSE index pairs, to networkx and the matrix.
+    def apply(self, ia: np.ndarray, ib: np.ndarray, cnt: np.ndarray, version: int) -> None:
+        """Add a batch's co-match counts (DENSE index pairs ia < ib, counts) to the graph.
 
-        PageRank is not recomputed here: ``refresh`` does it (warm) when scores are next
-        read, so a burst of batches costs one refresh instead of one per batch.
+        The matrix and networkx only queue the delta (see ``w`` and ``g``), and PageRank is
+        not recomputed here: ``refresh`` does it (warm) when scores are next read, so a
+        burst of batches costs one merge and one refresh instead of one per batch.
         """
         with self.lock:
-            if pairs:
-                k = len(pairs)
-                flat = np.fromiter(itertools.chain.from_iterable(pairs.keys()), dtype=np.int64, count=2 * k)
-                ia, ib = flat[0::2], flat[1::2]
-                cnt = np.fromiter(pairs.values(), dtype=np.float64, count=k)
-                self.w = (self.w + _symmetric(ia, ib, cnt, len(self.nodes))).tocsr()
+            if len(ia):
+                self._w_pending.append((ia, ib, cnt))
                 if self._g is not None:
                     self._pending.append((ia, ib, cnt))
                 self.dirty = True
                 self.structure_version += 1
             self.version = version
+
+    @property
+    def w(self) -> sp.csr_array:
+        """The symmetric co-match matrix, with every pending delta merged in.
+
+        Ingest only queues its deltas (merging costs O(edges) per merge, so one merge per
+        read burst instead of one per batch keeps ingest O(batch)).
+        """
+        with self.lock:
+            self._merge()
+            return self._w
+
+    def _merge(self) -> None:
+        if self._w_pending:
+            ia = np.concatenate([d[0] for d in self._w_pending])
+            ib = np.concatenate([d[1] for d in self._w_pending])
+            cnt = np.concatenate([d[2] for d in self._w_pending])
+            self._w = (self._w + _symmetric(ia, ib, cnt, len(self.nodes))).tocsr()
+            self._w_pending = []
 
     @property
     def g(self) -> nx.Graph:
@@ -235,6 +254,28 @@ class MatchGraph:
         """Reference: ``nx.pagerank`` of the networkx graph, as a vector in dense order."""
         d = nx.pagerank(self.g, alpha=self.params.damping, tol=1e-12, max_iter=1000, weight="weight")
         return np.array([d[i] for i in range(len(self.nodes))])
+
+
+def pair_arrays(events: list[tuple[int, ...]], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Co-match counts of events (tuples of node indices < n) as (a, b, count) arrays, a < b.
+
+    The same edges as ``pairs_of``, computed with numpy per event size (no Python loop
+    over pairs): the ingest hot path.
+    """
+    by_len: dict[int, list[tuple[int, ...]]] = {}
+    for ev in events:
+        if len(ev) > 1:
+            by_len.setdefault(len(ev), []).append(ev)
+    keys = []
+    for size, evs in by_len.items():
+        arr = np.sort(np.array(evs, dtype=np.int64), axis=1)
+        ii, jj = np.triu_indices(size, k=1)
+        keys.append((arr[:, ii] * n + arr[:, jj]).ravel())
+    if not keys:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, np.zeros(0)
+    uniq, cnt = np.unique(np.concatenate(keys), return_counts=True)
+    return uniq // n, uniq % n, cnt.astype(np.float64)
 
 
 def pairs_of(events: list[tuple[int, ...]]) -> Counter:

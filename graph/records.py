@@ -176,18 +176,22 @@ class MatchEvent:
     timestamp_ms: int = 0
 
     def validate(self, where: str = "event") -> None:
+        # Runs once per ingested event: cheap checks first, sets only when needed.
         if not self.event_id or len(self.event_id) > 200:
             raise InvalidArgument(f"{where}.event_id must be 1..200 characters (it is the idempotency key)")
-        if not self.query.strip() or len(self.query) > 1000:
+        q = self.query
+        if not q or len(q) > 1000 or q.isspace():
             raise InvalidArgument(f"{where}.query must be 1..1000 characters of search text")
-        if not self.matched:
+        m = self.matched
+        if not m:
             raise InvalidArgument(f"{where}.matched is empty: an event records at least one matched model")
-        if len(set(self.matched)) != len(self.matched):
+        if len(m) > 100:
+            raise InvalidArgument(f"{where}.matched has {len(m)} models; at most 100")
+        if len(m) > 1 and len(set(m)) != len(m):
             raise InvalidArgument(f"{where}.matched lists a model twice")
-        if len(self.matched) > 100:
-            raise InvalidArgument(f"{where}.matched has {len(self.matched)} models; at most 100")
-        extra = ((set(self.compared) | set(self.clicked)) - set(self.matched)) if self.compared or self.clicked else ()
-        if extra:
-            raise InvalidArgument(f"{where}: compared/clicked {sorted(extra)} are not in matched")
+        if self.compared or self.clicked:
+            extra = (set(self.compared) | set(self.clicked)) - set(m)
+            if extra:
+                raise InvalidArgument(f"{where}: compared/clicked {sorted(extra)} are not in matched")
         if self.timestamp_ms < 0:
             raise InvalidArgument(f"{where}.timestamp_ms must be >= 0 (unix epoch milliseconds)")

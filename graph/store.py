@@ -302,18 +302,21 @@ class Store:
         return list(self.conn.execute("SELECT id, model_id, capability, title, body FROM search_docs ORDER BY id"))
 
     # ------------------------------------------------------------------ events
-    def record_events(self, events: list[MatchEvent]) -> tuple[list[MatchEvent], int]:
+    def record_events(self, events: list[MatchEvent], unique_ids: bool = False) -> tuple[list[MatchEvent], int]:
         """Store the events not seen before, in one transaction; returns (new events, first seq).
 
         ``events`` must be validated with model ids resolved. Events whose id is already
-        stored, or repeated within the batch, are skipped: that is the idempotency.
+        stored, or repeated within the batch, are skipped: that is the idempotency
+        (``unique_ids=True``: the caller already dropped repeats within the batch).
         """
-        seen: set[str] = set()
-        unique = []
-        for e in events:
-            if e.event_id not in seen:
-                seen.add(e.event_id)
-                unique.append(e)
+        unique = events
+        if not unique_ids:
+            seen: set[str] = set()
+            unique = []
+            for e in events:
+                if e.event_id not in seen:
+                    seen.add(e.event_id)
+                    unique.append(e)
         now = int(time.time() * 1000)
         with self.lock, self._tx():
             first = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1

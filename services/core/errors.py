@@ -1,6 +1,8 @@
 """Typed domain errors.
 
-Domain code raises these; exactly one place (``interceptor.py``) turns them into gRPC
+Domain code (``graph/`` included) raises these without importing gRPC: each class names
+its status as a string, and only the ``code`` property, used by the interceptor, turns it
+into a ``grpc.StatusCode``. Domain code raises these; exactly one place (``interceptor.py``) turns them into gRPC
 status codes. Each class fixes its status code, so a caller can never get
 ``INTERNAL`` for a mistake that was theirs (TGI's interceptor maps everything to
 INTERNAL; httpx's ``_exceptions.py`` is the model for a typed hierarchy instead).
@@ -8,13 +10,20 @@ INTERNAL; httpx's ``_exceptions.py`` is the model for a typed hierarchy instead)
 
 from __future__ import annotations
 
-import grpc
+from typing import Any
 
 
 class UnfragileError(Exception):
-    """Base of every error a client is meant to see. ``code`` is the gRPC status."""
+    """Base of every error a client is meant to see. ``status`` names the gRPC status code."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: str = "INTERNAL"
+
+    @property
+    def code(self) -> Any:
+        """The ``grpc.StatusCode`` for ``status`` (gRPC imported only here, at mapping time)."""
+        import grpc
+
+        return getattr(grpc.StatusCode, self.status)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -28,29 +37,29 @@ class UnfragileError(Exception):
 class InvalidArgument(UnfragileError):
     """The request itself is wrong; retrying it unchanged will fail again."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class NotFound(UnfragileError):
     """A named thing (model, adapter, job, scheduler) does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
 class AlreadyExists(UnfragileError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    status = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(UnfragileError):
     """The system is not in a state that allows the request (e.g. job already finished)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
 
 class ResourceExhausted(UnfragileError):
     """Queue full or out of memory; the client may retry after ``retry_after_s``."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
@@ -63,38 +72,38 @@ class ResourceExhausted(UnfragileError):
 class Unavailable(UnfragileError):
     """A dependency or the server itself cannot serve right now (draining, down)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class ModelUnavailable(Unavailable):
     """A model could not be loaded (no local copy, no network, broken folder)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
 
 class Cancelled(UnfragileError):
     """The client cancelled, or a CancelJob request stopped the work."""
 
-    code = grpc.StatusCode.CANCELLED
+    status = "CANCELLED"
 
 
 class DeadlineExceeded(UnfragileError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = "DEADLINE_EXCEEDED"
 
 
 class Unauthenticated(UnfragileError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+    status = "UNAUTHENTICATED"
 
 
 class PermissionDenied(UnfragileError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    status = "PERMISSION_DENIED"
 
 
 class Unimplemented(UnfragileError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    status = "UNIMPLEMENTED"
 
 
 class Internal(UnfragileError):
     """A bug on our side. The message must not leak secrets or payloads."""
 
-    code = grpc.StatusCode.INTERNAL
+    status = "INTERNAL"

@@ -50,7 +50,8 @@ def observe_ingest(result: object, batch: int, engine: object) -> None:
     EVENTS.labels("duplicate").inc(result.duplicates)  # type: ignore[attr-defined]
     BATCH_SIZE.observe(batch)
     g = engine.graph  # type: ignore[attr-defined]
-    observe_graph(len(g.nodes), g.w.nnz // 2, g.version)
+    MODELS.set(len(g.nodes))
+    GRAPH_VERSION.set(g.version)  # the edge gauge is set on each PageRank refresh (reading it merges deltas)
 
 
 def observe_search(result: object) -> None:

@@ -48,8 +48,9 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., GraphServer]]:
 
     def make(name: str = "graph.db", **overrides: Any) -> GraphServer:
         engine_kwargs = {k: overrides.pop(k) for k in ("embedder", "probe_backend") if k in overrides}
-        settings = Settings(port=0, metrics_port=-1, db_path=tmp_path / name, bootstrap_rounds=200,
-                            graph_bootstrap_rounds=20, **overrides)
+        kwargs: dict[str, Any] = dict(port=0, metrics_port=-1, db_path=tmp_path / name, bootstrap_rounds=200,
+                                      graph_bootstrap_rounds=20)
+        settings = Settings(**{**kwargs, **overrides})
         server = GraphServer(settings, **engine_kwargs)
         made.append(server)
         return server

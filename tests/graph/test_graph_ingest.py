@@ -186,3 +186,43 @@ def test_snapshot_version_changes_exactly_when_numbers_can(make_server, upsert_s
     assert v3[0] not in (v1[0], v2[0])
     s.restart()
     assert versions() == v3  # derived from stored data: stable across restarts
+
+
+def test_metrics_endpoint_shows_graph_metrics(make_server, upsert_seed):
+    import urllib.request
+
+    s = make_server("metrics.db", metrics_port=0)
+    upsert_seed(s.stub)
+    s.stub.RecordMatches(iter([pb.RecordMatchesRequest(events=[
+        pb.MatchEvent(event_id="m1", query="q", matched=["kosmos2", "sd"])])]))
+    s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))  # a read: PageRank refresh -> edge gauge
+    text = urllib.request.urlopen(f"http://127.0.0.1:{s.running.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'unfragile_graph_events_total{result="inserted"}' in text
+    assert "unfragile_graph_comatch_edges 1.0" in text
+    assert 'unfragile_grpc_requests_total{code="OK",method="Compare",service="matchgraph"}' in text
+
+
+def test_vectorised_pairs_equal_the_reference_definition():
+    from graph.matchgraph import pair_arrays, pairs_of
+
+    rng = random.Random(3)
+    events = [tuple(rng.sample(range(50), rng.randint(1, 6))) for _ in range(500)]
+    a, b, c = pair_arrays(events, 50)
+    assert {(x, y): k for x, y, k in zip(a.tolist(), b.tolist(), c.tolist())} == dict(pairs_of(events))
+
+
+def test_graph_grows_with_pending_deltas_then_merges():
+    """A model added while ingested deltas are still queued keeps every count (regression)."""
+    import numpy as np
+
+    from graph.matchgraph import MatchGraph
+
+    g = MatchGraph()
+    g.load([1, 2, 3], np.array([1]), np.array([2]), np.array([4]), version=1)
+    g.apply(np.array([1]), np.array([2]), np.array([3]), version=2)  # queued, not merged
+    g.add_nodes([7])
+    w = g.w.toarray()
+    assert w.shape == (4, 4)
+    assert w[0, 1] == w[1, 0] == 4  # loaded edge
+    assert w[1, 2] == w[2, 1] == 3  # the queued delta survived the growth
+    assert w[3].sum() == 0

@@ -7,7 +7,6 @@ to Bradley-Terry, embeddings used by Search, degradation when the service stops)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import pytest
