@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 from PIL import Image as PILImage
@@ -49,6 +49,7 @@ from services.visionlanguage.types import (
 
 log = logging.getLogger(__name__)
 _POLL_S = 0.5  # backstop for deadlines that pass without a gRPC callback
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -60,49 +61,38 @@ class EngineConfig:
     prefix_cache_size: int = 32
 
 
-class FeatureCache:
-    """LRU of projected image features keyed by the image's content hash."""
+class LRU(Generic[V]):
+    """A bounded least-recently-used map keyed by image content hash (capacity 0 = off)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._d: collections.OrderedDict[str, ImageFeatures] = collections.OrderedDict()
+        self._d: collections.OrderedDict[str, V] = collections.OrderedDict()
 
-    def get(self, key: str, need_attention: bool) -> ImageFeatures | None:
-        f = self._d.get(key)
-        if f is None or (need_attention and f.slot_to_patch is None):
-            return None
-        self._d.move_to_end(key)
-        return f
-
-    def put(self, key: str, f: ImageFeatures) -> None:
-        if self.capacity <= 0:
-            return
-        self._d[key] = f
-        self._d.move_to_end(key)
-        while len(self._d) > self.capacity:
-            self._d.popitem(last=False)
-
-
-class PrefixCache:
-    """LRU of image-prefix KV caches ('<s><image>[slots]</image>') keyed by image content hash."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._d: collections.OrderedDict[str, ImagePrefix] = collections.OrderedDict()
-
-    def get(self, key: str) -> ImagePrefix | None:
-        p = self._d.get(key)
-        if p is not None:
+    def get(self, key: str) -> V | None:
+        value = self._d.get(key)
+        if value is not None:
             self._d.move_to_end(key)
-        return p
+        return value
 
-    def put(self, key: str, p: ImagePrefix) -> None:
+    def put(self, key: str, value: V) -> None:
         if self.capacity <= 0:
             return
-        self._d[key] = p
+        self._d[key] = value
         self._d.move_to_end(key)
         while len(self._d) > self.capacity:
             self._d.popitem(last=False)
+
+
+class FeatureCache(LRU[ImageFeatures]):
+    """Projected image features; an entry without attention maps does not serve AttentionMap."""
+
+    def get(self, key: str, need_attention: bool = False) -> ImageFeatures | None:  # type: ignore[override]
+        f = super().get(key)
+        return None if f is None or (need_attention and f.slot_to_patch is None) else f
+
+
+class PrefixCache(LRU[ImagePrefix]):
+    """Image-prefix KV caches ('<s><image>[slots]</image>')."""
 
 
 class Job:
