@@ -233,9 +233,11 @@ def test_finetune_job_cancel_stops_training_within_a_step(diffusion) -> None:
 
     stub, log = diffusion["stub"], diffusion["log"]
     examples = [pb.TrainingExample(image=cpb.Image(data=noisy_png((64, 64))), caption="noise")]
-    cancelled0 = metric("unfragile_diffusion_finetune_jobs", {"state": "cancelled"})
     start = stub.StartFineTune(pb.StartFineTuneRequest(adapter_name="to-cancel", examples=examples, steps=3000,
                                                        seed=1), timeout=30)
+    # The gauge is process-wide and other test servers in this process set it too: read the
+    # baseline once this server has published its own counts (StartFineTune does).
+    cancelled0 = metric("unfragile_diffusion_finetune_jobs", {"state": "cancelled"})
     watch = stub.WatchJob(pb.WatchJobRequest(job_id=start.job_id), timeout=120)
     for ev in watch:
         if ev.step >= 3:
