@@ -32,6 +32,6 @@ EXPOSE 8080
 # Liveness only: /readyz also needs MatchGraph, which is the orchestrator's business.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
-# services.gateway.server.run: uvicorn on the bound socket; SIGTERM -> drain -> exit 0.
+# `unfragile serve gateway`: uvicorn on the bound socket; SIGTERM -> drain -> exit 0.
 # Metrics are on the HTTP port at /metrics.
-ENTRYPOINT ["python", "-c", "from services.gateway.server import run; from services.gateway.settings import Settings; run(Settings())"]
+ENTRYPOINT ["python", "-m", "services.cli", "serve", "gateway"]

@@ -121,9 +121,11 @@ VISIONLANGUAGE = [
                (f"sum(rate({VL}prompt_tokens_total[{RI}]))", "prompt")], "short"),
         Panel("Finished sequences by reason", "length / eos / stop / cancelled / error, per second.",
               [(f"sum by (finish_reason) (rate({VL}request_success_total[{RI}]))", "{{finish_reason}}")], "reqps"),
-        Panel("Image-feature cache", "Lookups of the image-feature cache by result (a hit skips the vision "
-              "encoder).",
-              [(f"sum by (result) (rate({VL}image_feature_cache_total[{RI}]))", "{{result}}")], "reqps"),
+        Panel("Image-feature and prefix caches", "Lookups by result: the image-feature cache (a hit skips "
+              "the vision encoder) and the image-prefix KV cache (a hit skips prefilling the image slots for "
+              "another prompt on the same image).",
+              [(f"sum by (result) (rate({VL}image_feature_cache_total[{RI}]))", "features {{result}}"),
+               (f"sum by (result) (rate({VL}prefix_cache_total[{RI}]))", "prefix {{result}}")], "reqps"),
         Panel("Rejected (queue full)", "Requests refused with RESOURCE_EXHAUSTED because the queue was full.",
               [(f"sum(rate({VL}requests_rejected_total[{RI}]))", "rejected")], "reqps"),
     ]),

@@ -56,7 +56,8 @@ DEPLOYED = [*SERVICES, GATEWAY.name]  # everything deploy/ runs
 
 
 def gateway_missing() -> str | None:
-    """Why the gateway cannot be started yet, or None (it runs via services.gateway.server.run)."""
+    """Why the gateway cannot be started yet, or None (`unfragile serve gateway` runs
+    services.gateway.server.run)."""
     try:
         server = importlib.import_module("services.gateway.server")
         importlib.import_module("services.gateway.settings")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -83,7 +84,7 @@ def test_gateway_recipe_runs_non_root_and_serves_http() -> None:
     assert re.fullmatch(r"\d+(:\d+)?", args["USER"]) and not args["USER"].startswith("0")
     assert args["EXPOSE"].split() == [str(GATEWAY.port)]
     assert f"http://127.0.0.1:{GATEWAY.port}/healthz" in args["HEALTHCHECK"]
-    assert "from services.gateway.server import run" in args["ENTRYPOINT"]
+    assert args["ENTRYPOINT"] == '["python", "-m", "services.cli", "serve", "gateway"]'
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for op, rest in ins if op == "ENV")))
     assert env["UNFRAGILE_GATEWAY_HOST"] == "0.0.0.0" and env["UNFRAGILE_GATEWAY_PORT"] == str(GATEWAY.port)
     fields = settings_fields(GATEWAY.name)
@@ -123,6 +124,41 @@ def test_grpc_health_script_passes_on_serving_and_fails_otherwise(serving_server
     assert gone.returncode == 1 and "UNREACHABLE" in gone.stdout
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_grpc_health_script_speaks_mutual_tls(tmp_path: Path) -> None:
+    """What an exec probe needs once the server serves TLS (native grpc probes cannot)."""
+    from services.core.server import GrpcService, start_server
+    from services.core.settings import ServiceSettings
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=probe-ca",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    (tmp_path / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem")
+    settings = ServiceSettings(port=0, metrics_port=-1, tls_cert_file=tmp_path / "server.pem",
+                               tls_key_file=tmp_path / "server.key", tls_client_ca_file=tmp_path / "ca.pem")
+    service = GrpcService(name="probe", full_name="test.v1.Probe", servicer=object(),
+                          add_to_server=lambda s, server: None)
+    srv = start_server(settings, service)
+    try:
+        pem = {n: str(tmp_path / n) for n in ("ca.pem", "client.pem", "client.key")}
+        ok = _health(srv.address, "test.v1.Probe", "--ca", pem["ca.pem"], "--cert", pem["client.pem"],
+                     "--key", pem["client.key"])
+        assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stdout + ok.stderr
+        no_client_cert = _health(srv.address, "test.v1.Probe", "--ca", pem["ca.pem"])
+        assert no_client_cert.returncode == 1 and "UNREACHABLE" in no_client_cert.stdout
+        plaintext = _health(srv.address, "test.v1.Probe")
+        assert plaintext.returncode == 1
+    finally:
+        srv.stop(0)
+
+
 def _fetch(model: str, hf_home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, str(DOCKER / "fetch_model.py"), model], capture_output=True, text=True,
@@ -139,3 +175,80 @@ def test_fetch_model_fails_clearly_when_a_hub_model_is_neither_cached_nor_reacha
     assert out.returncode == 1
     assert "'microsoft/kosmos-2-patch14-224' is not cached" in out.stderr
     assert "models volume" in out.stderr
+
+
+# ------------------------------------------------- an image's own config, run for real
+def _image(path: Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """(ENV, ENTRYPOINT, HEALTHCHECK CMD) of a Dockerfile, as Docker would read them."""
+    import json
+
+    ins = _instructions(path)
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for op, rest in ins if op == "ENV")))
+    args = {op: rest for op, rest in ins}
+    health = json.loads(args["HEALTHCHECK"].split(" CMD ", 1)[1])
+    return env, json.loads(args["ENTRYPOINT"]), health
+
+
+def _localise(cmd: list[str]) -> list[str]:
+    """The image's python and installed scripts -> this interpreter and the repo's scripts."""
+    if cmd[0] == "grpc-health":
+        return [sys.executable, str(DOCKER / "grpc_health_check.py"), *cmd[1:]]
+    assert cmd[0] == "python"
+    return [sys.executable, *cmd[1:]]
+
+
+def _wait(check: list[str], proc: subprocess.Popen[bytes], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"{proc.args} exited with {proc.returncode}"
+        out = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
+
+
+def test_matchgraph_and_gateway_images_start_from_their_own_env_and_pass_their_healthchecks(tmp_path: Path) -> None:
+    """ENV + ENTRYPOINT + HEALTHCHECK of the two quick-starting images, run as the container
+    would (paths under tmp, ports free, loopback): configuration by environment works,
+    the health checks pass once serving, and SIGTERM drains to exit 0."""
+    import signal
+    import socket
+    import urllib.request
+
+    socks = [socket.socket() for _ in range(3)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    graph_port, graph_metrics, gw_port = (s.getsockname()[1] for s in socks)
+    for s in socks:
+        s.close()
+
+    env, entry, health = _image(_dockerfile("matchgraph", "cpu"))
+    assert env["UNFRAGILE_GRAPH_DB_PATH"].startswith("/data/")
+    env |= {"UNFRAGILE_GRAPH_HOST": "127.0.0.1", "UNFRAGILE_GRAPH_PORT": str(graph_port),
+            "UNFRAGILE_GRAPH_METRICS_PORT": str(graph_metrics), "HF_HOME": str(tmp_path / "hf"),
+            "UNFRAGILE_GRAPH_DB_PATH": str(tmp_path / env["UNFRAGILE_GRAPH_DB_PATH"].lstrip("/"))}
+    health = [h.replace(f":{SERVICES['matchgraph'].port}", f":{graph_port}") for h in health]
+    graph = subprocess.Popen(_localise(entry), env={**os.environ, **env}, cwd=ROOT)
+    gateway = None
+    try:
+        ok = _wait(_localise(health), graph)
+        assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stdout
+        with urllib.request.urlopen(f"http://127.0.0.1:{graph_metrics}/metrics", timeout=10) as resp:
+            assert b'unfragile_model_ready{service="matchgraph"} 1.0' in resp.read()
+
+        gw_env, gw_entry, gw_health = _image(_dockerfile(GATEWAY.name, "cpu"))
+        gw_env |= {"UNFRAGILE_GATEWAY_HOST": "127.0.0.1", "UNFRAGILE_GATEWAY_PORT": str(gw_port),
+                   "UNFRAGILE_GATEWAY_MATCHGRAPH_TARGET": f"127.0.0.1:{graph_port}"}
+        gw_health = [h.replace(f":{GATEWAY.port}/", f":{gw_port}/") for h in gw_health]
+        gateway = subprocess.Popen(_localise(gw_entry), env={**os.environ, **gw_env}, cwd=ROOT)
+        assert _wait(_localise(gw_health), gateway).returncode == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw_port}/readyz", timeout=10) as resp:
+            assert resp.status == 200  # the gateway reaches MatchGraph through the env target
+    finally:
+        for proc in (gateway, graph):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=60) for p in (gateway, graph) if p is not None]
+    assert codes == [0] * len(codes), f"SIGTERM should drain and exit 0, got {codes}"

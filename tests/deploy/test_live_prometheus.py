@@ -32,8 +32,13 @@ from deploy_support import (DEPLOY, GATEWAY, RULES, SERVICES, Query, adapter_que
                             services_needed)
 
 PROMETHEUS = prometheus_bin()
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package `prometheus`; "
-                                "`.ci/run` installs it)")
+pytestmark = [
+    pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package `prometheus`; "
+                       "`.ci/run` installs it)"),
+    # The first test also pays for starting four processes on a 2-core box (~30 s when
+    # idle, minutes when other suites run beside it).
+    pytest.mark.timeout(600),
+]
 SCRAPE_S = 1.0
 QUERIES = [*dashboard_queries(), *rule_queries(), *adapter_queries()]
 
@@ -159,6 +164,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(metrics_ports, prom_port)))
     targets = {n: stack.target(n) for n in running} | {GATEWAY.name: f"http://127.0.0.1:{gw_port}"}
     prom = gw = None
+    prom_log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in finally
     try:
         stack.start(running, timeout=240)
         if with_gateway:
@@ -172,9 +178,12 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         prom = subprocess.Popen(
             [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "prometheus.log", "wb"))  # noqa: SIM115
+            stdout=subprocess.DEVNULL, stderr=prom_log)
         live = Live(f"http://127.0.0.1:{prom_port}", list(metrics_ports), missing)
-        _wait_http(f"{live.prom_url}/-/ready", prom)
+        try:
+            _wait_http(f"{live.prom_url}/-/ready", prom)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"prometheus did not start: {(tmp / 'prometheus.log').read_text()[-2000:]}") from exc
         live.wait_for_scrape(after=time.time())
         for phase in (1, 2):
             for name in live.running:  # the gateway last: matchgraph traffic seeded the graph
@@ -187,6 +196,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         if prom is not None:
             prom.terminate()
             prom.wait(timeout=30)
+        prom_log.close()
         gw_code = {}
         if gw is not None:
             gw.send_signal(signal.SIGTERM)
