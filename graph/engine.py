@@ -13,6 +13,7 @@ import io
 import itertools
 import logging
 import threading
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -121,7 +122,8 @@ class Engine:
         self._rows_cache: tuple[tuple, list] = ((), [])
         self._id_rank = np.zeros(0, dtype=np.int64)
         self._records: OrderedDict[tuple[str, int], ModelRecord] = OrderedDict()
-        self.on_refresh: Callable[[int], None] | None = None  # e.g. a metrics hook: iterations per refresh
+        # e.g. a metrics hook: (PageRank iterations, seconds) of each rank refresh that ran
+        self.on_refresh: Callable[[int, float], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
@@ -225,11 +227,12 @@ class Engine:
     def refresh_graph(self) -> int:
         """Bring PageRank up to date (warm start) and persist it with its graph version."""
         with self.lock:
+            started = time.perf_counter()
             iterations = self.graph.refresh()
             if iterations:
                 self._persist_pagerank()
                 if self.on_refresh is not None:
-                    self.on_refresh(iterations)
+                    self.on_refresh(iterations, time.perf_counter() - started)
             return iterations
 
     def close(self) -> None:

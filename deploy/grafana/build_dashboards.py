@@ -182,6 +182,9 @@ MATCHGRAPH = [
               "PageRank refresh after new matches: the work a rank refresh costs (mean and p99).",
               [(f"sum(rate({GR}pagerank_iterations_sum[{RI}])) / sum(rate({GR}pagerank_iterations_count[{RI}]))",
                 "mean"), (_q(0.99, GR + "pagerank_iterations"), "p99")]),
+        Panel("Rank refresh time", "Wall time of each incremental rank refresh (warm-started PageRank, then "
+              "persisting it) after new matches: p50 and p95.",
+              [(_q(0.5, GR + "rank_refresh_seconds"), "p50"), (_q(0.95, GR + "rank_refresh_seconds"), "p95")], "s"),
         Panel("Compare / Rank latency p95", "The RPCs behind comparison pages and leaderboards.",
               [(_q(0.95, "unfragile_grpc_request_duration_seconds", "method",
                    'service="matchgraph", method=~"Compare|Rank|GetModel|Search"'), "{{method}}")], "s"),

@@ -18,16 +18,23 @@ def channel(
     root_ca: Path | None = None,
     client_cert: Path | None = None,
     client_key: Path | None = None,
+    balance: bool = False,
 ) -> grpc.Channel:
     """A channel whose send/receive limits match the servers' defaults.
 
     With ``root_ca`` it is TLS (verifying the server); adding ``client_cert`` and
-    ``client_key`` presents a client certificate for mutual TLS.
+    ``client_key`` presents a client certificate for mutual TLS. ``balance`` spreads
+    stateless calls over every address the target resolves to (round robin); leave it off
+    for calls that must reach the same replica (WatchJob/CancelJob of a fine-tune job).
     """
-    options = [
+    options: list[tuple[str, object]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+    if balance:
+        # With a headless Service (dns:///svc-headless:port) spread calls over every pod the
+        # name resolves to; the default pick_first pins one HTTP/2 connection to one pod.
+        options.append(("grpc.lb_policy_name", "round_robin"))
     if root_ca is None:
         return grpc.insecure_channel(target, options=options)
     creds = grpc.ssl_channel_credentials(

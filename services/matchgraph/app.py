@@ -120,8 +120,8 @@ class _ProbeSchedule:
 
 def build_service(settings: Settings, engine: Engine | None = None) -> GrpcService:
     engine = engine or build_engine(settings)
-    engine.on_refresh = lambda iterations: metrics.observe_graph(
-        len(engine.graph.nodes), engine.graph.w.nnz // 2, engine.graph.version, iterations)
+    engine.on_refresh = lambda iterations, seconds: metrics.observe_graph(
+        len(engine.graph.nodes), engine.graph.w.nnz // 2, engine.graph.version, iterations, seconds)
     schedule = _ProbeSchedule(engine, settings.probe_interval_s) if settings.probe_interval_s > 0 else None
 
     def load() -> None:

@@ -38,7 +38,7 @@ class GrpcEmbedder:
 
         self.target, self.timeout = target, timeout_s
         self.pb = vl_pb
-        self.channel = channel(target)
+        self.channel = channel(target, balance=True)
         self.stub = vl_grpc.VisionLanguageStub(self.channel)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -63,8 +63,8 @@ class GrpcProbeBackend:
 
         self.common, self.d_pb, self.vl_pb = common_pb2, d_pb, vl_pb
         self.vl_target, self.d_target, self.timeout = vl_target, diffusion_target, timeout_s
-        self.vl = vl_grpc.VisionLanguageStub(channel(vl_target))
-        self.diffusion = d_grpc.DiffusionStub(channel(diffusion_target))
+        self.vl = vl_grpc.VisionLanguageStub(channel(vl_target, balance=True))
+        self.diffusion = d_grpc.DiffusionStub(channel(diffusion_target, balance=True))
         self.embedder = GrpcEmbedder(vl_target, timeout_s)
 
     def text_to_image(self, prompt: str, seed: int) -> bytes:

@@ -25,6 +25,11 @@ PAGERANK_ITERATIONS = Histogram(
     "Power iterations of the last incremental (warm-started) PageRank refresh.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+RANK_REFRESH_SECONDS = Histogram(
+    "unfragile_graph_rank_refresh_seconds",
+    "Wall time of each incremental rank refresh (warm-started PageRank + persisting it) after new matches.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 SEARCH_DEGRADED = Counter(
     "unfragile_graph_search_degraded_total",
     "Searches answered from FTS5 alone because the embedding service was unavailable.",
@@ -35,13 +40,16 @@ PROBE_RUNS = Counter(
 )
 
 
-def observe_graph(models: int, edges: int, version: int, iterations: int | None = None) -> None:
-    """Graph size gauges; ``iterations`` of a PageRank refresh when one just ran."""
+def observe_graph(models: int, edges: int, version: int, iterations: int | None = None,
+                  seconds: float | None = None) -> None:
+    """Graph size gauges; ``iterations`` and ``seconds`` of a rank refresh when one just ran."""
     MODELS.set(models)
     EDGES.set(edges)
     GRAPH_VERSION.set(version)
     if iterations is not None:
         PAGERANK_ITERATIONS.observe(iterations)
+    if seconds is not None:
+        RANK_REFRESH_SECONDS.observe(seconds)
 
 
 def observe_ingest(result: object, batch: int, engine: object) -> None:
