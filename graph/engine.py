@@ -174,21 +174,25 @@ class Engine:
             self.catalog_version += 1
             self._state = None
 
-    def _apply_events(self, events: list[tuple[Sequence[str], Sequence[str], Sequence[str]]],
-                      groups: list[tuple[int, ...]] | None = None) -> None:
+    def _apply_events(self, events: list[tuple[Sequence[str], Sequence[str], Sequence[str]]] | None,
+                      groups: list[tuple[int, ...]] | None = None,
+                      compared: list[int] | None = None, clicked: list[int] | None = None) -> None:
         """Fold (matched, compared, clicked) id lists into the graph and the per-model counters.
 
-        Dense graph indices equal positions in ``self.ids`` (both follow the rowid order);
-        ``groups`` are the matched models as indices when the caller already has them.
+        Dense graph indices equal positions in ``self.ids`` (both follow the rowid order).
+        Ingest passes ``groups`` (matched models as indices) and the ``compared``/``clicked``
+        indices it already resolved, and no ``events``; a replay passes only ``events``.
         """
         get = self.pos.__getitem__
         if groups is None:
-            groups = [tuple(map(get, matched)) for matched, _c, _k in events]
+            groups = [tuple(map(get, matched)) for matched, _c, _k in events or ()]
         n = len(self.ids)
         self.stats[:, 0] += np.bincount(np.fromiter(itertools.chain.from_iterable(groups), dtype=np.int64),
                                         minlength=n)
-        compared = [get(m) for _m, c, _k in events for m in c]
-        clicked = [get(m) for _m, _c, k in events for m in k]
+        if compared is None:
+            compared = [get(m) for _m, c, _k in events or () for m in c]
+        if clicked is None:
+            clicked = [get(m) for _m, _c, k in events or () for m in k]
         if compared:
             self.stats[:, 1] += np.bincount(np.array(compared, dtype=np.int64), minlength=n)
         if clicked:
@@ -314,7 +318,10 @@ class Engine:
         get = self.pos.__getitem__
         with self.lock:
             for i, e in enumerate(events):
-                e.validate(f"events[{i}]")
+                try:
+                    e.validate("event")
+                except InvalidArgument as exc:  # name the event only on the (rare) error path
+                    raise InvalidArgument(exc.message.replace("event", f"events[{i}]", 1)) from None
                 if e.event_id in seen:  # repeated within the batch: the first one counts
                     continue
                 seen.add(e.event_id)
@@ -340,7 +347,9 @@ class Engine:
                     fresh = {id(e) for e in new}
                     groups = [g for e, g in zip(resolved, groups) if id(e) in fresh]
                 self.graph.version = first + len(new) - 1
-                self._apply_events([(e.matched, e.compared, e.clicked) for e in new], groups)
+                compared = [get(m) for e in new if e.compared for m in e.compared]
+                clicked = [get(m) for e in new if e.clicked for m in e.clicked]
+                self._apply_events(None, groups, compared, clicked)
                 self._state = None
                 if self.graph.version - self._checkpoint_version >= self.config.checkpoint_every_events:
                     self.checkpoint()
