@@ -109,6 +109,9 @@ def _throughput(stub: Any, pb: Any, clients: int, per_client: int) -> tuple[floa
     return clients * per_client / elapsed, statistics.mean(batches)
 
 
+QUEUE_DELAY_MS = 25.0  # the batching server's max_queue_delay_ms (a fraction of one request's time)
+
+
 def _batching(stub_b: Any, stub_u: Any, pb: Any, rounds: int) -> Result:
     """Alternate rounds on the batching and the non-batching server; median of per-round ratios."""
     _throughput(stub_b, pb, 4, 1)  # warm-up
@@ -124,7 +127,8 @@ def _batching(stub_b: Any, stub_u: Any, pb: Any, rounds: int) -> Result:
     return Result(
         "diffusion.batching.throughput_4_clients", statistics.median(ratios), 1.5, "higher", "ratio",
         "images/s of the same load on a server with batching off (median of alternating rounds)",
-        f"4 clients x 4 requests per round, {rounds} rounds, {SIZE}x{SIZE}, {STEPS} steps: batched "
+        f"4 clients x 4 requests per round, {rounds} rounds, {SIZE}x{SIZE}, {STEPS} steps, "
+        f"max_queue_delay_ms {QUEUE_DELAY_MS:g}: batched "
         f"{statistics.median(ips_b):.2f} img/s (mean batch {statistics.mean(batch):.1f} images), unbatched "
         f"{statistics.median(ips_u):.2f} img/s")
 
@@ -209,23 +213,27 @@ def run() -> list[Result]:
         model = build_tiny_sd(Path(tmp) / "tiny-sd-bench", preset="bench")
         adapters = Path(tmp) / "adapters"
 
-        def serve(batching: bool) -> Any:
+        def serve(batching: bool, delay_ms: float = 0.0) -> Any:
             settings = Settings(port=0, metrics_port=-1, model=str(model), adapters_dir=adapters, batching=batching,
-                                max_batch_images=8, torch_threads=THREADS)
+                                max_batch_images=8, torch_threads=THREADS, max_queue_delay_ms=delay_ms)
             return start_server(settings, build_service(settings))
 
-        batched, unbatched = serve(True), serve(False)
+        # Default settings for single-client figures; the batching comparison gives the
+        # batching server a short queue delay so concurrent requests fill its UNet batch.
+        default, batched, unbatched = serve(True), serve(True, QUEUE_DELAY_MS), serve(False)
         try:
-            with channel(batched.address) as ch_b, channel(unbatched.address) as ch_u:
+            with channel(default.address) as ch_d, channel(batched.address) as ch_b, \
+                    channel(unbatched.address) as ch_u:
+                stub_d = pb_grpc.DiffusionStub(ch_d)
                 stub_b, stub_u = pb_grpc.DiffusionStub(ch_b), pb_grpc.DiffusionStub(ch_u)
-                runner = batched.service.servicer.engine.runner
-                results.append(_served_vs_inprocess(stub_b, pb, runner, n=15))
-                results.append(_previews(stub_b, pb, n=15))
+                runner = default.service.servicer.engine.runner
+                results.append(_served_vs_inprocess(stub_d, pb, runner, n=15))
+                results.append(_previews(stub_d, pb, n=15))
                 results.append(_batching(stub_b, stub_u, pb, rounds=5))
-                results.extend(_finetune(stub_b, pb, cpb, adapters, model, steps=30))
+                results.extend(_finetune(stub_d, pb, cpb, adapters, model, steps=30))
         finally:
-            batched.stop(0)
-            unbatched.stop(0)
+            for server in (default, batched, unbatched):
+                server.stop(0)
     for r in results:
         r.notes += f"; bench preset tiny SD, {THREADS} torch thread(s)"
     return results

@@ -43,6 +43,10 @@ class Settings(ServiceSettings):
     max_queue: int = Field(32, gt=0, description="Generation jobs that may wait; beyond it RESOURCE_EXHAUSTED.")
     max_batch_images: int = Field(8, gt=0, description="Most images denoised in one cross-request UNet batch.")
     batching: bool = Field(True, description="Batch compatible concurrent requests into one UNet batch.")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, le=10_000,
+        description="How long a request may wait for compatible ones to fill its UNet batch (Triton's "
+                    "max_queue_delay); 0 = take what is queued at once.")
     max_side: int = Field(1024, ge=8, description="Largest width/height accepted (pixels, multiple of 8).")
     max_steps: int = Field(150, gt=0, description="Largest number of denoising steps per request.")
     default_steps: int = Field(20, gt=0, description="Steps used when a request leaves steps at 0.")
@@ -105,7 +109,8 @@ def build_backend(settings: Settings) -> DiffusionBackend:
     limits = settings.limits()
     registry = JobRegistry()
     runner = DiffusersRunner(settings.model_path(), device, dtype, settings.adapters_path())
-    engine = Engine(runner, EngineConfig(settings.max_queue, settings.max_batch_images, settings.batching), registry)
+    engine = Engine(runner, EngineConfig(settings.max_queue, settings.max_batch_images, settings.batching,
+                                          max_queue_delay_s=settings.max_queue_delay_ms / 1000), registry)
     store = AdapterStore(settings.adapters_path())
     finetuner = FineTuner(runner, store, registry, limits, settings.data_root, wake=engine.wake)
     engine.attach_trainer(finetuner)

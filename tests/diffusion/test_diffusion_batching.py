@@ -95,3 +95,26 @@ def test_queue_full_over_grpc(small_queue_server) -> None:
         stub.CancelJob(pb.CancelJobRequest(job_id=blocker_id), timeout=30)
         assert result_of(list(waiting)).images
         assert result_of(list(stub.TextToImage(pb.TextToImageRequest(params=params(steps=1)), timeout=60))).images
+
+
+@pytest.fixture(scope="module")
+def delayed_batch_server(tiny_sd, tmp_path_factory):
+    running = start(make_settings(tiny_sd, tmp_path_factory.mktemp("adapters-d"), max_queue_delay_ms=3000))
+    yield running
+    running.stop(0)
+
+
+def test_queue_delay_lets_a_later_request_join_the_batch(delayed_batch_server) -> None:
+    """With an idle server, the first request waits (up to max_queue_delay_ms) for a
+    compatible second one, and both run in one UNet batch; without the delay the first
+    would run alone at once."""
+    with channel(delayed_batch_server.address) as ch:
+        stub = pb_grpc.DiffusionStub(ch)
+        out: list[pb.GeneratedImages] = []
+        first = threading.Thread(target=lambda: out.append(result_of(list(stub.TextToImage(
+            pb.TextToImageRequest(params=params(steps=2, seed=1)), timeout=60)))))
+        first.start()
+        threading.Event().wait(0.3)  # well inside the 3 s window, far from its end
+        second = result_of(list(stub.TextToImage(pb.TextToImageRequest(params=params(steps=2, seed=2)), timeout=60)))
+        first.join(60)
+        assert second.batch_images == 2 and out[0].batch_images == 2
