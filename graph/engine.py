@@ -28,7 +28,7 @@ from graph.records import MatchEvent, ModelRecord, slugify
 from graph.search import Embedder, Searcher, SearchResult
 from graph.store import Store, normalise_query
 from graph.verdict import DimensionResult, headline, verdict
-from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, UnfragileError
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, UnfragileError
 
 log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = {"adoption": 0.25, "ecosystem": 0.25, "match_graph": 0.25, "quality": 0.25}

@@ -11,7 +11,7 @@ import datetime as _dt
 import re
 from dataclasses import dataclass, field
 
-from services.core.errors import InvalidArgument
+from common.errors import InvalidArgument
 
 MODEL_TYPES = ("model", "tool", "api")
 PRICING_TIERS = ("unknown", "free", "freemium", "paid")

@@ -66,7 +66,7 @@ def core_rows(service: str) -> list[Row]:
                   "(INVALID_ARGUMENT/NOT_FOUND are client mistakes; INTERNAL/UNAVAILABLE are ours).",
                   [(f'sum by (code) (rate(unfragile_grpc_requests_total{{{sel}, code!="OK"}}[{RI}]))',
                     "{{code}}")], "reqps"),
-            Panel("Domain errors by class", "Typed errors raised to clients (services.core.errors), by class "
+            Panel("Domain errors by class", "Typed errors raised to clients (common.errors), by class "
                   "and method.",
                   [(f"sum by (error, method) (rate(unfragile_errors_total{{{sel}}}[{RI}]))",
                     "{{error}} {{method}}")], "reqps"),

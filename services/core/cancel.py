@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from services.core.errors import Cancelled, DeadlineExceeded
+from common.errors import Cancelled, DeadlineExceeded
 
 
 class CancelToken:

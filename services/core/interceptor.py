@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from services.core import metrics
-from services.core.errors import Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable
+from common.errors import Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable
 from services.core.security import Authorizer
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.core.errors import ModelUnavailable
+from common.errors import ModelUnavailable
 
 
 def pretrained_source(model: str | Path) -> tuple[str, dict[str, object]]:

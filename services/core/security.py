@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from services.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from common.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 ROLES = ("reader", "admin")
 

@@ -56,7 +56,7 @@ class ServiceSettings(BaseSettings):
         """Pick (torch.device, torch.dtype): cuda+fp16 when a GPU is present, else cpu+fp32."""
         import torch
 
-        from services.core.errors import InvalidArgument
+        from common.errors import InvalidArgument
 
         device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
                               ("cpu" if self.device == "auto" else self.device))

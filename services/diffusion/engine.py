@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, Protocol
 
 from services.core.cancel import CancelToken
-from services.core.errors import (Cancelled, DeadlineExceeded, Internal, PermissionDenied, ResourceExhausted,
+from common.errors import (Cancelled, DeadlineExceeded, Internal, PermissionDenied, ResourceExhausted,
                                   UnfragileError, Unavailable)
 from services.core.security import ANONYMOUS, Principal
 from services.diffusion import metrics as m

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageOps
 
-from services.core.errors import AlreadyExists, InvalidArgument, PermissionDenied, UnfragileError
+from common.errors import AlreadyExists, InvalidArgument, PermissionDenied, UnfragileError
 from services.core.images import decode_image
 from services.diffusion import metrics as m
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobRegistry

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any, Iterator
 
 from services.core.cancel import CancelToken
-from services.core.errors import NotFound
+from common.errors import NotFound
 from services.diffusion.types import JobSnapshot
 from unfragile.common.v1 import common_pb2 as cpb
 

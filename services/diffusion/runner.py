@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from services.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.loading import pretrained_source
 from services.diffusion.types import AdapterSpec, GenerateRequest, ModelFacts, SCHEDULER_NAMES
 
@@ -128,7 +128,7 @@ class DiffusersRunner:
                 source, safety_checker=None, requires_safety_checker=False, dtype=self.dtype, use_safetensors=True,
                 **kwargs)
         except Exception as exc:
-            from services.core.errors import ModelUnavailable
+            from common.errors import ModelUnavailable
 
             raise ModelUnavailable(f"could not load Stable Diffusion from {self.model!r}: {exc}") from exc
         inpaint_unet = None

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from services.core.errors import InvalidArgument
+from common.errors import InvalidArgument
 from services.core.images import decode_image, encode_png
 from unfragile.common.v1 import common_pb2 as cpb
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
@@ -435,7 +435,7 @@ class FineTuneRequest:
 
 def confined_folder(root: Path | None, relative: str) -> Path:
     """Resolve ``relative`` inside ``root``; refuse absolute paths, '..' and escaping links."""
-    from services.core.errors import FailedPrecondition, NotFound, PermissionDenied
+    from common.errors import FailedPrecondition, NotFound, PermissionDenied
 
     if root is None:
         raise FailedPrecondition("server-side data folders are disabled; set data_root on the server "

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 
 from services.core.client import channel
-from services.core.errors import Unavailable
+from common.errors import Unavailable
 
 T = TypeVar("T")
 PROBE_STEPS = 4  # enough for the tiny test model; probe images are judged, not admired

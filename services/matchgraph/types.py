@@ -23,7 +23,7 @@ from graph.records import (
 )
 from graph.search import SearchResult
 from graph.verdict import A_LEADS, B_LEADS, DimensionResult
-from services.core.errors import InvalidArgument
+from common.errors import InvalidArgument
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 _TYPE_FROM = {pb.MODEL_TYPE_MODEL: "model", pb.MODEL_TYPE_TOOL: "tool", pb.MODEL_TYPE_API: "api"}

@@ -34,7 +34,7 @@ import torch
 from PIL import Image as PILImage
 
 from services.core.cancel import CancelToken
-from services.core.errors import (
+from common.errors import (
     Cancelled, DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable,
 )
 from services.visionlanguage import grounding as g

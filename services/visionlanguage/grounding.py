@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.core.errors import InvalidArgument
+from common.errors import InvalidArgument
 
 LOCATION_GRID = 32  # 1024 location tokens
 IMAGE_SIZE = 224

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from services.core.errors import InvalidArgument
+from common.errors import InvalidArgument
 
 
 class ImageFeatureModule(nn.Module):

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from services.core.errors import InvalidArgument, ModelUnavailable
+from common.errors import InvalidArgument, ModelUnavailable
 from services.core.loading import pretrained_source
 from services.visionlanguage.types import ImageInput, ModelInfo, Sampling
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import grpc
 
 from services.core.cancel import CancelToken
-from services.core.errors import Unavailable
+from common.errors import Unavailable
 from services.visionlanguage.engine import Engine
 from services.visionlanguage.types import (
     AttentionMapRequest, CaptionRequest, EmbedRequest, Limits, SimilarityRequest, TokenizeRequest,

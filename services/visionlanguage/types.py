@@ -13,7 +13,7 @@ from typing import Sequence
 
 from PIL import Image as PILImage
 
-from services.core.errors import InvalidArgument, NotFound
+from common.errors import InvalidArgument, NotFound
 from services.core.images import decode_image, encode_png
 from services.visionlanguage import grounding as g
 from services.visionlanguage.prompts import GROUNDING, TEMPLATES

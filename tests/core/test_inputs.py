@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from services.core.cancel import CancelToken
-from services.core.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelUnavailable
+from common.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelUnavailable
 from services.core.images import decode_image, encode_png
 from services.core.loading import pretrained_source
 from services.core.settings import ServiceSettings

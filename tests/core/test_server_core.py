@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.core.errors import InvalidArgument, NotFound, ResourceExhausted
+from common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.core.server import GrpcService, start_server
 from services.core.settings import ServiceSettings
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from services.core.cancel import CancelToken
-from services.core.errors import Cancelled, ResourceExhausted, UnfragileError
+from common.errors import Cancelled, ResourceExhausted, UnfragileError
 from services.diffusion.engine import Engine, EngineConfig, GenJob
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRegistry
 from services.diffusion.runner import Interrupted

@@ -109,7 +109,7 @@ def test_out_of_memory_fails_only_that_request_over_grpc(server, stub, monkeypat
 def test_uncached_hub_model_fails_fast_with_a_clear_message(tmp_path) -> None:
     import pytest
 
-    from services.core.errors import ModelUnavailable
+    from common.errors import ModelUnavailable
 
     settings = make_settings(Path("unused"), tmp_path / "adapters", metrics_port=-1)
     settings = settings.model_copy(update={"model": "example-org/no-such-stable-diffusion"})

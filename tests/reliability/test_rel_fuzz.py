@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.core.client import health_status
-from services.core.errors import UnfragileError
+from common.errors import UnfragileError
 from tests.reliability.relhelpers import SERVICE_NAMES, code_of, png, raw_method, rpc_kinds, truncated_png
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,

@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from services.core.client import bearer, channel
-from services.core.errors import ModelUnavailable
+from common.errors import ModelUnavailable
 from tests.reliability.conftest import TOKENS
 from tests.reliability.relhelpers import code_of, png
 from unfragile.common.v1 import common_pb2 as cpb

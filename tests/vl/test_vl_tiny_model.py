@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from services.core.errors import ModelUnavailable
+from common.errors import ModelUnavailable
 from services.visionlanguage.runner import Kosmos2Runner
 from services.visionlanguage.tiny import build_tiny_kosmos2
 from tests.vl.vlhelpers import start

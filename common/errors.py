@@ -1,11 +1,10 @@
-"""Typed domain errors.
+"""Typed domain errors: the one hierarchy every layer raises.
 
 Domain code (``graph/`` included) raises these without importing gRPC: each class names
-its status as a string, and only the ``code`` property, used by the interceptor, turns it
-into a ``grpc.StatusCode``. Domain code raises these; exactly one place (``interceptor.py``) turns them into gRPC
-status codes. Each class fixes its status code, so a caller can never get
-``INTERNAL`` for a mistake that was theirs (TGI's interceptor maps everything to
-INTERNAL; httpx's ``_exceptions.py`` is the model for a typed hierarchy instead).
+its status as a string, and only the ``code`` property turns it into a
+``grpc.StatusCode``. Exactly one place (``services/core/interceptor.py``) maps them to
+gRPC statuses. Each class fixes its status code, so a caller can never get ``INTERNAL``
+for a mistake that was theirs (httpx's ``_exceptions.py`` is the model for the tree).
 """
 
 from __future__ import annotations
