@@ -37,7 +37,8 @@ import networkx as nx
 import numpy as np
 
 from benchmarks.common import Result, percentile
-from graph.engine import Engine, EngineConfig
+from graph.config import EngineConfig
+from graph.engine import Engine
 from graph.rank import midrank_percentile
 from graph.records import MatchEvent, ModelRecord, Signal
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from graph import fragility, pages, rank
+from graph.config import EngineConfig
 from graph.matchgraph import MatchGraph, PageRankParams, pair_arrays, poisson_replicates
 from graph.probes import PROBE_PROMPTS, ProbeBackend, ProbeRun, run_probes
 from graph.rank import DIMENSIONS, DimensionScores, ScoreCard
@@ -31,28 +32,6 @@ from graph.verdict import DimensionResult, headline, verdict
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, UnfragileError
 
 log = logging.getLogger(__name__)
-DEFAULT_WEIGHTS = {"adoption": 0.25, "ecosystem": 0.25, "match_graph": 0.25, "quality": 0.25}
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Domain knobs (filled from services/matchgraph/app.py Settings)."""
-
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    bootstrap_rounds: int = 200
-    graph_bootstrap_rounds: int = 50
-    graph_bootstrap_tol: float = 1e-7
-    seed: int = 0
-    bt_prior: float = 1.0
-    pagerank: PageRankParams = field(default_factory=PageRankParams)
-    fragility_threshold: int = 5
-    fragility_max_records: int = 100
-    fragility_max_edges: int = 200_000
-    probe_tie_margin: float = 0.02
-    rrf_k: int = 60
-    max_batch_events: int = 50_000
-    checkpoint_every_events: int = 200_000
-    explain_scan_events: int = 20_000
 
 
 @dataclass(frozen=True)

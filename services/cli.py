@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import typer
 
-from services.stack import GATEWAY, SERVICES, Stack
+from services.stack import GATEWAY, SERVICES, Stack, settings_class
 
 app = typer.Typer(help="unfragile: gRPC model serving (Kosmos-2, Stable Diffusion) and a search match graph.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -45,27 +45,34 @@ def serve(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | float16 | bfloat16"),
     quantize: Optional[str] = typer.Option(None, help='visionlanguage: "int8" (dynamic int8 on CPU)'),
     set_: list[str] = typer.Option([], "--set", help="any other settings field, as field=value"),
+    help_settings: bool = typer.Option(False, "--help-settings", help="list every setting with its default and exit"),
 ) -> None:
     """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0."""
     if service not in (*SERVICES, GATEWAY):
         raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join([*SERVICES, GATEWAY])}")
+    settings_cls = settings_class(service)
+    if help_settings:
+        _print_settings(service, settings_cls)
+        return
     overrides: dict[str, object] = {k: v for k, v in dict(host=host, port=port, metrics_port=metrics_port,
                                                           model=model, device=device, dtype=dtype,
                                                           quantize=quantize).items()
                                     if v is not None}
     overrides.update(_parse_sets(set_))
+    unknown = sorted(set(overrides) - set(settings_cls.model_fields))
+    if unknown:
+        raise typer.BadParameter(f"{service} has no setting {', '.join(unknown)}; "
+                                 f"`unfragile serve {service} --help-settings` lists them")
+    settings = settings_cls(**overrides)
+    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
     if service == GATEWAY:
         from services.gateway.server import run
-        from services.gateway.settings import Settings as GatewaySettings
 
-        gateway_settings = GatewaySettings(**overrides)
-        logging.basicConfig(level=gateway_settings.log_level, format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s")
-        run(gateway_settings)
+        run(settings)
         return
     from services.core.server import start_server
 
-    module = importlib.import_module(SERVICES[service][0])
-    settings = module.Settings(**overrides)
+    module = importlib.import_module(f"services.{service}.app")
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
     running = start_server(settings, module.build_service(settings))
     running.install_signal_handlers()
@@ -76,6 +83,17 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _print_settings(service: str, settings_cls: type) -> None:
+    """Every field of ``settings_cls``: name, type, default, description and environment variable."""
+    from services.core.settings import describe
+
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    typer.echo(f"{service} settings (--set field=value, or the environment variable):\n")
+    for name, kind, default, doc in describe(settings_cls):
+        typer.echo(f"  {name}: {kind} = {default}    [{prefix}{name.upper()}]")
+        typer.echo(f"      {doc}")
 
 
 @app.command()

@@ -6,6 +6,7 @@ others down, and each gets its own Python (torch, diffusers) memory and GIL.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -13,18 +14,27 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from services.core.client import wait_for_serving
+from services.core.names import GRPC_SERVICES, full_name
+from services.core.settings import ListenerSettings
 
-SERVICES = {
-    "visionlanguage": ("services.visionlanguage.app", "unfragile.visionlanguage.v1.VisionLanguage"),
-    "diffusion": ("services.diffusion.app", "unfragile.diffusion.v1.Diffusion"),
-    "matchgraph": ("services.matchgraph.app", "unfragile.matchgraph.v1.MatchGraph"),
-}
 # The HTTP gateway in front of MatchGraph (search pages, JSON); not a gRPC service.
 GATEWAY = "gateway"
-DEFAULT_PORTS = {"visionlanguage": (50051, 9101), "diffusion": (50052, 9102), "matchgraph": (50053, 9103),
-                 GATEWAY: (8080, 9104)}
+SERVICES = GRPC_SERVICES
+
+
+def settings_class(name: str) -> type[ListenerSettings]:
+    """The typed Settings of service ``name`` (each service declares its defaults there)."""
+    module = importlib.import_module(f"services.{name}.settings")
+    return cast("type[ListenerSettings]", module.Settings)
+
+
+def default_ports(name: str) -> tuple[int, int]:
+    """(port, metrics port) defaults of ``name``, read from its Settings."""
+    fields = settings_class(name).model_fields
+    return int(fields["port"].default), int(fields["metrics_port"].default)
 
 
 @dataclass
@@ -40,7 +50,8 @@ class Stack:
     host: str = "127.0.0.1"
     models_dir: Path = Path(".models")
     data_dir: Path = Path("var")
-    ports: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    ports: dict[str, tuple[int, int]] = field(
+        default_factory=lambda: {name: default_ports(name) for name in (*SERVICES, GATEWAY)})
     procs: list[StackProcess] = field(default_factory=list)
 
     @staticmethod
@@ -49,7 +60,7 @@ class Stack:
         import socket
 
         socks, ports = [], {}
-        for name in names or list(DEFAULT_PORTS):
+        for name in names or [*SERVICES, GATEWAY]:
             pair = []
             for _ in range(2):
                 s = socket.socket()
@@ -64,6 +75,11 @@ class Stack:
     def target(self, name: str) -> str:
         return f"{self.host}:{self.ports[name][0]}"
 
+    def metrics_url(self, name: str) -> str:
+        """Where Prometheus scrapes ``name`` (the gateway without a metrics port: its own HTTP port)."""
+        port, mport = self.ports[name]
+        return f"http://{self.host}:{mport if mport > 0 else port}/metrics"
+
     @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.ports[GATEWAY][0]}"
@@ -71,7 +87,9 @@ class Stack:
     def _command(self, name: str) -> list[str]:
         port, mport = self.ports[name]
         cmd = [sys.executable, "-m", "services.cli", "serve", name, "--host", self.host,
-               "--port", str(port), "--metrics-port", str(mport), "--set", f"models_dir={self.models_dir}"]
+               "--port", str(port), "--metrics-port", str(mport)]
+        if name in ("visionlanguage", "diffusion"):
+            cmd += ["--set", f"models_dir={self.models_dir}"]
         if name == "diffusion":
             cmd += ["--set", f"adapters_dir={self.data_dir / 'adapters'}"]
         if name == "matchgraph":
@@ -87,8 +105,7 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for name in names or [*SERVICES, GATEWAY]:
             proc = subprocess.Popen(self._command(name), env=os.environ.copy())
-            self.procs.append(StackProcess(name, self.target(name),
-                                           f"http://{self.host}:{self.ports[name][1]}/metrics", proc))
+            self.procs.append(StackProcess(name, self.target(name), self.metrics_url(name), proc))
         deadline = time.monotonic() + timeout
         for p in self.procs:
             if p.name == GATEWAY:
@@ -101,7 +118,7 @@ class Stack:
                     raise RuntimeError(f"{p.name} exited with code {p.proc.returncode} before serving; "
                                        f"its log is above")
                 try:
-                    wait_for_serving(p.target, SERVICES[p.name][1], timeout=1.0)
+                    wait_for_serving(p.target, full_name(p.name), timeout=1.0)
                     break
                 except TimeoutError:
                     if time.monotonic() > deadline:

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from services.core import metrics
 from services.core.interceptor import ErrorInterceptor, ServerState
 from services.core.security import Authorizer, load_tokens, server_credentials
-from services.core.settings import ServiceSettings
+from services.core.settings import GrpcServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class GrpcService:
     admin_methods: frozenset[str] = frozenset()
 
 
-def grpc_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+def grpc_options(settings: GrpcServerSettings) -> list[tuple[str, int]]:
     """Channel options for both ends: message size limits in each direction."""
     return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -54,7 +54,7 @@ def grpc_options(settings: ServiceSettings) -> list[tuple[str, int]]:
 class RunningServer:
     """A started server; ``stop`` drains it and releases the model."""
 
-    def __init__(self, settings: ServiceSettings, service: GrpcService) -> None:
+    def __init__(self, settings: GrpcServerSettings, service: GrpcService) -> None:
         self.settings = settings
         self.service = service
         self.state = ServerState()
@@ -151,6 +151,6 @@ class RunningServer:
         signal.signal(signal.SIGINT, handler)
 
 
-def start_server(settings: ServiceSettings, service: GrpcService) -> RunningServer:
+def start_server(settings: GrpcServerSettings, service: GrpcService) -> RunningServer:
     """Build, start and load; returns once the service is SERVING."""
     return RunningServer(settings, service).start()

@@ -36,6 +36,7 @@ from services.core.security import ANONYMOUS, Principal
 from services.diffusion import metrics as m
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobRegistry
 from services.diffusion.runner import BatchItem, Interrupted, Runner
+from services.diffusion.settings import EngineConfig
 from services.diffusion.types import (GenerateEventT, GenerateRequest, JobSnapshot, OutputImage, PreviewEvent,
                                       ProgressEvent, ResultEvent, StatusEvent)
 
@@ -47,17 +48,6 @@ class Trainer(Protocol):
 
     def has_work(self) -> bool: ...
     def step(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_queue: int = 32
-    max_batch_images: int = 8
-    batching: bool = True
-    cancel_wait_s: float = 30.0
-    # Like Triton's max_queue_delay: how long the head of the queue may wait for compatible
-    # requests to fill its batch. A few ms on the time of a step buys a fuller UNet batch.
-    max_queue_delay_s: float = 0.0
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -262,8 +252,8 @@ class Engine:
                 m.WAITING.set(0)
                 return []
             head = heapq.heappop(self._heap)
-            if self.config.batching and self.config.max_queue_delay_s > 0:
-                deadline = time.monotonic() + self.config.max_queue_delay_s
+            if self.config.batching and self.config.max_queue_delay_ms > 0:
+                deadline = time.monotonic() + self.config.max_queue_delay_ms / 1000
                 while (self._fillable(head) and not self._stop.is_set() and not head.token.cancelled
                        and (remaining := deadline - time.monotonic()) > 0):
                     self._cv.wait(remaining)  # a submit notifies: re-check how full the batch would be

@@ -15,6 +15,7 @@ from PIL import Image
 
 from common.errors import InvalidArgument
 from services.core.images import decode_image, encode_png
+from services.diffusion.settings import Limits
 from unfragile.common.v1 import common_pb2 as cpb
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
 
@@ -36,20 +37,6 @@ SCHEDULER_NAMES = ("ddim", "euler", "euler-a", "dpm++")
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 MODES = ("txt2img", "img2img", "inpaint", "style")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Server-side bounds, from Settings; requests outside them are INVALID_ARGUMENT."""
-
-    max_side: int = 1024
-    max_steps: int = 150
-    default_steps: int = 20
-    max_images_per_request: int = 8
-    max_image_pixels: int = 4096 * 4096
-    max_prompt_chars: int = 2000
-    max_finetune_steps: int = 5000
-    max_training_examples: int = 1000
 
 
 def check_adapter_name(name: str, field_name: str = "adapter name") -> str:

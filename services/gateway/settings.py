@@ -10,21 +10,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
-from services.core.settings import ServiceSettings
+from services.core.client import DEFAULT_MAX_MESSAGE_BYTES
+from services.core.settings import ListenerSettings, settings_config
 
 
-class Settings(ServiceSettings):
+class Settings(ListenerSettings):
     """HTTP gateway settings. ``port`` is the HTTP port here (not a gRPC one).
 
     Inherited ``tls_cert_file``/``tls_key_file``/``tls_client_ca_file`` make it serve HTTPS
-    (client certificates required when the CA is set). ``auth_tokens_file`` is not used:
-    the API is read-only; the gateway itself authenticates to the MatchGraph with
-    ``matchgraph_token`` / a client certificate.
+    (client certificates required when the CA is set). The API is read-only; the gateway
+    itself authenticates to the MatchGraph with ``matchgraph_token`` / a client certificate.
     """
 
-    model_config = SettingsConfigDict(env_prefix="UNFRAGILE_GATEWAY_", extra="ignore", protected_namespaces=())
+    model_config = settings_config("UNFRAGILE_GATEWAY_")
 
     port: int = Field(8080, ge=0, le=65535, description="HTTP port of the gateway; 0 picks a free one (tests).")
     metrics_port: int = Field(
@@ -38,6 +38,8 @@ class Settings(ServiceSettings):
     matchgraph_client_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS.")
     matchgraph_client_key: Path | None = Field(None, description="PEM key of matchgraph_client_cert.")
     matchgraph_token: str = Field("", description="Bearer token sent to MatchGraph when its auth is on (\"\" = none).")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="Largest gRPC message sent to or accepted from MatchGraph.")
     rpc_timeout_s: float = Field(10.0, gt=0, description="Deadline of each MatchGraph call; past it the answer is 504.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -16,11 +16,12 @@ import grpc
 import grpc.aio
 
 from services.core.client import DEFAULT_MAX_MESSAGE_BYTES
+from services.core.names import full_name
 from services.gateway import metrics
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
-SERVICE_FULL_NAME = "unfragile.matchgraph.v1.MatchGraph"
+SERVICE_FULL_NAME = full_name("matchgraph")
 
 
 class UpstreamError(Exception):

@@ -1,4 +1,4 @@
-"""MatchGraph service assembly: typed settings and ``build_service`` for the core server.
+"""MatchGraph service assembly: ``build_engine`` and ``build_service`` for the core server.
 
 "Loading the model" for this service means opening the SQLite database and rebuilding the
 in-memory graph and PageRank from it; health turns SERVING only after that.
@@ -9,82 +9,24 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import SettingsConfigDict
-
-from graph.engine import Engine, EngineConfig
-from graph.matchgraph import PageRankParams
+from graph.config import EngineConfig
+from graph.engine import Engine
 from graph.store import Store
+from services.core.names import full_name
 from services.core.server import GrpcService
-from services.core.settings import ServiceSettings
+from services.core.settings import section
 from services.matchgraph import metrics
 from services.matchgraph.servicer import MatchGraphServicer
+from services.matchgraph.settings import Settings
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-FULL_NAME = "unfragile.matchgraph.v1.MatchGraph"
+FULL_NAME = full_name("matchgraph")
 # RPCs that write the source of truth (or spend the model services' compute): admin role once auth is on.
 ADMIN_METHODS = frozenset({"RecordMatches", "UpsertModel", "RunProbes"})
-
-
-class Settings(ServiceSettings):
-    """MatchGraph settings (env prefix UNFRAGILE_GRAPH_)."""
-
-    model_config = SettingsConfigDict(env_prefix="UNFRAGILE_GRAPH_", extra="ignore", protected_namespaces=())
-
-    db_path: Path = Field(Path("var/matchgraph.db"), description="SQLite database file (the source of truth).")
-    visionlanguage_target: str = Field(
-        "", description="host:port of the VisionLanguage service (Embed for search, judge for probes); '' = none.")
-    diffusion_target: str = Field("", description="host:port of the Diffusion service (probe images); '' = none.")
-    weight_adoption: float = Field(0.25, ge=0, description="Weight of Adoption in UnfragileRank.")
-    weight_ecosystem: float = Field(0.25, ge=0, description="Weight of Ecosystem in UnfragileRank.")
-    weight_match_graph: float = Field(0.25, ge=0, description="Weight of Match Graph in UnfragileRank.")
-    weight_quality: float = Field(0.25, ge=0, description="Weight of Quality in UnfragileRank.")
-    bootstrap_rounds: int = Field(200, ge=10, le=5000, description="Bootstrap replicates behind every 95% interval.")
-    graph_bootstrap_rounds: int = Field(
-        50, ge=5, le=1000, description="PageRank bootstrap replicates (each is a PageRank run; reused cyclically).")
-    graph_bootstrap_tol: float = Field(
-        1e-7, gt=0, description="PageRank tolerance (L1) of each bootstrap replicate (looser than the point estimate).")
-    seed: int = Field(0, ge=0, description="Seed of every bootstrap draw: same evidence -> same intervals.")
-    bt_prior: float = Field(1.0, ge=0, description="Bradley-Terry pseudo-games per pair (keeps strengths finite).")
-    pagerank_damping: float = Field(0.85, gt=0, lt=1, description="PageRank damping factor.")
-    pagerank_tol: float = Field(1e-10, gt=0, description="PageRank stops when the L1 change is below this.")
-    fragility_threshold: int = Field(5, ge=0, description="A lead erased by removing <= this many records is fragile.")
-    fragility_max_records: int = Field(100, ge=1, description="Most removals tried when measuring robustness.")
-    fragility_max_edges: int = Field(
-        200_000, ge=0, description="Above this many co-match edges the match-graph robustness is not computed.")
-    probe_tie_margin: float = Field(0.02, ge=0, le=1, description="Probe scores closer than this are a tie.")
-    probe_interval_s: float = Field(0.0, ge=0, description="Run probes every this many seconds; 0 = only on RPC.")
-    probe_timeout_s: float = Field(120.0, gt=0, description="Deadline of each call to a model service in a probe.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant k (score = sum 1/(k + rank)).")
-    max_batch_events: int = Field(50_000, ge=1, description="Most events accepted in one RecordMatches message.")
-    checkpoint_every_events: int = Field(
-        200_000, ge=1, description="Checkpoint the derived co-match counts after this many new events "
-        "(a restart replays at most this many events).")
-    explain_scan_events: int = Field(
-        20_000, ge=1, description="GetModel explain: most recent events scanned for a model's top queries.")
-
-    @model_validator(mode="after")
-    def _weights_positive(self) -> "Settings":
-        if self.weight_adoption + self.weight_ecosystem + self.weight_match_graph + self.weight_quality <= 0:
-            raise ValueError("at least one weight_* must be > 0")
-        return self
-
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            weights={"adoption": self.weight_adoption, "ecosystem": self.weight_ecosystem,
-                     "match_graph": self.weight_match_graph, "quality": self.weight_quality},
-            bootstrap_rounds=self.bootstrap_rounds, graph_bootstrap_rounds=self.graph_bootstrap_rounds,
-            graph_bootstrap_tol=self.graph_bootstrap_tol, seed=self.seed, bt_prior=self.bt_prior,
-            pagerank=PageRankParams(self.pagerank_damping, self.pagerank_tol),
-            fragility_threshold=self.fragility_threshold, fragility_max_records=self.fragility_max_records,
-            fragility_max_edges=self.fragility_max_edges, probe_tie_margin=self.probe_tie_margin,
-            rrf_k=self.rrf_k, max_batch_events=self.max_batch_events,
-            checkpoint_every_events=self.checkpoint_every_events, explain_scan_events=self.explain_scan_events,
-        )
+__all__ = ["FULL_NAME", "Settings", "build_engine", "build_service"]
 
 
 def build_engine(settings: Settings, embedder: Any = None, probe_backend: Any = None) -> Engine:
@@ -98,7 +40,7 @@ def build_engine(settings: Settings, embedder: Any = None, probe_backend: Any = 
 
         probe_backend = GrpcProbeBackend(settings.visionlanguage_target, settings.diffusion_target,
                                          settings.probe_timeout_s)
-    return Engine(Store(settings.db_path), settings.engine_config(), embedder, probe_backend)
+    return Engine(Store(settings.db_path), section(settings, EngineConfig), embedder, probe_backend)
 
 
 class _ProbeSchedule:

@@ -1,4 +1,4 @@
-"""VisionLanguage service wiring: typed settings and ``build_service`` for the core server."""
+"""VisionLanguage service wiring: ``build_service`` for the core server."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
-from services.core.images import DEFAULT_MAX_PIXELS
+from services.core.names import full_name
 from services.core.server import GrpcService
-from services.core.settings import ServiceSettings
-from services.visionlanguage.engine import Engine, EngineConfig
+from services.core.settings import section
+from services.visionlanguage.engine import Engine
 from services.visionlanguage.servicer import VisionLanguageServicer
+from services.visionlanguage.settings import EngineConfig, Settings
 from services.visionlanguage.types import Limits
 from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc
 
@@ -21,32 +19,8 @@ if TYPE_CHECKING:
     from services.visionlanguage.runner import ModelRunner
 
 log = logging.getLogger(__name__)
-FULL_NAME = "unfragile.visionlanguage.v1.VisionLanguage"
-
-
-class Settings(ServiceSettings):
-    """VisionLanguage settings (environment prefix UNFRAGILE_VL_)."""
-
-    model_config = SettingsConfigDict(env_prefix="UNFRAGILE_VL_", extra="ignore", protected_namespaces=())
-
-    model: str = Field("", description="Kosmos-2 folder or hub id (e.g. microsoft/kosmos-2-patch14-224); "
-                                       "'' = <models_dir>/tiny-kosmos2, built on first start if missing.")
-    quantize: str = Field("", description="'' (none) or 'int8': dynamic int8 quantization of Linear layers (CPU).")
-    threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default (all cores).")
-    attn_implementation: str = Field("eager", description="'eager' (needed for attention maps; the default) or "
-                                                          "'sdpa' (switched to eager only for AttentionMap).")
-    max_batch_size: int = Field(16, ge=1, le=256, description="Most sequences decoded together in one step.")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="With an empty batch, how long to wait for more "
-                                                             "requests before starting (Triton's knob).")
-    max_queue_size: int = Field(64, ge=1, description="Waiting work items beyond which requests get "
-                                                      "RESOURCE_EXHAUSTED with a retry-after-ms hint.")
-    feature_cache_size: int = Field(256, ge=0, description="Images whose projected features are kept (LRU by "
-                                                           "content hash); 0 disables the cache.")
-    prefix_cache_size: int = Field(32, ge=0, description="Images whose prompt-prefix KV cache ('<s><image>[64 "
-                                                        "slots]</image>') is kept for reuse (LRU); 0 = recompute.")
-    default_max_new_tokens: int = Field(32, ge=1, description="max_new_tokens when a request leaves it 0.")
-    max_new_tokens_limit: int = Field(256, ge=1, description="Largest max_new_tokens a request may ask for.")
-    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest image (width*height) accepted.")
+FULL_NAME = full_name("visionlanguage")
+__all__ = ["FULL_NAME", "Settings", "build_service", "resolve_model"]
 
 
 def resolve_model(settings: Settings) -> str | Path:
@@ -67,7 +41,7 @@ def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] 
 
     ``runner_factory`` replaces model execution (tests script the model's tokens with it).
     """
-    holder: dict[str, object] = {}
+    holder: dict[str, tuple[Engine, Limits]] = {}
 
     def make_runner() -> ModelRunner:
         from services.visionlanguage.runner import Kosmos2Runner
@@ -78,18 +52,14 @@ def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] 
 
     def load() -> None:
         runner = (runner_factory or make_runner)()
-        engine = Engine(runner, EngineConfig(settings.max_batch_size, settings.max_queue_delay_ms,
-                                             settings.max_queue_size, settings.feature_cache_size,
-                                             settings.prefix_cache_size))
-        limits = Limits(runner.model_id, settings.max_image_pixels, settings.default_max_new_tokens,
-                        settings.max_new_tokens_limit)
-        holder["state"] = (engine, limits)
+        engine = Engine(runner, section(settings, EngineConfig))
+        holder["state"] = (engine, section(settings, Limits, model_id=runner.model_id))
 
     def close() -> None:
         state = holder.pop("state", None)
         if state is not None:
-            state[0].close()  # type: ignore[index]
+            state[0].close()
 
-    servicer = VisionLanguageServicer(lambda: holder.get("state"))  # type: ignore[arg-type, return-value]
+    servicer = VisionLanguageServicer(lambda: holder.get("state"))
     return GrpcService(name="visionlanguage", full_name=FULL_NAME, servicer=servicer,
                        add_to_server=pb_grpc.add_VisionLanguageServicer_to_server, load=load, close=close)

@@ -39,6 +39,7 @@ from common.errors import (
 )
 from services.visionlanguage import grounding as g
 from services.visionlanguage import metrics as m
+from services.visionlanguage.settings import EngineConfig
 from services.visionlanguage.runner import (
     DecodeBatch, ImageFeatures, ImagePrefix, ModelRunner, PrefillItem, PromptIds, StepOutput, sample_next,
 )
@@ -50,15 +51,6 @@ from services.visionlanguage.types import (
 log = logging.getLogger(__name__)
 _POLL_S = 0.5  # backstop for deadlines that pass without a gRPC callback
 V = TypeVar("V")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_batch_size: int = 16
-    max_queue_delay_ms: float = 2.0
-    max_queue_size: int = 64
-    feature_cache_size: int = 256
-    prefix_cache_size: int = 32
 
 
 class LRU(Generic[V]):

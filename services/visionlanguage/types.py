@@ -17,6 +17,7 @@ from common.errors import InvalidArgument, NotFound
 from services.core.images import decode_image, encode_png
 from services.visionlanguage import grounding as g
 from services.visionlanguage.prompts import GROUNDING, TEMPLATES
+from services.visionlanguage.settings import RequestLimits
 from unfragile.common.v1 import common_pb2
 from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
 
@@ -39,14 +40,10 @@ MODES = {
 FINISH = {"length": pb.FINISH_REASON_LENGTH, "eos": pb.FINISH_REASON_EOS, "stop": pb.FINISH_REASON_STOP_SEQUENCE}
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Server-side limits and identity that validation needs (from Settings + the loaded model)."""
+class Limits(RequestLimits, frozen=True):
+    """The request limits plus the served model's id: what validation needs."""
 
     model_id: str
-    max_image_pixels: int
-    default_max_new_tokens: int
-    max_new_tokens_limit: int
 
 
 def check_model(name: str, limits: Limits) -> None:

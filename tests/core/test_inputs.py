@@ -12,7 +12,7 @@ from services.core.cancel import CancelToken
 from common.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelUnavailable
 from services.core.images import decode_image, encode_png
 from services.core.loading import pretrained_source
-from services.core.settings import ServiceSettings
+from services.core.settings import GrpcServerSettings, ModelSettings
 
 
 def _png(w: int = 8, h: int = 6, color=(10, 20, 30)) -> bytes:
@@ -88,11 +88,31 @@ def test_uncached_hub_id_fails_fast_naming_the_model(tmp_path, monkeypatch):
 
 def test_settings_from_env_and_device_resolution(monkeypatch):
     monkeypatch.setenv("UNFRAGILE_PORT", "1234")
-    s = ServiceSettings()
+    s = GrpcServerSettings()
     assert s.port == 1234
     import torch
 
-    device, dtype = ServiceSettings(device="cpu").resolve_device_dtype()
+    device, dtype = ModelSettings(device="cpu").resolve_device_dtype()
     assert device.type == "cpu" and dtype == torch.float32
     with pytest.raises(InvalidArgument, match="unknown dtype"):
-        ServiceSettings(device="cpu", dtype="float7").resolve_device_dtype()
+        ModelSettings(device="cpu", dtype="float7").resolve_device_dtype()
+
+
+@pytest.mark.parametrize("service", ["visionlanguage", "diffusion", "matchgraph", "gateway"])
+def test_each_setting_declared_once_with_a_description(service, monkeypatch):
+    """Flat names from env and --set reach the domain configs built from the one Settings class."""
+    from services.core.settings import describe, section
+    from services.stack import settings_class
+
+    cls = settings_class(service)
+    rows = describe(cls)
+    assert all(doc for _name, _kind, _default, doc in rows), [r[0] for r in rows if not r[3]]
+    prefix = cls.model_config["env_prefix"]
+    monkeypatch.setenv(f"{prefix}LOG_LEVEL", "DEBUG")
+    assert cls().log_level == "DEBUG"
+    if service == "visionlanguage":
+        from services.visionlanguage.settings import EngineConfig
+
+        monkeypatch.setenv(f"{prefix}MAX_BATCH_SIZE", "3")
+        assert section(cls(max_queue_size=7), EngineConfig).model_dump()["max_batch_size"] == 3
+        assert section(cls(max_queue_size=7), EngineConfig).max_queue_size == 7

@@ -9,7 +9,7 @@ import pytest
 from services.core.client import bearer, channel
 from services.core.security import current_principal
 from services.core.server import GrpcService, start_server
-from services.core.settings import ServiceSettings
+from services.core.settings import GrpcServerSettings
 
 SERVICE = "test.v1.Guarded"
 
@@ -33,7 +33,7 @@ def _call(ch: grpc.Channel, method: str, metadata=()) -> bytes:
 
 
 def test_mutual_tls_accepts_trusted_client_and_refuses_others(pki):
-    settings = ServiceSettings(host="localhost", port=0, metrics_port=-1, tls_cert_file=pki / "server.pem",
+    settings = GrpcServerSettings(host="localhost", port=0, metrics_port=-1, tls_cert_file=pki / "server.pem",
                                tls_key_file=pki / "server.key", tls_client_ca_file=pki / "ca.pem")
     srv = start_server(settings, _service())
     try:
@@ -57,7 +57,7 @@ def guarded(tmp_path_factory):
     d = tmp_path_factory.mktemp("tokens")
     tokens = d / "tokens"
     tokens.write_text("# token role name\nr-secret reader alice\na-secret admin ops\n")
-    srv = start_server(ServiceSettings(port=0, metrics_port=-1, auth_tokens_file=tokens,
+    srv = start_server(GrpcServerSettings(port=0, metrics_port=-1, auth_tokens_file=tokens,
                                        allow_anonymous_reads=False), _service())
     yield srv
     srv.stop(0)

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.core.server import GrpcService, start_server
-from services.core.settings import ServiceSettings
+from services.core.settings import GrpcServerSettings
 
 SERVICE = "test.v1.Probe"
 
@@ -63,7 +63,7 @@ def running():
 
     service = GrpcService(name="probe", full_name=SERVICE, servicer=servicer, add_to_server=_add,
                           load=loaded.set, close=close)
-    srv = start_server(ServiceSettings(port=0, metrics_port=0, grace_seconds=5), service)
+    srv = start_server(GrpcServerSettings(port=0, metrics_port=0, grace_seconds=5), service)
     assert loaded.is_set()
     channel = grpc.insecure_channel(srv.address)
     yield srv, servicer, channel
@@ -176,7 +176,7 @@ def test_health_not_serving_while_loading():
     service = GrpcService(name="probe", full_name=SERVICE, servicer=servicer, add_to_server=_add, load=load)
     from services.core.server import RunningServer
 
-    srv = RunningServer(ServiceSettings(port=0, metrics_port=-1), service)
+    srv = RunningServer(GrpcServerSettings(port=0, metrics_port=-1), service)
     starter = threading.Thread(target=srv.start)
     starter.start()
     time.sleep(0.3)

@@ -98,12 +98,12 @@ def test_gateway_recipe_runs_non_root_and_serves_http() -> None:
 def serving_server():
     """A real core server (health SERVING once 'loaded') to run the health check against."""
     from services.core.server import GrpcService, start_server
-    from services.core.settings import ServiceSettings
+    from services.core.settings import GrpcServerSettings
 
     release = threading.Event()
     service = GrpcService(name="probe", full_name="test.v1.Probe", servicer=object(),
                          add_to_server=lambda s, server: None)
-    srv = start_server(ServiceSettings(port=0, metrics_port=-1), service)
+    srv = start_server(GrpcServerSettings(port=0, metrics_port=-1), service)
     yield srv
     release.set()
     srv.stop(0)
@@ -128,7 +128,7 @@ def test_grpc_health_script_passes_on_serving_and_fails_otherwise(serving_server
 def test_grpc_health_script_speaks_mutual_tls(tmp_path: Path) -> None:
     """What an exec probe needs once the server serves TLS (native grpc probes cannot)."""
     from services.core.server import GrpcService, start_server
-    from services.core.settings import ServiceSettings
+    from services.core.settings import GrpcServerSettings
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
@@ -141,7 +141,7 @@ def test_grpc_health_script_speaks_mutual_tls(tmp_path: Path) -> None:
                 "-out", f"{name}.csr")
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                 "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem")
-    settings = ServiceSettings(port=0, metrics_port=-1, tls_cert_file=tmp_path / "server.pem",
+    settings = GrpcServerSettings(port=0, metrics_port=-1, tls_cert_file=tmp_path / "server.pem",
                                tls_key_file=tmp_path / "server.key", tls_client_ca_file=tmp_path / "ca.pem")
     service = GrpcService(name="probe", full_name="test.v1.Probe", servicer=object(),
                           add_to_server=lambda s, server: None)

@@ -7,7 +7,8 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graph.engine import Engine, EngineConfig
+from graph.config import EngineConfig
+from graph.engine import Engine
 from graph.rank import Difference, Score
 from graph.records import ModelRecord, Pricing, Signal
 from graph.store import Store

@@ -97,7 +97,7 @@ def _vl_validators() -> list[tuple[Any, Callable[[Any], Any]]]:
     from services.visionlanguage import types as t
     from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
 
-    limits = t.Limits("tiny", 1_000_000, 8, 16)
+    limits = t.Limits(model_id="tiny", max_image_pixels=1_000_000, default_max_new_tokens=8, max_new_tokens_limit=16)
     return [(pb.CaptionRequest, lambda r: t.CaptionRequest.from_pb(r, limits)),
             (pb.EmbedRequest, lambda r: t.EmbedRequest.from_pb(r, limits)),
             (pb.SimilarityRequest, lambda r: t.SimilarityRequest.from_pb(r, limits)),

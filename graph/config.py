@@ -1,0 +1,53 @@
+"""The MatchGraph domain settings, declared once (the service's Settings inherits them)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, model_validator
+
+from graph.matchgraph import PageRankParams
+
+
+class EngineConfig(BaseModel):
+    """Scoring, bootstrap, fragility, search and ingest knobs of the MatchGraph engine."""
+
+    weight_adoption: float = Field(0.25, ge=0, description="Weight of Adoption in UnfragileRank.")
+    weight_ecosystem: float = Field(0.25, ge=0, description="Weight of Ecosystem in UnfragileRank.")
+    weight_match_graph: float = Field(0.25, ge=0, description="Weight of Match Graph in UnfragileRank.")
+    weight_quality: float = Field(0.25, ge=0, description="Weight of Quality in UnfragileRank.")
+    bootstrap_rounds: int = Field(200, ge=10, le=5000, description="Bootstrap replicates behind every 95% interval.")
+    graph_bootstrap_rounds: int = Field(
+        50, ge=5, le=1000, description="PageRank bootstrap replicates (each is a PageRank run; reused cyclically).")
+    graph_bootstrap_tol: float = Field(
+        1e-7, gt=0, description="PageRank tolerance (L1) of each bootstrap replicate (looser than the point estimate).")
+    seed: int = Field(0, ge=0, description="Seed of every bootstrap draw: same evidence -> same intervals.")
+    bt_prior: float = Field(1.0, ge=0, description="Bradley-Terry pseudo-games per pair (keeps strengths finite).")
+    pagerank_damping: float = Field(0.85, gt=0, lt=1, description="PageRank damping factor.")
+    pagerank_tol: float = Field(1e-10, gt=0, description="PageRank stops when the L1 change is below this.")
+    fragility_threshold: int = Field(5, ge=0, description="A lead erased by removing <= this many records is fragile.")
+    fragility_max_records: int = Field(100, ge=1, description="Most removals tried when measuring robustness.")
+    fragility_max_edges: int = Field(
+        200_000, ge=0, description="Above this many co-match edges the match-graph robustness is not computed.")
+    probe_tie_margin: float = Field(0.02, ge=0, le=1, description="Probe scores closer than this are a tie.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant k (score = sum 1/(k + rank)).")
+    max_batch_events: int = Field(50_000, ge=1, description="Most events accepted in one RecordMatches message.")
+    checkpoint_every_events: int = Field(
+        200_000, ge=1, description="Checkpoint the derived co-match counts after this many new events "
+        "(a restart replays at most this many events).")
+    explain_scan_events: int = Field(
+        20_000, ge=1, description="GetModel explain: most recent events scanned for a model's top queries.")
+
+    @model_validator(mode="after")
+    def _weights_positive(self) -> "EngineConfig":
+        if self.weight_adoption + self.weight_ecosystem + self.weight_match_graph + self.weight_quality <= 0:
+            raise ValueError("at least one weight_* must be > 0")
+        return self
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The UnfragileRank weight of each dimension."""
+        return {"adoption": self.weight_adoption, "ecosystem": self.weight_ecosystem,
+                "match_graph": self.weight_match_graph, "quality": self.weight_quality}
+
+    @property
+    def pagerank(self) -> PageRankParams:
+        return PageRankParams(self.pagerank_damping, self.pagerank_tol)

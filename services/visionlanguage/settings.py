@@ -1,0 +1,55 @@
+"""VisionLanguage configuration, each setting declared once.
+
+``EngineConfig`` (scheduling), ``RequestLimits`` (validation) and ``RunnerOptions`` (model
+execution) are the parts the engine, the request types and the runner receive; ``Settings``
+composes them with the gRPC server and model bases (environment prefix ``UNFRAGILE_VL_``).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from services.core.images import DEFAULT_MAX_PIXELS
+from services.core.settings import GrpcServerSettings, ModelSettings, settings_config
+
+
+class EngineConfig(BaseModel):
+    """Continuous batching and caches of the VisionLanguage engine."""
+
+    max_batch_size: int = Field(16, ge=1, le=256, description="Most sequences decoded together in one step.")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="With an empty batch, how long to wait for more "
+                                                             "requests before starting (Triton's knob).")
+    max_queue_size: int = Field(64, ge=1, description="Waiting work items beyond which requests get "
+                                                      "RESOURCE_EXHAUSTED with a retry-after-ms hint.")
+    feature_cache_size: int = Field(256, ge=0, description="Images whose projected features are kept (LRU by "
+                                                           "content hash); 0 disables the cache.")
+    prefix_cache_size: int = Field(32, ge=0, description="Images whose prompt-prefix KV cache ('<s><image>[64 "
+                                                        "slots]</image>') is kept for reuse (LRU); 0 = recompute.")
+
+
+class RequestLimits(BaseModel):
+    """Bounds every request is validated against."""
+
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Largest image (width*height) accepted.")
+    default_max_new_tokens: int = Field(32, ge=1, description="max_new_tokens when a request leaves it 0.")
+    max_new_tokens_limit: int = Field(256, ge=1, description="Largest max_new_tokens a request may ask for.")
+
+
+class RunnerOptions(BaseModel):
+    """How the Kosmos-2 model is loaded and run."""
+
+    model: str = Field("", description="Kosmos-2 folder or hub id (e.g. microsoft/kosmos-2-patch14-224); "
+                                       "'' = <models_dir>/tiny-kosmos2, built on first start if missing.")
+    quantize: str = Field("", description="'' (none) or 'int8': dynamic int8 quantization of Linear layers (CPU).")
+    threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default (all cores).")
+    attn_implementation: str = Field("eager", description="'eager' (needed for attention maps; the default) or "
+                                                          "'sdpa' (switched to eager only for AttentionMap).")
+
+
+class Settings(RequestLimits, EngineConfig, RunnerOptions, ModelSettings, GrpcServerSettings):
+    """VisionLanguage settings (environment prefix ``UNFRAGILE_VL_``)."""
+
+    model_config = settings_config("UNFRAGILE_VL_")
+
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (tests).")
+    metrics_port: int = Field(9101, ge=-1, le=65535, description="Prometheus port; 0 = any free, -1 = off.")
