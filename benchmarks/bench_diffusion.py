@@ -195,6 +195,8 @@ def _finetune(stub: Any, pb: Any, cpb: Any, adapters_dir: Path, model_dir: Path,
 
 
 def run() -> list[Result]:
+    import torch
+
     from services.core.client import channel
     from services.core.server import start_server
     from services.diffusion.app import Settings, build_service
@@ -202,8 +204,6 @@ def run() -> list[Result]:
     from unfragile.common.v1 import common_pb2 as cpb
     from unfragile.diffusion.v1 import diffusion_pb2 as pb
     from unfragile.diffusion.v1 import diffusion_pb2_grpc as pb_grpc
-
-    import torch
 
     # One intra-op thread everywhere (served worker and in-process baseline alike): on a shared
     # 2-core box two OpenMP threads spin against other processes and steps get ~20x slower.

@@ -22,7 +22,7 @@ def run() -> list[Result]:
     import grpc
     import httpx
 
-    from graph.seed_data import KOSMOS2_ID, SEED_MODELS, SD_ID
+    from graph.seed_data import KOSMOS2_ID, SD_ID, SEED_MODELS
     from services.core.server import start_server
     from services.gateway.server import start
     from services.gateway.settings import Settings

@@ -97,14 +97,13 @@ def _rebuild_baseline(engine: Engine) -> float:
 
 
 def run() -> list[Result]:
+    import grpc
+
+    from graph.store import Store
     from services.core.server import start_server
     from services.matchgraph.app import Settings, build_service
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
-
-    import grpc
-
-    from graph.store import Store
 
     rng = np.random.default_rng(0)
     results: list[Result] = []

@@ -71,10 +71,10 @@ class _InProcess:
         self.r = runner
 
     def _prep(self, data: list[bytes]) -> tuple[list[Any], Any]:
+        import hashlib
+
         from services.core.images import decode_image
         from services.visionlanguage.types import ImageInput
-
-        import hashlib
 
         imgs = [ImageInput(decode_image(d), hashlib.sha256(d).hexdigest()) for d in data]
         return imgs, self.r.prompt_ids("<grounding>An image of")

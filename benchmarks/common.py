@@ -11,8 +11,8 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 
 def device_description() -> str:
@@ -33,7 +33,7 @@ class Result:
     baseline: str  # what value was divided by (or "absolute")
     notes: str = ""
     device: str = field(default_factory=device_description)
-    date: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    date: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     @property
     def met(self) -> bool:

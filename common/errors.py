@@ -106,3 +106,10 @@ class Internal(UnfragileError):
     """A bug on our side. The message must not leak secrets or payloads."""
 
     status = "INTERNAL"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Host or accelerator memory ran out (``MemoryError``, torch's ``OutOfMemoryError``, or a
+    runtime error that says so), without importing torch."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())

@@ -37,7 +37,7 @@ class EngineConfig(BaseModel):
         20_000, ge=1, description="GetModel explain: most recent events scanned for a model's top queries.")
 
     @model_validator(mode="after")
-    def _weights_positive(self) -> "EngineConfig":
+    def _weights_positive(self) -> EngineConfig:
         if self.weight_adoption + self.weight_ecosystem + self.weight_match_graph + self.weight_quality <= 0:
             raise ValueError("at least one weight_* must be > 0")
         return self

@@ -15,11 +15,12 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, UnfragileError
 from graph import fragility, pages, rank
 from graph.config import EngineConfig
 from graph.matchgraph import MatchGraph, PageRankParams, pair_arrays, poisson_replicates
@@ -29,7 +30,6 @@ from graph.records import MatchEvent, ModelRecord, slugify
 from graph.search import Embedder, Searcher, SearchResult
 from graph.store import Store, normalise_query
 from graph.verdict import DimensionResult, headline, verdict
-from common.errors import FailedPrecondition, InvalidArgument, NotFound, UnfragileError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ removal, from any dimension, that lowers the weighted difference most).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from graph.verdict import shown
 

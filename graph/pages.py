@@ -43,7 +43,7 @@ def freshness_note(last_ok_ms: int, failed_ms: int, reason: str) -> str:
     import datetime as _dt
 
     def when(ms: int) -> str:
-        return _dt.datetime.fromtimestamp(ms / 1000, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     since = f"the last successful probe run ({when(last_ok_ms)})" if last_ok_ms else \
         "recorded external evidence (no probe run has succeeded yet)"

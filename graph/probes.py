@@ -20,8 +20,9 @@ The backend is a small Protocol so tests can replace the two gRPC services.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 

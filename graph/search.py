@@ -84,7 +84,7 @@ class Searcher:
                 used = True
                 for m, cap in emb_best.items():
                     best_doc.setdefault(m, (cap, ""))
-            except Exception as exc:  # noqa: BLE001 - any embedder failure degrades to FTS
+            except Exception as exc:
                 reason = f"embedding service unavailable ({type(exc).__name__}: {str(exc)[:120]}): FTS5 only"
                 log.warning("search degraded to FTS5: %s", reason)
         fused = rrf([fts_models, emb_models], self.rrf_k)

@@ -6,13 +6,13 @@ Each service adds its own client commands through ``services/<svc>/cli.py: regis
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 import logging
+import os
 import signal
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
 
@@ -37,13 +37,13 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 @app.command()
 def serve(
     service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph | gateway"),
-    host: Optional[str] = typer.Option(None, help="bind address"),
-    port: Optional[int] = typer.Option(None, help="gRPC port (0 = any free port)"),
-    metrics_port: Optional[int] = typer.Option(None, help="Prometheus port (-1 = off)"),
-    model: Optional[str] = typer.Option(None, help="model folder or hub id (model services)"),
-    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
-    dtype: Optional[str] = typer.Option(None, help="auto | float32 | float16 | bfloat16"),
-    quantize: Optional[str] = typer.Option(None, help='visionlanguage: "int8" (dynamic int8 on CPU)'),
+    host: str | None = typer.Option(None, help="bind address"),
+    port: int | None = typer.Option(None, help="gRPC port (0 = any free port)"),
+    metrics_port: int | None = typer.Option(None, help="Prometheus port (-1 = off)"),
+    model: str | None = typer.Option(None, help="model folder or hub id (model services)"),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    dtype: str | None = typer.Option(None, help="auto | float32 | float16 | bfloat16"),
+    quantize: str | None = typer.Option(None, help='visionlanguage: "int8" (dynamic int8 on CPU)'),
     set_: list[str] = typer.Option([], "--set", help="any other settings field, as field=value"),
     help_settings: bool = typer.Option(False, "--help-settings", help="list every setting with its default and exit"),
 ) -> None:

@@ -20,7 +20,8 @@ def seed_graph(target: str) -> list[str]:
     """UpsertModel the seed models; returns their ids."""
     from graph.seed_data import SEED_MODELS
     from services.matchgraph.types import record_to_pb
-    from unfragile.matchgraph.v1 import matchgraph_pb2 as mg, matchgraph_pb2_grpc as mg_grpc
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as mg
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as mg_grpc
 
     with channel(target) as ch:
         stub = mg_grpc.MatchGraphStub(ch)
@@ -30,7 +31,8 @@ def seed_graph(target: str) -> list[str]:
 
 def generate_png(target: str, prompt: str, seed: int = 0) -> bytes:
     """One TextToImage stream; returns the final PNG bytes (progress is echoed)."""
-    from unfragile.diffusion.v1 import diffusion_pb2 as df, diffusion_pb2_grpc as df_grpc
+    from unfragile.diffusion.v1 import diffusion_pb2 as df
+    from unfragile.diffusion.v1 import diffusion_pb2_grpc as df_grpc
 
     params = df.GenerationParams(prompt=prompt, width=64, height=64, steps=4, seed=seed, num_images=1)
     with channel(target) as ch:
@@ -45,7 +47,8 @@ def generate_png(target: str, prompt: str, seed: int = 0) -> bytes:
 
 def caption_png(target: str, png: bytes) -> str:
     from unfragile.common.v1 import common_pb2 as common
-    from unfragile.visionlanguage.v1 import visionlanguage_pb2 as vl, visionlanguage_pb2_grpc as vl_grpc
+    from unfragile.visionlanguage.v1 import visionlanguage_pb2 as vl
+    from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as vl_grpc
 
     req = vl.CaptionRequest(image=common.Image(data=png, mime_type="image/png"), mode=vl.CAPTION_MODE_BRIEF,
                             sampling=vl.SamplingParams(max_new_tokens=16, seed=0))
@@ -55,7 +58,8 @@ def caption_png(target: str, png: bytes) -> str:
 
 
 def run_probes(target: str) -> str:
-    from unfragile.matchgraph.v1 import matchgraph_pb2 as mg, matchgraph_pb2_grpc as mg_grpc
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as mg
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as mg_grpc
 
     with channel(target) as ch:
         resp = mg_grpc.MatchGraphStub(ch).RunProbes(mg.RunProbesRequest(max_prompts=2, seed=0), timeout=300)
@@ -63,7 +67,8 @@ def run_probes(target: str) -> str:
 
 
 def compare_markdown(target: str, a: str, b: str) -> str:
-    from unfragile.matchgraph.v1 import matchgraph_pb2 as mg, matchgraph_pb2_grpc as mg_grpc
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as mg
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as mg_grpc
 
     with channel(target) as ch:
         return mg_grpc.MatchGraphStub(ch).Compare(mg.CompareRequest(a=a, b=b), timeout=30).markdown

@@ -27,7 +27,7 @@ def fetch(model: str) -> str:
 
     try:
         return snapshot_download(model, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (any flavour): try the network once
+    except Exception:
         return snapshot_download(model)
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         return 0
     try:
         path = fetch(model)
-    except Exception as exc:  # noqa: BLE001 - report and fail the init container
+    except Exception as exc:
         print(f"fetch-model: {model!r} is not cached under HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')} "
               f"and could not be downloaded ({type(exc).__name__}: {exc}). Copy a Hugging Face cache holding it "
               f"into the models volume, or point the model setting at a checkpoint folder.", file=sys.stderr)

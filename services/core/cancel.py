@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from common.errors import Cancelled, DeadlineExceeded
+from common.errors import Cancelled, DeadlineExceeded, UnfragileError
 
 
 class CancelToken:
@@ -25,7 +26,7 @@ class CancelToken:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_context(cls, context: Any) -> "CancelToken":
+    def from_context(cls, context: Any) -> CancelToken:
         """Bind to a grpc ServicerContext: client cancel and deadline both cancel."""
         remaining = context.time_remaining() if context is not None else None
         deadline = time.monotonic() + remaining if remaining is not None else None
@@ -64,11 +65,16 @@ class CancelToken:
     def reason(self) -> str:
         return "deadline exceeded" if self.deadline_passed and not self._event.is_set() else self._reason
 
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise Cancelled(f"request stopped: {self._reason}")
+    def error(self, what: str = "request") -> UnfragileError:
+        """Why ``what`` stopped: DEADLINE_EXCEEDED once the deadline passed (gRPC fires the
+        cancel callback for both), else CANCELLED with the reason given to ``cancel``."""
         if self.deadline_passed:
-            raise DeadlineExceeded("request deadline passed before the work finished")
+            return DeadlineExceeded(f"{what} stopped: its deadline passed before the work finished")
+        return Cancelled(f"{what} stopped: {self._reason}")
+
+    def raise_if_cancelled(self, what: str = "request") -> None:
+        if self.cancelled:
+            raise self.error(what)
 
     def wait(self, timeout: float) -> bool:
         """Sleep up to ``timeout`` seconds, waking early on cancellation."""

@@ -4,13 +4,41 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import grpc
+import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
+def message_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
+    """Send and receive limits, the same on servers and clients."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def channel_credentials(root_ca: Path, client_cert: Path | None = None,
+                        client_key: Path | None = None) -> grpc.ChannelCredentials:
+    """TLS verifying the server with ``root_ca``; a client certificate too for mutual TLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(root_ca).read_bytes(),
+        private_key=Path(client_key).read_bytes() if client_key else None,
+        certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
+    )
+
+
+@overload
+def channel(target: str, max_message_bytes: int = ..., *, root_ca: Path | None = ...,
+            client_cert: Path | None = ..., client_key: Path | None = ..., balance: bool = ...,
+            aio: Literal[False] = ...) -> grpc.Channel: ...
+@overload
+def channel(target: str, max_message_bytes: int = ..., *, root_ca: Path | None = ...,
+            client_cert: Path | None = ..., client_key: Path | None = ..., balance: bool = ...,
+            aio: Literal[True]) -> grpc.aio.Channel: ...
 def channel(
     target: str,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -19,35 +47,31 @@ def channel(
     client_cert: Path | None = None,
     client_key: Path | None = None,
     balance: bool = False,
-) -> grpc.Channel:
-    """A channel whose send/receive limits match the servers' defaults.
+    aio: bool = False,
+) -> grpc.Channel | grpc.aio.Channel:
+    """The one way this project opens a channel: the servers' message limits, TLS when asked.
 
     With ``root_ca`` it is TLS (verifying the server); adding ``client_cert`` and
     ``client_key`` presents a client certificate for mutual TLS. ``balance`` spreads
     stateless calls over every address the target resolves to (round robin); leave it off
     for calls that must reach the same replica (WatchJob/CancelJob of a fine-tune job).
+    ``aio`` returns a ``grpc.aio`` channel (for asyncio callers such as the gateway).
     """
-    options: list[tuple[str, object]] = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
+    options = message_options(max_message_bytes)
     if balance:
         # With a headless Service (dns:///svc-headless:port) spread calls over every pod the
         # name resolves to; the default pick_first pins one HTTP/2 connection to one pod.
         options.append(("grpc.lb_policy_name", "round_robin"))
+    module: Any = grpc.aio if aio else grpc
     if root_ca is None:
-        return grpc.insecure_channel(target, options=options)
-    creds = grpc.ssl_channel_credentials(
-        root_certificates=Path(root_ca).read_bytes(),
-        private_key=Path(client_key).read_bytes() if client_key else None,
-        certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
-    )
-    return grpc.secure_channel(target, creds, options=options)
+        return module.insecure_channel(target, options=options)  # type: ignore[no-any-return]
+    creds = channel_credentials(root_ca, client_cert, client_key)
+    return module.secure_channel(target, creds, options=options)  # type: ignore[no-any-return]
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying a bearer token (works on insecure and TLS channels)."""
-    return (("authorization", f"Bearer {token}"),)
+    """Call metadata carrying a bearer token (works on insecure and TLS channels); none for ''."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
 
 
 def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:

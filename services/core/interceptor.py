@@ -12,12 +12,13 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
+from common.errors import Internal, InvalidArgument, ResourceExhausted, Unavailable, UnfragileError, is_out_of_memory
 from services.core import metrics
-from common.errors import Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable
 from services.core.security import Authorizer
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's bytes
+        except Exception as exc:
             return _Undecodable(exc)
 
     return deserialize
@@ -88,7 +89,7 @@ class ServerState:
 def _as_domain_error(exc: BaseException) -> UnfragileError:
     if isinstance(exc, UnfragileError):
         return exc
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+    if is_out_of_memory(exc):
         return ResourceExhausted("the server ran out of memory for this request; retry smaller or later", 5.0)
     incident = uuid.uuid4().hex[:12]
     log.exception("unexpected error (incident %s)", incident)
@@ -188,7 +189,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 bound = self._admit(method, context)
                 request = _checked_stream(request, method) if streaming_in else _check_decoded(request, method)
                 response = fn(request, context)
-            except Exception as exc:  # noqa: BLE001 - the mapping point
+            except Exception as exc:
                 _abort(context, rec, exc)
                 return None
             finally:
@@ -211,7 +212,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except GeneratorExit:  # client went away mid-stream
                 rec.finish(grpc.StatusCode.CANCELLED)
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 _abort(context, rec, exc)
                 return
             finally:

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def generate(root: Path = ROOT) -> list[Path]:
-    from grpc_tools import protoc  # build-time dependency only
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency only
 
     proto_root = root / "protos"
     protos = sorted(proto_root.rglob("*.proto"))

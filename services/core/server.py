@@ -12,15 +12,17 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.core import metrics
+from services.core.client import message_options
 from services.core.interceptor import ErrorInterceptor, ServerState
 from services.core.security import Authorizer, load_tokens, server_credentials
 from services.core.settings import GrpcServerSettings
@@ -43,14 +45,6 @@ class GrpcService:
     admin_methods: frozenset[str] = frozenset()
 
 
-def grpc_options(settings: GrpcServerSettings) -> list[tuple[str, int]]:
-    """Channel options for both ends: message size limits in each direction."""
-    return [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-    ]
-
-
 class RunningServer:
     """A started server; ``stop`` drains it and releases the model."""
 
@@ -66,7 +60,7 @@ class RunningServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=service.name),
             interceptors=[ErrorInterceptor(service.name, self.state, authorizer), *service.extra_interceptors],
-            options=grpc_options(settings),
+            options=message_options(settings.max_message_bytes),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         service.add_to_server(service.servicer, self.server)
@@ -96,7 +90,7 @@ class RunningServer:
         for name in ("", self.service.full_name):
             self.health.set(name, status)
 
-    def start(self) -> "RunningServer":
+    def start(self) -> RunningServer:
         """Start answering (health says NOT_SERVING), load the model, then go SERVING."""
         self.server.start()
         if self.settings.metrics_port >= 0:

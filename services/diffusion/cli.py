@@ -7,8 +7,9 @@ then a progress bar fed by the per-step events of the stream, and saves the imag
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import grpc
 import typer
@@ -29,8 +30,8 @@ def _pb() -> tuple[Any, Any, Any]:
     return cpb, pb, pb_grpc
 
 
-def _params(prompt: str, negative: str, width: int, height: int, steps: int, guidance: Optional[float],
-            scheduler: str, seed: Optional[int], num_images: int, adapters: list[str], preview_every: int) -> Any:
+def _params(prompt: str, negative: str, width: int, height: int, steps: int, guidance: float | None,
+            scheduler: str, seed: int | None, num_images: int, adapters: list[str], preview_every: int) -> Any:
     _, pb, _ = _pb()
     specs = []
     for a in adapters:
@@ -49,7 +50,7 @@ def _out_path(out: Path, i: int, n: int) -> Path:
     return out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}")
 
 
-def consume(stream: Iterator[Any], out: Path, preview_dir: Optional[Path] = None) -> Any:
+def consume(stream: Iterator[Any], out: Path, preview_dir: Path | None = None) -> Any:
     """Show queue position and a progress bar from the stream; save the images; return the result."""
     bar: Any = None
     try:
@@ -105,15 +106,15 @@ def register(root: typer.Typer) -> None:
         width: int = typer.Option(0, help="multiple of 8; 0 = model size"),
         height: int = typer.Option(0, help="multiple of 8; 0 = model size"),
         steps: int = typer.Option(0, help="denoising steps; 0 = server default"),
-        guidance: Optional[float] = typer.Option(None, help="guidance scale (default 7.5)"),
+        guidance: float | None = typer.Option(None, help="guidance scale (default 7.5)"),
         scheduler: str = typer.Option("", help="ddim | euler | euler-a | dpm++"),
-        seed: Optional[int] = typer.Option(None, help="seed of the first image (random if unset)"),
+        seed: int | None = typer.Option(None, help="seed of the first image (random if unset)"),
         num_images: int = typer.Option(1, help="images to generate"),
         adapter: list[str] = typer.Option([], help="LoRA adapter NAME or NAME:WEIGHT (repeatable)"),
         preview_every: int = typer.Option(0, help="save a preview every N steps into --preview-dir"),
-        preview_dir: Optional[Path] = typer.Option(None, help="where previews go"),
+        preview_dir: Path | None = typer.Option(None, help="where previews go"),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Text to image, with a progress bar fed by the stream."""
         _, pb, pb_grpc = _pb()
@@ -131,11 +132,11 @@ def register(root: typer.Typer) -> None:
         out: Path = typer.Option(Path("out.png"), "--out", "-o"),
         strength: float = typer.Option(0.75, help="noise strength in (0, 1]"),
         steps: int = typer.Option(0),
-        seed: Optional[int] = typer.Option(None),
+        seed: int | None = typer.Option(None),
         scheduler: str = typer.Option(""),
         adapter: list[str] = typer.Option([], help="NAME or NAME:WEIGHT"),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Image to image."""
         _, pb, pb_grpc = _pb()
@@ -154,9 +155,9 @@ def register(root: typer.Typer) -> None:
         out: Path = typer.Option(Path("out.png"), "--out", "-o"),
         steps: int = typer.Option(0),
         strength: float = typer.Option(1.0, help="noise strength in (0, 1]"),
-        seed: Optional[int] = typer.Option(None),
+        seed: int | None = typer.Option(None),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Inpaint the white part of a mask; the rest is kept byte for byte."""
         _, pb, pb_grpc = _pb()
@@ -176,9 +177,9 @@ def register(root: typer.Typer) -> None:
         weight: float = typer.Option(0.5, help="style weight in [0, 1]"),
         strength: float = typer.Option(0.5, help="noise strength in (0, 1]"),
         steps: int = typer.Option(0),
-        seed: Optional[int] = typer.Option(None),
+        seed: int | None = typer.Option(None),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Style transfer: AdaIN blend of latents, then img2img denoising."""
         _, pb, pb_grpc = _pb()
@@ -202,7 +203,7 @@ def register(root: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, help="replace an adapter of the same name"),
         watch: bool = typer.Option(True, help="follow progress until the job ends"),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Train a LoRA adapter on the server; shows step / loss / ETA."""
         cpb, pb, pb_grpc = _pb()
@@ -239,7 +240,7 @@ def register(root: typer.Typer) -> None:
                 raise typer.Exit(1)
 
     @root.command()
-    def adapters(target: str = TargetOpt, token: Optional[str] = TokenOpt) -> None:
+    def adapters(target: str = TargetOpt, token: str | None = TokenOpt) -> None:
         """List the LoRA adapters saved on a Diffusion server."""
         _, pb, pb_grpc = _pb()
         with channel(target) as ch:

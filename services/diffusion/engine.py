@@ -26,19 +26,34 @@ import queue
 import secrets
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any, Protocol
 
+from common.errors import (
+    Internal,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    UnfragileError,
+    is_out_of_memory,
+)
 from services.core.cancel import CancelToken
-from common.errors import (Cancelled, DeadlineExceeded, Internal, PermissionDenied, ResourceExhausted,
-                                  UnfragileError, Unavailable)
 from services.core.security import ANONYMOUS, Principal
 from services.diffusion import metrics as m
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobRegistry
 from services.diffusion.runner import BatchItem, Interrupted, Runner
 from services.diffusion.settings import EngineConfig
-from services.diffusion.types import (GenerateEventT, GenerateRequest, JobSnapshot, OutputImage, PreviewEvent,
-                                      ProgressEvent, ResultEvent, StatusEvent)
+from services.diffusion.types import (
+    GenerateEventT,
+    GenerateRequest,
+    JobSnapshot,
+    OutputImage,
+    PreviewEvent,
+    ProgressEvent,
+    ResultEvent,
+    StatusEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +63,6 @@ class Trainer(Protocol):
 
     def has_work(self) -> bool: ...
     def step(self) -> None: ...
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 class GenJob(Job):
@@ -70,7 +80,7 @@ class GenJob(Job):
         self.position = 0
         self.detached = False  # the submitting stream went away: stop buffering events for it
 
-    def emit(self, event: "GenerateEventT | UnfragileError") -> None:
+    def emit(self, event: GenerateEventT | UnfragileError) -> None:
         if not self.detached:
             self.stream.put(event)
 
@@ -82,7 +92,7 @@ class GenJob(Job):
     def sort_key(self) -> tuple[int, int]:
         return (-self.request.params.priority, self.seq)
 
-    def __lt__(self, other: "GenJob") -> bool:
+    def __lt__(self, other: GenJob) -> bool:
         return self.sort_key < other.sort_key
 
 
@@ -220,11 +230,7 @@ class Engine:
         self._finish_cancelled(job)
 
     def _finish_cancelled(self, job: GenJob) -> None:
-        err: UnfragileError
-        if job.token.deadline_passed:
-            err = DeadlineExceeded(f"job {job.id} stopped: its deadline passed")
-        else:
-            err = Cancelled(f"job {job.id} stopped: {job.token.reason}")
+        err = job.token.error(f"job {job.id}")
         if job.update(state=CANCELLED, position=0, message=err.message):
             job.emit(err)
             job.release_inputs()
@@ -281,7 +287,7 @@ class Engine:
             if trainer is not None and trainer.has_work():
                 try:
                     trainer.step()
-                except Exception:  # noqa: BLE001 - the trainer fails its own job; never kill the worker
+                except Exception:
                     log.exception("fine-tune step failed")
                 continue
             if not batch:
@@ -324,8 +330,8 @@ class Engine:
             outputs = self.runner.run([BatchItem(j.request, j.seeds) for j in jobs], on_step)
         except Interrupted:
             return
-        except Exception as exc:  # noqa: BLE001 - mapped per job below
-            if is_oom(exc) and len(jobs) > 1:
+        except Exception as exc:
+            if is_out_of_memory(exc) and len(jobs) > 1:
                 log.warning("out of memory on a batch of %d images; retrying each job alone", images)
                 for job in jobs:
                     if not job.finished:
@@ -364,7 +370,7 @@ class Engine:
         err: UnfragileError
         if isinstance(exc, UnfragileError):
             err = exc
-        elif is_oom(exc):
+        elif is_out_of_memory(exc):
             w, h = jobs[0].request.width, jobs[0].request.height
             err = ResourceExhausted(f"out of memory generating {images} image(s) of {w}x{h}; retry with fewer or "
                                     f"smaller images, or later", retry_after_s=5.0)

@@ -25,8 +25,9 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -35,8 +36,15 @@ from services.core.images import decode_image
 from services.diffusion import metrics as m
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobRegistry
 from services.diffusion.runner import LORA_WEIGHT_NAME, DiffusersRunner
-from services.diffusion.types import (AdapterInfo, FineTuneRequest, JobSnapshot, Limits, TrainingExample,
-                                      check_adapter_name, confined_folder)
+from services.diffusion.types import (
+    AdapterInfo,
+    FineTuneRequest,
+    JobSnapshot,
+    Limits,
+    TrainingExample,
+    check_adapter_name,
+    confined_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +199,7 @@ class LoraTrainingRun:
             with warnings.catch_warnings():  # "was active which is now deleted": generation resets it anyway
                 warnings.simplefilter("ignore", UserWarning)
                 self.unet.delete_adapters(self.key)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not remove training adapter %s", self.key)
 
 
@@ -350,7 +358,7 @@ class FineTuner:
             m.FINETUNE_LOSS.labels(job.req.adapter_name).set(loss)
             if step >= total:
                 self._save(job, run)
-        except Exception as exc:  # noqa: BLE001 - the job fails, serving goes on
+        except Exception as exc:
             run.discard()
             msg = exc.message if isinstance(exc, UnfragileError) else f"training failed: {type(exc).__name__}: {exc}"
             if not isinstance(exc, UnfragileError):
@@ -367,7 +375,7 @@ class FineTuner:
             return
         try:
             run = LoraTrainingRun(self.runner, job.req, job.examples, f"train_{job.id.replace('-', '_')}")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("could not start fine-tune job %s", job.id)
             job.update(state=FAILED, position=0, message=f"could not start training: {type(exc).__name__}: {exc}")
             self._update_gauge()
@@ -385,7 +393,7 @@ class FineTuner:
         self.store.save(req.adapter_name, sd, {
             "rank": req.rank, "steps": req.steps, "final_loss": job.losses[-1], "learning_rate": req.learning_rate,
             "seed": req.seed, "base_model": self.runner.model, "job_id": job.id,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         })
         self.runner.forget_adapter(req.adapter_name)
         self._end(job, SUCCEEDED, f"adapter {req.adapter_name!r} saved")

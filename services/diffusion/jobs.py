@@ -11,11 +11,12 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any
 
-from services.core.cancel import CancelToken
 from common.errors import NotFound
+from services.core.cancel import CancelToken
 from services.diffusion.types import JobSnapshot
 from unfragile.common.v1 import common_pb2 as cpb
 

@@ -15,16 +15,17 @@ ordinary UNet (diffusers then blends latents with the mask every step).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.loading import pretrained_source
-from services.diffusion.types import AdapterSpec, GenerateRequest, ModelFacts, SCHEDULER_NAMES
+from services.diffusion.types import SCHEDULER_NAMES, AdapterSpec, GenerateRequest, ModelFacts
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,12 @@ class Runner(Protocol):
 
 
 def make_scheduler(name: str, config: Any) -> Any:
-    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                           EulerDiscreteScheduler)
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+    )
 
     if name == "ddim":
         return DDIMScheduler.from_config(config)
@@ -117,8 +122,12 @@ class DiffusersRunner:
 
     # ----------------------------------------------------------------- loading
     def load(self) -> None:
-        from diffusers import (StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline,
-                               StableDiffusionPipeline, UNet2DConditionModel)
+        from diffusers import (
+            StableDiffusionImg2ImgPipeline,
+            StableDiffusionInpaintPipeline,
+            StableDiffusionPipeline,
+            UNet2DConditionModel,
+        )
         from diffusers.utils import logging as dlogging
 
         dlogging.disable_progress_bar()
@@ -138,7 +147,7 @@ class DiffusersRunner:
             try:
                 inpaint_unet = UNet2DConditionModel.from_pretrained(
                     source, subfolder="unet_inpaint", dtype=self.dtype, use_safetensors=True, **kwargs)
-            except Exception:  # noqa: BLE001 - optional part of a checkpoint
+            except Exception:
                 log.info("no unet_inpaint in %s: Inpaint uses latent blending with the base UNet", self.model)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)

@@ -81,7 +81,7 @@ class AdapterSpec:
     weight: float = 1.0
 
     @classmethod
-    def from_pb(cls, msg: pb.AdapterWeight) -> "AdapterSpec":
+    def from_pb(cls, msg: pb.AdapterWeight) -> AdapterSpec:
         weight = msg.weight if msg.HasField("weight") else 1.0
         if not -4.0 <= weight <= 4.0:
             raise InvalidArgument(f"adapter {msg.name!r} weight {weight} is out of range [-4, 4]")
@@ -107,7 +107,7 @@ class GenerationParams:
     priority: int = 0
 
     @classmethod
-    def from_pb(cls, msg: pb.GenerationParams, limits: Limits, *, prompt_required: bool = True) -> "GenerationParams":
+    def from_pb(cls, msg: pb.GenerationParams, limits: Limits, *, prompt_required: bool = True) -> GenerationParams:
         prompt = msg.prompt.strip()
         if prompt_required and not prompt:
             raise InvalidArgument("prompt is empty: describe the image to generate")
@@ -183,7 +183,7 @@ class GenerateRequest:
                 p.adapters)
 
     @classmethod
-    def from_txt2img(cls, msg: pb.TextToImageRequest, limits: Limits) -> "GenerateRequest":
+    def from_txt2img(cls, msg: pb.TextToImageRequest, limits: Limits) -> GenerateRequest:
         return cls("txt2img", GenerationParams.from_pb(msg.params, limits))
 
     @classmethod
@@ -205,7 +205,7 @@ class GenerateRequest:
         return _replace(params, width=img.width, height=img.height), img
 
     @classmethod
-    def from_img2img(cls, msg: pb.ImageToImageRequest, limits: Limits) -> "GenerateRequest":
+    def from_img2img(cls, msg: pb.ImageToImageRequest, limits: Limits) -> GenerateRequest:
         params = GenerationParams.from_pb(msg.params, limits)
         img = decode_image(msg.image.data, max_pixels=limits.max_image_pixels, field="image")
         params, img = cls._image_input(params, img, "image", limits)
@@ -214,7 +214,7 @@ class GenerateRequest:
         return cls("img2img", params, image=img, strength=strength)
 
     @classmethod
-    def from_inpaint(cls, msg: pb.InpaintRequest, limits: Limits) -> "GenerateRequest":
+    def from_inpaint(cls, msg: pb.InpaintRequest, limits: Limits) -> GenerateRequest:
         params = GenerationParams.from_pb(msg.params, limits)
         img = decode_image(msg.image.data, max_pixels=limits.max_image_pixels, field="image")
         mask = decode_image(msg.mask.data, max_pixels=limits.max_image_pixels, field="mask").convert("L")
@@ -232,7 +232,7 @@ class GenerateRequest:
         return cls("inpaint", params, image=img, mask=mask, strength=strength)
 
     @classmethod
-    def from_style(cls, msg: pb.StyleTransferRequest, limits: Limits) -> "GenerateRequest":
+    def from_style(cls, msg: pb.StyleTransferRequest, limits: Limits) -> GenerateRequest:
         params = GenerationParams.from_pb(msg.params, limits, prompt_required=False)
         content = decode_image(msg.content_image.data, max_pixels=limits.max_image_pixels, field="content_image")
         params, content = cls._image_input(params, content, "content_image", limits)
@@ -393,7 +393,7 @@ class FineTuneRequest:
     overwrite: bool = False
 
     @classmethod
-    def from_pb(cls, msg: pb.StartFineTuneRequest, limits: Limits) -> "FineTuneRequest":
+    def from_pb(cls, msg: pb.StartFineTuneRequest, limits: Limits) -> FineTuneRequest:
         name = check_adapter_name(msg.adapter_name, "adapter_name")
         if msg.examples and msg.data_folder:
             raise InvalidArgument("send either examples or data_folder, not both")

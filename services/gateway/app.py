@@ -8,9 +8,9 @@ files and a plain ASGI core that uvicorn serves.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles

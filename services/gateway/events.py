@@ -110,5 +110,5 @@ class SearchRecorder:
             await asyncio.sleep(interval_s)
             try:
                 await self.flush()
-            except Exception:  # noqa: BLE001 - a bug here must not stop recording for good
+            except Exception:
                 log.exception("search event flush failed")

@@ -9,7 +9,8 @@ collectors like the gRPC services do.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 

@@ -35,7 +35,7 @@ class Score(BaseModel):
     evidence_count: int = Field(ge=0, description="Evidence rows behind it (0 = no evidence).")
 
     @classmethod
-    def from_pb(cls, s: pb.Score) -> "Score":
+    def from_pb(cls, s: pb.Score) -> Score:
         return cls(value=s.value, low=s.low, high=s.high, evidence_count=s.evidence_count)
 
 
@@ -53,7 +53,7 @@ class ScoreCard(BaseModel):
     weights: dict[str, float] = Field(description="Weights of the sub-scores in the rank.")
 
     @classmethod
-    def from_pb(cls, c: pb.ScoreCard) -> "ScoreCard":
+    def from_pb(cls, c: pb.ScoreCard) -> ScoreCard:
         return cls(rank=Score.from_pb(c.rank), adoption=Score.from_pb(c.adoption),
                    ecosystem=Score.from_pb(c.ecosystem), match_graph=Score.from_pb(c.match_graph),
                    quality=Score.from_pb(c.quality), times_matched=c.times_matched,
@@ -109,7 +109,7 @@ class Model(BaseModel):
     external_quality: list[QualityEvidence]
 
     @classmethod
-    def from_pb(cls, m: pb.ModelRecord) -> "Model":
+    def from_pb(cls, m: pb.ModelRecord) -> Model:
         tier = _TIER.get(m.pricing.tier, "unknown")
         sig = lambda s: Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)  # noqa: E731
         return cls(
@@ -150,7 +150,7 @@ class ModelDetail(BaseModel):
                           "equal ids mean every number is the same.")
 
     @classmethod
-    def from_pb(cls, r: pb.GetModelResponse) -> "ModelDetail":
+    def from_pb(cls, r: pb.GetModelResponse) -> ModelDetail:
         return cls(model=Model.from_pb(r.model), scores=ScoreCard.from_pb(r.scores),
                    evidence=[Evidence(dimension=e.dimension, kind=e.kind, detail=e.detail, value=e.value,
                                       contribution=e.contribution, source=e.source, observed_at=e.observed_at)
@@ -177,7 +177,7 @@ class RankList(BaseModel):
                           "equal ids mean every number is the same.")
 
     @classmethod
-    def from_pb(cls, r: pb.RankResponse, limit: int, offset: int) -> "RankList":
+    def from_pb(cls, r: pb.RankResponse, limit: int, offset: int) -> RankList:
         return cls(models=[RankedModel(position=m.position, id=m.id, name=m.name, scores=ScoreCard.from_pb(m.scores))
                            for m in r.models], total=r.total, limit=limit, offset=offset,
                    snapshot_version=snapshot_version(r))
@@ -197,7 +197,7 @@ class Dimension(BaseModel):
     fragile: bool
 
     @classmethod
-    def from_pb(cls, d: pb.DimensionComparison) -> "Dimension":
+    def from_pb(cls, d: pb.DimensionComparison) -> Dimension:
         return cls(dimension=d.dimension, a=Score.from_pb(d.a), b=Score.from_pb(d.b), diff=d.diff,
                    diff_low=d.diff_low, diff_high=d.diff_high, outcome=_OUTCOME.get(d.outcome, "unspecified"),
                    records_to_flip=d.records_to_flip, fragile=d.fragile)
@@ -227,7 +227,7 @@ class Comparison(BaseModel):
                           "equal ids mean every number is the same.")
 
     @classmethod
-    def from_pb(cls, r: pb.CompareResponse) -> "Comparison":
+    def from_pb(cls, r: pb.CompareResponse) -> Comparison:
         return cls(a=Model.from_pb(r.a), b=Model.from_pb(r.b), a_scores=ScoreCard.from_pb(r.a_scores),
                    b_scores=ScoreCard.from_pb(r.b_scores), dimensions=[Dimension.from_pb(d) for d in r.dimensions],
                    rows=[FeatureRow(feature=x.feature, a=x.a, b=x.b) for x in r.rows], headline=r.headline,
@@ -259,7 +259,7 @@ class SearchResults(BaseModel):
                           "equal ids mean every number is the same.")
 
     @classmethod
-    def from_pb(cls, query: str, r: pb.SearchResponse) -> "SearchResults":
+    def from_pb(cls, query: str, r: pb.SearchResponse) -> SearchResults:
         return cls(query=query, embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason,
                    snapshot_version=snapshot_version(r),
                    hits=[SearchHit(model_id=h.model_id, name=h.name, capability=h.capability, score=h.score,
@@ -272,5 +272,5 @@ def snapshot_version(message: object) -> int | None:
     gateway still works against an older MatchGraph)."""
     desc = getattr(message, "DESCRIPTOR", None)
     if desc is not None and "snapshot_version" in desc.fields_by_name:
-        return int(getattr(message, "snapshot_version"))
+        return int(message.snapshot_version)
     return None

@@ -15,7 +15,7 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
-from services.core.client import DEFAULT_MAX_MESSAGE_BYTES
+from services.core.client import DEFAULT_MAX_MESSAGE_BYTES, bearer, channel
 from services.core.names import full_name
 from services.gateway import metrics
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
@@ -71,22 +71,11 @@ class GrpcMatchGraph:
     """MatchGraphAPI over a real ``grpc.aio`` channel."""
 
     def __init__(self, cfg: ChannelConfig) -> None:
-        options = [
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-        ]
-        if cfg.root_ca is None:
-            self._channel = grpc.aio.insecure_channel(cfg.target, options=options)
-        else:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=Path(cfg.root_ca).read_bytes(),
-                private_key=Path(cfg.client_key).read_bytes() if cfg.client_key else None,
-                certificate_chain=Path(cfg.client_cert).read_bytes() if cfg.client_cert else None,
-            )
-            self._channel = grpc.aio.secure_channel(cfg.target, creds, options=options)
+        self._channel = channel(cfg.target, cfg.max_message_bytes, root_ca=cfg.root_ca,
+                                client_cert=cfg.client_cert, client_key=cfg.client_key, aio=True)
         self._stub = pb_grpc.MatchGraphStub(self._channel)
         self._timeout = cfg.timeout_s
-        self._metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
+        self._metadata = bearer(cfg.token) or None
         self.target = cfg.target
 
     async def _call(self, name: str, method, request):  # type: ignore[no-untyped-def]

@@ -56,7 +56,7 @@ class _ProbeSchedule:
             try:
                 with metrics.probe_run("schedule"):
                     self.engine.run_probes([], 0, 0)
-            except Exception:  # noqa: BLE001 - a failed scheduled run must not kill the loop
+            except Exception:
                 log.exception("scheduled probe run failed")
 
 

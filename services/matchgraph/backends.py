@@ -9,13 +9,14 @@ the target and the gRPC status, so Search can degrade and RunProbes can say what
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
-from services.core.client import channel
 from common.errors import Unavailable
+from services.core.client import channel
 
 T = TypeVar("T")
 PROBE_STEPS = 4  # enough for the tiny test model; probe images are judged, not admired

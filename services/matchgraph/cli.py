@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
@@ -15,7 +15,7 @@ graph_app = typer.Typer(help="MatchGraph client: seed, compare, rank, search, re
 TargetOpt = typer.Option(DEFAULT_TARGET, "--target", help="MatchGraph host:port")
 
 
-def _stub(target: str):  # noqa: ANN202 - generated stub type
+def _stub(target: str):
     from services.core.client import channel
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
@@ -43,7 +43,7 @@ def seed(target: str = TargetOpt) -> None:
         for m in SEED_MODELS:
             r = stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(m)), timeout=30)
             typer.echo(f"{'created' if r.created else 'updated'} {r.model.id} ({len(r.model.capabilities)} capabilities)")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(exc)
 
 
@@ -57,7 +57,7 @@ def compare(a: str, b: str, target: str = TargetOpt,
 
     try:
         r = _stub(target).Compare(pb.CompareRequest(a=a, b=b), timeout=60)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(exc)
         return
     if fmt == "html":
@@ -77,7 +77,7 @@ def get(model: str, target: str = TargetOpt, explain: bool = typer.Option(False,
 
     try:
         r = _stub(target).GetModel(pb.GetModelRequest(model=model, explain=explain), timeout=60)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(exc)
         return
     typer.echo(json_format.MessageToJson(r))
@@ -91,7 +91,7 @@ def rank(target: str = TargetOpt, capability: str = typer.Option("", help="filte
 
     try:
         r = _stub(target).Rank(pb.RankRequest(capability=capability, limit=limit), timeout=60)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(exc)
         return
     for m in r.models:
@@ -106,7 +106,7 @@ def search(query: str, target: str = TargetOpt, limit: int = typer.Option(10)) -
 
     try:
         r = _stub(target).Search(pb.SearchRequest(query=query, limit=limit), timeout=60)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(exc)
         return
     if not r.embeddings_used:
@@ -138,7 +138,7 @@ def record(events_file: Path = typer.Argument(..., help="JSON lines: {event_id, 
 
     try:
         r = _stub(target).RecordMatches(batches(), timeout=600)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(exc)
         return
     typer.echo(f"received {r.received}, inserted {r.inserted}, duplicates {r.duplicates}, "
@@ -147,14 +147,14 @@ def record(events_file: Path = typer.Argument(..., help="JSON lines: {event_id, 
 
 @graph_app.command("probes")
 def probes(target: str = TargetOpt, max_prompts: int = typer.Option(0), seed: int = typer.Option(0),
-           model: Optional[list[str]] = typer.Option(None, help="served models to probe (default all)")) -> None:
+           model: list[str] | None = typer.Option(None, help="served models to probe (default all)")) -> None:
     """Run the quality probes now and print the refreshed quality scores."""
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
     try:
         r = _stub(target).RunProbes(pb.RunProbesRequest(models=model or [], max_prompts=max_prompts, seed=seed),
                                     timeout=600)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         _fail(exc)
         return
     typer.echo(f"run {r.run_id}: {len(r.results)} results, {len(r.outcomes)} pairwise outcomes")

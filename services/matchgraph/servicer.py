@@ -6,7 +6,7 @@ maps them to status codes. Nothing here aborts a context.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.errors import InvalidArgument
 from graph.engine import CompareResult, EvidenceRow, IngestResult
 from graph.probes import ProbeRun
 from graph.rank import Score, ScoreCard
@@ -23,7 +24,6 @@ from graph.records import (
 )
 from graph.search import SearchResult
 from graph.verdict import A_LEADS, B_LEADS, DimensionResult
-from common.errors import InvalidArgument
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 _TYPE_FROM = {pb.MODEL_TYPE_MODEL: "model", pb.MODEL_TYPE_TOOL: "tool", pb.MODEL_TYPE_API: "api"}
@@ -95,7 +95,7 @@ class UpsertModel:
     record: ModelRecord
 
     @classmethod
-    def from_pb(cls, req: pb.UpsertModelRequest) -> "UpsertModel":
+    def from_pb(cls, req: pb.UpsertModelRequest) -> UpsertModel:
         if not req.HasField("model"):
             raise InvalidArgument("model is missing: send a ModelRecord with at least id, name and type")
         return cls(record_from_pb(req.model))
@@ -111,7 +111,7 @@ class GetModel:
     explain: bool
 
     @classmethod
-    def from_pb(cls, req: pb.GetModelRequest) -> "GetModel":
+    def from_pb(cls, req: pb.GetModelRequest) -> GetModel:
         if not req.model.strip():
             raise InvalidArgument("model is empty: give a model id, name or alias")
         return cls(req.model, req.explain)
@@ -138,7 +138,7 @@ class RankQuery:
     offset: int
 
     @classmethod
-    def from_pb(cls, req: pb.RankRequest) -> "RankQuery":
+    def from_pb(cls, req: pb.RankRequest) -> RankQuery:
         limit = req.limit or 20
         if limit > 1000:
             raise InvalidArgument(f"limit {req.limit} is over 1000; page with offset instead")
@@ -159,7 +159,7 @@ class CompareQuery:
     b: str
 
     @classmethod
-    def from_pb(cls, req: pb.CompareRequest) -> "CompareQuery":
+    def from_pb(cls, req: pb.CompareRequest) -> CompareQuery:
         if not req.a.strip() or not req.b.strip():
             raise InvalidArgument("both a and b are required: give two model ids, names or aliases")
         return cls(req.a, req.b)
@@ -187,7 +187,7 @@ class SearchQuery:
     limit: int
 
     @classmethod
-    def from_pb(cls, req: pb.SearchRequest) -> "SearchQuery":
+    def from_pb(cls, req: pb.SearchRequest) -> SearchQuery:
         if not req.query.strip():
             raise InvalidArgument("query is empty: type some words to search for")
         if len(req.query) > 512:
@@ -212,7 +212,7 @@ class ProbeQuery:
     seed: int
 
     @classmethod
-    def from_pb(cls, req: pb.RunProbesRequest) -> "ProbeQuery":
+    def from_pb(cls, req: pb.RunProbesRequest) -> ProbeQuery:
         if req.max_prompts > 64:
             raise InvalidArgument(f"max_prompts {req.max_prompts} is over 64")
         if req.seed > 2**31 - 1:

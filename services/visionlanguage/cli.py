@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 import typer
@@ -36,7 +36,7 @@ def _image(path: Path) -> Any:
     return cpb.Image(data=path.read_bytes())
 
 
-def _call(target: str, token: Optional[str], fn: Any) -> Any:
+def _call(target: str, token: str | None, fn: Any) -> Any:
     _, _, pb_grpc = _pb()
     with channel(target) as ch:
         try:
@@ -47,8 +47,8 @@ def _call(target: str, token: Optional[str], fn: Any) -> Any:
 
 
 def caption_request(image: Path, mode: str, prompt: str, phrases: list[str], language: str, max_new_tokens: int,
-                    temperature: float, top_p: float, top_k: int, num_beams: int, seed: Optional[int],
-                    stop: list[str], grounding: Optional[bool]) -> Any:
+                    temperature: float, top_p: float, top_k: int, num_beams: int, seed: int | None,
+                    stop: list[str], grounding: bool | None) -> Any:
     _, pb, _ = _pb()
     if mode not in MODES:
         raise typer.BadParameter(f"--mode must be one of {', '.join(MODES)}")
@@ -80,13 +80,13 @@ def register(root: typer.Typer) -> None:
         top_p: float = typer.Option(0.0, help="nucleus sampling (needs temperature > 0)"),
         top_k: int = typer.Option(0, help="top-k sampling (needs temperature > 0)"),
         num_beams: int = typer.Option(0, help="beam search width (greedy only)"),
-        seed: Optional[int] = typer.Option(None, help="seed; unset = server picks and reports it"),
+        seed: int | None = typer.Option(None, help="seed; unset = server picks and reports it"),
         stop: list[str] = typer.Option([], help="stop sequence (repeatable)"),
-        grounding: Optional[bool] = typer.Option(None, "--grounding/--no-grounding", help="add <grounding>"),
+        grounding: bool | None = typer.Option(None, "--grounding/--no-grounding", help="add <grounding>"),
         stream: bool = typer.Option(False, help="print tokens as they are generated"),
         as_json: bool = typer.Option(False, "--json", help="print the whole response as JSON"),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Caption an image (grounded), answer a question about it, or locate phrases."""
         from google.protobuf.json_format import MessageToDict
@@ -123,7 +123,7 @@ def register(root: typer.Typer) -> None:
                    f"{resp.timings.total_ms:.0f} ms, language {resp.language}]", err=True)
 
     @vl.command()
-    def info(target: str = TargetOpt, token: Optional[str] = TokenOpt) -> None:
+    def info(target: str = TargetOpt, token: str | None = TokenOpt) -> None:
         """Show what the server has loaded."""
         cpb, _, _ = _pb()
         resp = _call(target, token, lambda s, md: s.ModelInfo(cpb.ModelInfoRequest(), metadata=md))
@@ -137,7 +137,7 @@ def register(root: typer.Typer) -> None:
         image: list[Path] = typer.Option(..., help="image file (repeatable)"),
         text: list[str] = typer.Option(..., help="text (repeatable)"),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Cosine and CLIPScore-style scores, images x texts."""
         _, pb, _ = _pb()
@@ -153,9 +153,9 @@ def register(root: typer.Typer) -> None:
         text: str = typer.Option("", help="text to tokenize"),
         box: list[str] = typer.Option([], help="x_min,y_min,x_max,y_max normalised (repeatable)"),
         tokens: list[str] = typer.Option([], help="'<patch_index_XXXX><patch_index_YYYY>' (repeatable)"),
-        image: Optional[Path] = typer.Option(None, help="image, for its patch grid and pixel boxes"),
+        image: Path | None = typer.Option(None, help="image, for its patch grid and pixel boxes"),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Tokens of a text; boxes <-> location tokens."""
         from google.protobuf.json_format import MessageToDict
@@ -177,7 +177,7 @@ def register(root: typer.Typer) -> None:
         out: Path = typer.Option(Path("attention.png"), "--out", "-o", help="heatmap overlay PNG"),
         max_new_tokens: int = typer.Option(8, help="tokens to explain"),
         target: str = TargetOpt,
-        token: Optional[str] = TokenOpt,
+        token: str | None = TokenOpt,
     ) -> None:
         """Save the mean attention heatmap of a caption over the image, print per-token peaks."""
         _, pb, _ = _pb()

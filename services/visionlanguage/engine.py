@@ -27,25 +27,50 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from PIL import Image as PILImage
 
-from services.core.cancel import CancelToken
 from common.errors import (
-    Cancelled, DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, UnfragileError, Unavailable,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    UnfragileError,
 )
+from services.core.cancel import CancelToken
 from services.visionlanguage import grounding as g
 from services.visionlanguage import metrics as m
-from services.visionlanguage.settings import EngineConfig
 from services.visionlanguage.runner import (
-    DecodeBatch, ImageFeatures, ImagePrefix, ModelRunner, PrefillItem, PromptIds, StepOutput, sample_next,
+    DecodeBatch,
+    ImageFeatures,
+    ImagePrefix,
+    ModelRunner,
+    PrefillItem,
+    PromptIds,
+    StepOutput,
+    sample_next,
 )
+from services.visionlanguage.settings import EngineConfig
 from services.visionlanguage.types import (
-    AttentionMapRequest, AttentionMapResult, CaptionEvent, CaptionRequest, CaptionResult, EmbedRequest, EmbedResult,
-    ImageInput, ModelInfo, Sampling, SimilarityRequest, SimilarityResult, Timing, TokenizeRequest, TokenizeResult,
+    AttentionMapRequest,
+    AttentionMapResult,
+    CaptionEvent,
+    CaptionRequest,
+    CaptionResult,
+    EmbedRequest,
+    EmbedResult,
+    ImageInput,
+    ModelInfo,
+    Sampling,
+    SimilarityRequest,
+    SimilarityResult,
+    Timing,
+    TokenizeRequest,
+    TokenizeResult,
 )
 
 log = logging.getLogger(__name__)
@@ -247,7 +272,7 @@ class Engine:
                 except queue.Empty:
                     kind, payload = "", None
                 if kind == "cancelled" or cancel.cancelled:
-                    raise stopped_error(cancel)
+                    raise cancel.error("generation")
                 if kind == "queued":
                     if payload != last_pos:
                         last_pos = payload
@@ -314,7 +339,7 @@ class Engine:
             except queue.Empty:
                 kind, payload = "", None
             if kind == "cancelled" or cancel.cancelled:
-                raise stopped_error(cancel)
+                raise cancel.error("generation")
             if kind == "result":
                 return payload
             if kind == "error":
@@ -452,7 +477,7 @@ class Engine:
                 if self._running:
                     self._step()
                     self._drop_done()
-            except Exception as exc:  # noqa: BLE001 - keep serving; fail only the affected requests
+            except Exception as exc:
                 log.exception("scheduler step failed")
                 err = exc if isinstance(exc, UnfragileError) else Internal(
                     "model execution failed; the server logged the details")
@@ -504,12 +529,12 @@ class Engine:
 
     def _finish_cancelled(self, item: Seq | _Task) -> None:
         m.FINISHED.labels("cancelled").inc()
-        item.job.post("error", stopped_error(item.job.cancel))
+        item.job.post("error", item.job.cancel.error("generation"))
 
     def _exec_task(self, task: _Task) -> None:
         try:
             task.job.post("result", task.fn())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not isinstance(exc, UnfragileError):
                 log.exception("task failed")
                 exc = Internal("model execution failed; the server logged the details")
@@ -615,7 +640,7 @@ class Engine:
             if s.finish is not None:
                 return
             if s.cancelled:
-                raise stopped_error(s.job.cancel)
+                raise s.job.cancel.error("generation")
             out = self.runner.decode(batch, [s.pending], with_attention=s.with_attention)  # type: ignore[list-item]
 
     def _beam_search(self, s: Seq) -> None:
@@ -623,7 +648,7 @@ class Engine:
         feats = self._features([s.image])
         ids = self.runner.beam_search(PrefillItem(s.pids, feats[0]), s.sampling, lambda: s.cancelled)
         if s.cancelled:
-            raise stopped_error(s.job.cancel)
+            raise s.job.cancel.error("generation")
         s.first_token = s.last_token = time.perf_counter()
         eos = ids.index(self.runner.eos_id) if self.runner.eos_id in ids else -1
         gen = ids[:eos] if eos >= 0 else ids
@@ -638,13 +663,6 @@ class Engine:
         s.finish = reason
         m.FINISHED.labels(reason).inc()
         s.job.post("done", s)
-
-
-def stopped_error(token: CancelToken) -> UnfragileError:
-    """DEADLINE_EXCEEDED when the deadline passed (the gRPC callback fires for both), else CANCELLED."""
-    if token.deadline_passed:
-        return DeadlineExceeded("the request deadline passed before generation finished")
-    return Cancelled(f"request stopped: {token.reason}")
 
 
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -32,7 +32,7 @@ class NormBox:
     x_max: float
     y_max: float
 
-    def validate(self, field: str = "box") -> "NormBox":
+    def validate(self, field: str = "box") -> NormBox:
         vals = (self.x_min, self.y_min, self.x_max, self.y_max)
         if any(not (0.0 <= v <= 1.0) for v in vals):
             raise InvalidArgument(f"{field} coordinates must be normalised to [0, 1], got {vals}")

@@ -6,15 +6,20 @@ errors are typed domain errors that the core interceptor maps to status codes.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
-from services.core.cancel import CancelToken
 from common.errors import Unavailable
+from services.core.cancel import CancelToken
 from services.visionlanguage.engine import Engine
 from services.visionlanguage.types import (
-    AttentionMapRequest, CaptionRequest, EmbedRequest, Limits, SimilarityRequest, TokenizeRequest,
+    AttentionMapRequest,
+    CaptionRequest,
+    EmbedRequest,
+    Limits,
+    SimilarityRequest,
+    TokenizeRequest,
 )
 from unfragile.common.v1 import common_pb2
 from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb

@@ -8,8 +8,8 @@ engine and runner only see well-formed requests and every client mistake becomes
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from PIL import Image as PILImage
 
@@ -67,13 +67,13 @@ class ImageInput:
         return self.image.height
 
     @classmethod
-    def from_pb(cls, img: common_pb2.Image, limits: Limits, field_name: str = "image") -> "ImageInput":
+    def from_pb(cls, img: common_pb2.Image, limits: Limits, field_name: str = "image") -> ImageInput:
         data = bytes(img.data)
         decoded = decode_image(data, max_pixels=limits.max_image_pixels, field=field_name)
         return cls(decoded, hashlib.sha256(data).hexdigest())
 
     @classmethod
-    def from_pil(cls, image: PILImage.Image) -> "ImageInput":
+    def from_pil(cls, image: PILImage.Image) -> ImageInput:
         rgb = image.convert("RGB")
         return cls(rgb, hashlib.sha256(rgb.tobytes() + repr(rgb.size).encode()).hexdigest())
 
@@ -93,7 +93,7 @@ class Sampling:
         return self.temperature == 0.0
 
     @classmethod
-    def from_pb(cls, s: pb.SamplingParams, limits: Limits) -> "Sampling":
+    def from_pb(cls, s: pb.SamplingParams, limits: Limits) -> Sampling:
         max_new = s.max_new_tokens or limits.default_max_new_tokens
         if max_new > limits.max_new_tokens_limit:
             raise InvalidArgument(
@@ -140,7 +140,7 @@ class CaptionRequest:
     sampling: Sampling
 
     @classmethod
-    def from_pb(cls, req: pb.CaptionRequest, limits: Limits) -> "CaptionRequest":
+    def from_pb(cls, req: pb.CaptionRequest, limits: Limits) -> CaptionRequest:
         check_model(req.model, limits)
         if req.mode not in MODES:
             raise InvalidArgument(f"unknown mode {req.mode}; use one of {', '.join(pb.CaptionMode.keys())}")
@@ -281,7 +281,7 @@ class EmbedRequest:
     texts: tuple[str, ...]
 
     @classmethod
-    def from_pb(cls, req: pb.EmbedRequest, limits: Limits) -> "EmbedRequest":
+    def from_pb(cls, req: pb.EmbedRequest, limits: Limits) -> EmbedRequest:
         check_model(req.model, limits)
         if not req.images and not req.texts:
             raise InvalidArgument("nothing to embed: send at least one image or one text")
@@ -312,7 +312,7 @@ class SimilarityRequest:
     texts: tuple[str, ...]
 
     @classmethod
-    def from_pb(cls, req: pb.SimilarityRequest, limits: Limits) -> "SimilarityRequest":
+    def from_pb(cls, req: pb.SimilarityRequest, limits: Limits) -> SimilarityRequest:
         check_model(req.model, limits)
         return cls(_images(req.images, limits, False), _texts(req.texts, "texts", False))
 
@@ -340,7 +340,7 @@ class TokenizeRequest:
     location_tokens: tuple[str, ...]
 
     @classmethod
-    def from_pb(cls, req: pb.TokenizeRequest, limits: Limits) -> "TokenizeRequest":
+    def from_pb(cls, req: pb.TokenizeRequest, limits: Limits) -> TokenizeRequest:
         image = ImageInput.from_pb(req.image, limits) if req.HasField("image") else None
         if len(req.text) > MAX_PROMPT_CHARS:
             raise InvalidArgument(f"text is {len(req.text)} characters; the limit is {MAX_PROMPT_CHARS}")
@@ -382,7 +382,7 @@ class AttentionMapRequest:
     per_token_overlays: bool
 
     @classmethod
-    def from_pb(cls, req: pb.AttentionMapRequest, limits: Limits) -> "AttentionMapRequest":
+    def from_pb(cls, req: pb.AttentionMapRequest, limits: Limits) -> AttentionMapRequest:
         if not req.HasField("caption"):
             raise InvalidArgument("caption is missing: send the CaptionRequest whose generation to explain")
         cap = CaptionRequest.from_pb(req.caption, limits)

@@ -8,8 +8,8 @@ import time
 import pytest
 from PIL import Image
 
-from services.core.cancel import CancelToken
 from common.errors import Cancelled, DeadlineExceeded, InvalidArgument, ModelUnavailable
+from services.core.cancel import CancelToken
 from services.core.images import decode_image, encode_png
 from services.core.loading import pretrained_source
 from services.core.settings import GrpcServerSettings, ModelSettings

@@ -10,7 +10,7 @@ Bad calls assert the exact status code, so the test also checks the error mappin
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from deploy_support import DEPLOY, DEPLOYED, ENV_PREFIXES, GATEWAY, ROOT, SERVICES, settings_fields
 
 COMPOSE = DEPLOY / "docker-compose.yml"

@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from deploy_support import DEPLOY, GATEWAY, ROOT, SERVICES, settings_fields
 
 DOCKER = DEPLOY / "docker"

@@ -12,12 +12,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import kustomize_lite
 import pytest
 import yaml
-
-import kustomize_lite
-from deploy_support import (ADAPTER_VALUES, DEPLOYED, ENV_PREFIXES, GATEWAY, K8S, METRICS_PORTS, MIN_K8S, SERVICES,
-                            registered_metrics, settings_fields)
+from deploy_support import (
+    ADAPTER_VALUES,
+    DEPLOYED,
+    ENV_PREFIXES,
+    GATEWAY,
+    K8S,
+    METRICS_PORTS,
+    MIN_K8S,
+    SERVICES,
+    registered_metrics,
+    settings_fields,
+)
 
 try:
     import kubernetes_validate

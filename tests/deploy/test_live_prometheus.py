@@ -20,16 +20,26 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+import live_traffic
 import pytest
 import yaml
-
-import live_traffic
-from deploy_support import (DEPLOY, GATEWAY, RULES, SERVICES, Query, adapter_queries, alert_rules,
-                            dashboard_queries, gateway_missing, prometheus_bin, rule_queries, service_missing,
-                            services_needed)
+from deploy_support import (
+    DEPLOY,
+    GATEWAY,
+    RULES,
+    SERVICES,
+    Query,
+    adapter_queries,
+    alert_rules,
+    dashboard_queries,
+    gateway_missing,
+    prometheus_bin,
+    rule_queries,
+    service_missing,
+    services_needed,
+)
 
 PROMETHEUS = prometheus_bin()
 pytestmark = [
@@ -164,7 +174,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(metrics_ports, prom_port)))
     targets = {n: stack.target(n) for n in running} | {GATEWAY.name: f"http://127.0.0.1:{gw_port}"}
     prom = gw = None
-    prom_log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in finally
+    prom_log = open(tmp / "prometheus.log", "wb")
     try:
         stack.start(running, timeout=240)
         if with_gateway:

@@ -12,9 +12,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from deploy_support import (DASHBOARDS, DEPLOY, DEPLOYED, RULES, SERVICES, adapter_queries, alert_rules, dashboard_files,
-                            dashboard_queries, metric_names_in, promtool, registered_metrics, series_owner)
+from deploy_support import (
+    DASHBOARDS,
+    DEPLOY,
+    DEPLOYED,
+    RULES,
+    SERVICES,
+    adapter_queries,
+    alert_rules,
+    dashboard_files,
+    dashboard_queries,
+    metric_names_in,
+    promtool,
+    registered_metrics,
+    series_owner,
+)
 
 PROMTOOL = promtool()
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package `prometheus`; "

@@ -8,11 +8,11 @@ import grpc
 import numpy as np
 import pytest
 
+from services.core.client import channel
 from tests.diffusion.conftest import decode, make_settings, params, result_of, start
 from unfragile.common.v1 import common_pb2 as cpb
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
 from unfragile.diffusion.v1 import diffusion_pb2_grpc as pb_grpc
-from services.core.client import channel
 
 
 def _pixels(img: pb.GeneratedImage) -> np.ndarray:

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from services.core.cancel import CancelToken
 from common.errors import Cancelled, ResourceExhausted, UnfragileError
+from services.core.cancel import CancelToken
 from services.diffusion.engine import Engine, EngineConfig, GenJob
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRegistry
 from services.diffusion.runner import Interrupted

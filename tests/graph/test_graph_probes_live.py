@@ -7,7 +7,7 @@ to Bradley-Terry, embeddings used by Search, degradation when the service stops)
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

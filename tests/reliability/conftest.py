@@ -8,8 +8,9 @@ child-process servers (drain, crash) are started by the tests themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import pytest

@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from PIL import Image
@@ -171,7 +172,7 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def wait_serving(self, timeout: float = 120.0) -> "ServerProcess":
+    def wait_serving(self, timeout: float = 120.0) -> ServerProcess:
         if not self._port_seen.wait(timeout) or self.port is None:
             self.kill()
             raise RuntimeError(f"{self.service} did not start (exit {self.proc.poll()}):\n{self.log[-4000:]}")

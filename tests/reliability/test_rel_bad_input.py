@@ -15,8 +15,15 @@ import grpc
 import pytest
 
 from services.core.client import health_status
-from tests.reliability.relhelpers import (SERVICE_NAMES, code_of, png, png_with_header_size, raw_method,
-                                          truncated_png, zlib_bomb_png)
+from tests.reliability.relhelpers import (
+    SERVICE_NAMES,
+    code_of,
+    png,
+    png_with_header_size,
+    raw_method,
+    truncated_png,
+    zlib_bomb_png,
+)
 from unfragile.common.v1 import common_pb2 as cpb
 from unfragile.diffusion.v1 import diffusion_pb2 as dpb
 from unfragile.diffusion.v1 import diffusion_pb2_grpc as dgrpc

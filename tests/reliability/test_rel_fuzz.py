@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -21,8 +22,8 @@ from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.core.client import health_status
 from common.errors import UnfragileError
+from services.core.client import health_status
 from tests.reliability.relhelpers import SERVICE_NAMES, code_of, png, raw_method, rpc_kinds, truncated_png
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,

@@ -14,9 +14,11 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
+
 from services.core.client import health_status
 from tests.reliability.relhelpers import SERVICE_NAMES, metric, png, retry_after_ms, rss_bytes, wait_until
 

@@ -17,14 +17,15 @@ import itertools
 import logging
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import pytest
 
-from services.core.client import bearer, channel
 from common.errors import ModelUnavailable
+from services.core.client import bearer, channel
 from tests.reliability.conftest import TOKENS
 from tests.reliability.relhelpers import code_of, png
 from unfragile.common.v1 import common_pb2 as cpb
@@ -231,11 +232,10 @@ def _pickled_weights(path: Path, state: dict[str, Any], marker: Path) -> None:
 
 
 def test_visionlanguage_refuses_a_pickle_only_checkpoint(models_dir, tmp_path) -> None:
+    import torch
     from safetensors.torch import load_file
 
     from services.visionlanguage.runner import Kosmos2Runner
-
-    import torch
 
     folder = tmp_path / "pickled-kosmos2"
     shutil.copytree(models_dir / "tiny-kosmos2", folder)
@@ -249,11 +249,10 @@ def test_visionlanguage_refuses_a_pickle_only_checkpoint(models_dir, tmp_path) -
 
 
 def test_diffusion_refuses_a_pickle_only_component_and_adapter(models_dir, tmp_path, servers) -> None:
+    import torch
     from safetensors.torch import load_file
 
     from services.diffusion.runner import DiffusersRunner
-
-    import torch
 
     folder = tmp_path / "pickled-sd"
     shutil.copytree(models_dir / "tiny-sd", folder)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import urllib.request
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from services.core.images import decode_image

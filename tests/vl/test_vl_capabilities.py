@@ -8,7 +8,8 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from services.visionlanguage import grounding as g

@@ -7,8 +7,8 @@ and check that the server returns exactly the reference entities and pixel boxes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch

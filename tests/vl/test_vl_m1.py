@@ -8,10 +8,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.core.client import channel as make_channel
+from tests.vl.vlhelpers import caption_request, image_pb, png, rpc_code, start
 from unfragile.common.v1 import common_pb2
 from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
-
-from tests.vl.vlhelpers import caption_request, image_pb, png, rpc_code, start
 
 FULL = "unfragile.visionlanguage.v1.VisionLanguage"
 
