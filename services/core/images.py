@@ -44,7 +44,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, field: st
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise InvalidArgument(f"{field} is too large to decode safely (decompression bomb)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InvalidArgument(f"{field} could not be decoded ({exc.__class__.__name__}: truncated or corrupt)") from None
+        raise InvalidArgument(
+            f"{field} could not be decoded ({exc.__class__.__name__}: truncated or corrupt)") from None
     return img.convert("RGB")
 
 

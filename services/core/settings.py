@@ -43,7 +43,8 @@ def describe(settings_cls: type[BaseModel]) -> list[tuple[str, str, str, str]]:
     rows = []
     for name, info in settings_cls.model_fields.items():
         default = "" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "").replace("pathlib.", "")
+        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation)
+        annotation = annotation.replace("typing.", "").replace("pathlib.", "")
         rows.append((name, annotation, default, info.description or ""))
     return rows
 

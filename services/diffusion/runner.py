@@ -25,7 +25,8 @@ from PIL import Image
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.core.loading import pretrained_source
-from services.diffusion.types import SCHEDULER_NAMES, AdapterSpec, GenerateRequest, ModelFacts
+from services.core.modelinfo import ModelInfo
+from services.diffusion.types import SCHEDULER_NAMES, AdapterSpec, GenerateRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class BatchItem:
 class Runner(Protocol):
     """What the engine needs from model execution (tests can substitute a fake)."""
 
-    def facts(self) -> ModelFacts: ...
+    def facts(self) -> ModelInfo: ...
     def native_size(self) -> int: ...
     def run(self, items: Sequence[BatchItem], on_step: StepHook) -> list[list[Image.Image]]: ...
     def preview(self, latents: Any, mode: str) -> list[Image.Image]: ...
@@ -166,12 +167,12 @@ class DiffusersRunner:
     def native_size(self) -> int:
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
 
-    def facts(self) -> ModelFacts:
+    def facts(self) -> ModelInfo:
         modules = [self.pipe.unet, self.pipe.vae, self.pipe.text_encoder]
         if self.has_inpaint_unet and self.inpaint.unet is not self.pipe.unet:
             modules.append(self.inpaint.unet)
         params = sum(p.numel() for m in modules for p in m.parameters())
-        return ModelFacts(
+        return ModelInfo(
             model_id=self.model,
             architecture=type(self.pipe).__name__,
             device=str(self.device),

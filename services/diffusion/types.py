@@ -454,21 +454,5 @@ class AdapterInfo:
                           final_loss=self.final_loss, created_at=self.created_at, base_model=self.base_model)
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What ModelInfo reports."""
-
-    model_id: str
-    architecture: str
-    device: str
-    dtype: str
-    parameters: int
-    details: dict[str, str]
-
-    def to_pb(self) -> cpb.ModelInfoResponse:
-        return cpb.ModelInfoResponse(model_id=self.model_id, architecture=self.architecture, device=self.device,
-                                     dtype=self.dtype, parameters=self.parameters, details=self.details)
-
-
 def png_of(img: Image.Image) -> bytes:
     return encode_png(img)

@@ -47,7 +47,7 @@ class GrpcEmbedder:
         for i in range(0, len(texts), 32):
             chunk = [t if t.strip() else "-" for t in texts[i:i + 32]]
             resp = _call(self.target, "VisionLanguage.Embed",
-                         lambda: self.stub.Embed(self.pb.EmbedRequest(texts=chunk), timeout=self.timeout))
+                         lambda chunk=chunk: self.stub.Embed(self.pb.EmbedRequest(texts=chunk), timeout=self.timeout))
             out += [list(e.values) for e in resp.text_embeddings]
         return np.array(out, dtype=np.float64)
 

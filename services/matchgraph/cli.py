@@ -42,7 +42,8 @@ def seed(target: str = TargetOpt) -> None:
     try:
         for m in SEED_MODELS:
             r = stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(m)), timeout=30)
-            typer.echo(f"{'created' if r.created else 'updated'} {r.model.id} ({len(r.model.capabilities)} capabilities)")
+            verb = "created" if r.created else "updated"
+            typer.echo(f"{verb} {r.model.id} ({len(r.model.capabilities)} capabilities)")
     except Exception as exc:
         _fail(exc)
 

@@ -42,6 +42,7 @@ from common.errors import (
     UnfragileError,
 )
 from services.core.cancel import CancelToken
+from services.core.modelinfo import ModelInfo
 from services.visionlanguage import grounding as g
 from services.visionlanguage import metrics as m
 from services.visionlanguage.runner import (
@@ -64,7 +65,6 @@ from services.visionlanguage.types import (
     EmbedRequest,
     EmbedResult,
     ImageInput,
-    ModelInfo,
     Sampling,
     SimilarityRequest,
     SimilarityResult,

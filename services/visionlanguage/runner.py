@@ -28,7 +28,8 @@ from torch import nn
 
 from common.errors import InvalidArgument, ModelUnavailable
 from services.core.loading import pretrained_source
-from services.visionlanguage.types import ImageInput, ModelInfo, Sampling
+from services.core.modelinfo import ModelInfo
+from services.visionlanguage.types import ImageInput, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +366,8 @@ class Kosmos2Runner:
         attn = torch.tensor(mask, device=dev)
         with self._eager(with_attention):
             out = self.model.text_model(
-                input_ids=torch.tensor(ids, device=dev), attention_mask=attn, position_ids=torch.tensor(pos, device=dev),
+                input_ids=torch.tensor(ids, device=dev), attention_mask=attn,
+                position_ids=torch.tensor(pos, device=dev),
                 past_key_values=cache, use_cache=True, logits_to_keep=1, output_attentions=with_attention)
         keys, values = self._cache_tensors(out.past_key_values)
         next_pos = torch.tensor([self.pad_id + 1 + len(it.prompt.ids) for it in items], device=dev)

@@ -412,17 +412,3 @@ class AttentionMapResult:
         return resp
 
 
-@dataclass
-class ModelInfo:
-    model_id: str
-    architecture: str
-    device: str
-    dtype: str
-    parameters: int
-    quantization: str
-    details: dict[str, str]
-
-    def to_pb(self) -> common_pb2.ModelInfoResponse:
-        return common_pb2.ModelInfoResponse(model_id=self.model_id, architecture=self.architecture, device=self.device,
-                                            dtype=self.dtype, parameters=self.parameters,
-                                            quantization=self.quantization, details=self.details)
