@@ -1,8 +1,7 @@
 """ETag / If-None-Match for every GET answer built from a MatchGraph snapshot.
 
 The tag is ``"<snapshot>-<digest>"``: the rank snapshot version the MatchGraph
-reports (once its responses carry one, see docs/status/gateway-requests.md) plus a
-digest of the exact bytes sent. The digest alone already makes the tag change exactly
+reports with every answer, plus a digest of the exact bytes sent. The digest alone already makes the tag change exactly
 when the representation does; the version makes tags readable ("which snapshot am I
 looking at?") and lets caches tell snapshots apart. A matching If-None-Match gets
 304 with no body, so a search frontend polling a comparison page pays only for the
