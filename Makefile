@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[dev,onnx]'
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[all,dev,onnx]'
 	touch $@
 
 setup: $(VENV)/.installed protos

@@ -1,28 +1,18 @@
 """Typed domain errors: the one hierarchy every layer raises.
 
 Domain code (``graph/`` included) raises these without importing gRPC: each class names
-its status as a string, and only the ``code`` property turns it into a
-``grpc.StatusCode``. Exactly one place (``services/core/interceptor.py``) maps them to
-gRPC statuses. Each class fixes its status code, so a caller can never get ``INTERNAL``
+its status as a string, and exactly one place (``services/core/interceptor.py``) turns
+that name into a ``grpc.StatusCode``. Each class fixes its status code, so a caller can never get ``INTERNAL``
 for a mistake that was theirs (httpx's ``_exceptions.py`` is the model for the tree).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 
 class UnfragileError(Exception):
     """Base of every error a client is meant to see. ``status`` names the gRPC status code."""
 
     status: str = "INTERNAL"
-
-    @property
-    def code(self) -> Any:
-        """The ``grpc.StatusCode`` for ``status`` (gRPC imported only here, at mapping time)."""
-        import grpc
-
-        return getattr(grpc.StatusCode, self.status)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

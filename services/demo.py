@@ -87,6 +87,7 @@ def run_demo(stack: Stack, out_dir: Path) -> None:
     typer.echo(f"caption of that image (tiny random-weight Kosmos-2: expect nonsense): {caption_png(vl, png)}")
     typer.echo(f"quality probes: {run_probes(graph)}")
     typer.echo("\n" + compare_markdown(graph, *PAGE_PAIR))
-    from services.gateway.server import seed_compare_url
+    from graph.seed_data import KOSMOS2_ID, SD_ID
+    from services.gateway.server import compare_url
 
-    typer.echo(f"\nthe comparison page on the web: {seed_compare_url(stack.gateway_url)}")
+    typer.echo(f"\nthe comparison page on the web: {compare_url(stack.gateway_url, KOSMOS2_ID, SD_ID)}")

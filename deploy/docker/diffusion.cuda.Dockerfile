@@ -26,7 +26,7 @@ COPY . /app
 # stubs importable whatever the wheel packs.
 RUN pip install grpcio-tools==1.85.1 \
     && python -m services.core.protogen \
-    && pip install /app \
+    && pip install "/app[diffusion]" \
     && pip uninstall -y grpcio-tools \
     && install -m 0755 deploy/docker/grpc_health_check.py /usr/local/bin/grpc-health \
     && install -m 0755 deploy/docker/fetch_model.py /usr/local/bin/fetch-model \

@@ -1,8 +1,8 @@
 # gateway (HTTP: JSON API + pages in front of MatchGraph) image.
 # Build from the repository root:
 #   docker build -f deploy/docker/gateway.Dockerfile -t unfragile/gateway:cpu .
-# CPU build of torch only because the project's dependencies name it (the gateway runs
-# no model). Runs as a non-root user (uid 10001); health-checked on GET /healthz.
+# No torch: the image installs only the gateway's extra (`unfragile[gateway]`).
+# Runs as a non-root user (uid 10001); health-checked on GET /healthz.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
@@ -10,15 +10,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-ARG TORCH_SPEC="torch==2.13.0"
-ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
-RUN pip install "$TORCH_SPEC" --index-url "$TORCH_INDEX"
-
 WORKDIR /app
 COPY . /app
 RUN pip install grpcio-tools==1.85.1 \
     && python -m services.core.protogen \
-    && pip install /app \
+    && pip install "/app[gateway]" \
     && pip uninstall -y grpcio-tools \
     && useradd --uid 10001 --user-group --create-home --home-dir /home/unfragile unfragile
 

@@ -1,10 +1,8 @@
 # matchgraph (cpu) image.
 # Build from the repository root:
 #   docker build -f deploy/docker/matchgraph.Dockerfile -t unfragile/matchgraph:cpu .
-# CPU build of torch (the same 2.13.0 the test suite runs on).
+# No torch: MatchGraph runs no model; the image installs only `unfragile[matchgraph]`.
 # Runs as a non-root user (uid 10001); health-checked over the gRPC health protocol.
-# MatchGraph runs no model: CPU only (torch is installed only because the
-# project's dependencies name it; the CPU wheel keeps the image small).
 
 FROM python:3.11-slim
 
@@ -13,12 +11,6 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-# torch first, from the build-specific index, so the project's `torch>=2.4` is already
-# satisfied and this heavy layer is cached across code changes.
-ARG TORCH_SPEC="torch==2.13.0"
-ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
-RUN pip install "$TORCH_SPEC" --index-url "$TORCH_INDEX"
-
 WORKDIR /app
 COPY . /app
 # Generate the gRPC stubs (build output, never committed) into /app/unfragile, then
@@ -26,7 +18,7 @@ COPY . /app
 # stubs importable whatever the wheel packs.
 RUN pip install grpcio-tools==1.85.1 \
     && python -m services.core.protogen \
-    && pip install /app \
+    && pip install "/app[matchgraph]" \
     && pip uninstall -y grpcio-tools \
     && install -m 0755 deploy/docker/grpc_health_check.py /usr/local/bin/grpc-health \
     && install -m 0755 deploy/docker/fetch_model.py /usr/local/bin/fetch-model \

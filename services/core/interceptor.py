@@ -86,6 +86,11 @@ class ServerState:
             return self._idle.wait_for(lambda: self.in_flight <= 0, timeout)
 
 
+def status_code(err: UnfragileError) -> grpc.StatusCode:
+    """The gRPC status a domain error names."""
+    return getattr(grpc.StatusCode, err.status)  # type: ignore[no-any-return]  # the enum's members by name
+
+
 def _as_domain_error(exc: BaseException) -> UnfragileError:
     if isinstance(exc, UnfragileError):
         return exc
@@ -132,11 +137,11 @@ def _bounded(message: str) -> str:
 
 def _abort(context: grpc.ServicerContext, rec: _Recorder, exc: BaseException) -> None:
     err = _as_domain_error(exc)
-    rec.finish(err.code, err)
+    rec.finish(status_code(err), err)
     trailers = err.trailing_metadata()
     if trailers:
         context.set_trailing_metadata(trailers)
-    context.abort(err.code, _bounded(err.message))
+    context.abort(status_code(err), _bounded(err.message))
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):

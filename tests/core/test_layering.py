@@ -1,19 +1,110 @@
-"""The MatchGraph domain stays free of gRPC (API ⟂ domain), checked in a fresh interpreter."""
+"""Layers import only downward, checked on the source (AST) and in fresh interpreters.
+
+common <- graph <- services.core <- services.<service> <- services.cli / stack / demo.
+graph/ imports no gRPC and nothing from services/; the gateway imports nothing from graph/;
+the gateway and MatchGraph run without torch (their images do not install it).
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("visionlanguage", "diffusion", "matchgraph", "gateway")
+TOP = ("services.cli", "services.stack", "services.demo")
+
+
+def _package(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names ``path`` imports (at any depth: lazy imports count too)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def _forbidden(module: str) -> tuple[str, ...]:
+    """Prefixes ``module`` must not import."""
+    top = ("services.cli", "services.stack", "services.demo")
+    if module.startswith("common"):
+        return ("graph", "services", "unfragile", "grpc", "torch")
+    if module.startswith("graph"):
+        return ("services", "unfragile", "grpc")
+    if module.startswith("services.core"):
+        return (*(f"services.{s}" for s in SERVICES), *top, "graph")
+    for s in SERVICES:
+        if module.startswith(f"services.{s}"):
+            others = tuple(f"services.{o}" for o in SERVICES if o != s)
+            return (*others, *top, *(("graph",) if s == "gateway" else ()))
+    return ()
+
+
+def _violations() -> list[str]:
+    bad = []
+    for folder in ("common", "graph", "services"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            module = _package(path)
+            for imported in _imports(path):
+                for prefix in _forbidden(module):
+                    if imported == prefix or imported.startswith(prefix + "."):
+                        bad.append(f"{module} imports {imported}")
+    return bad
+
+
+def test_layers_import_only_downward():
+    assert _violations() == []
+    assert len(list((ROOT / "graph").glob("*.py"))) >= 10
+
+
+def _run_blocking(blocked: list[str], code: str) -> str:
+    """Run ``code`` in a fresh interpreter where importing any of ``blocked`` fails."""
+    prelude = "import sys\n" + "".join(f"sys.modules[{b!r}] = None\n" for b in blocked)
+    out = subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
 
 
 def test_graph_domain_imports_no_grpc():
-    modules = sorted(p.stem for p in (ROOT / "graph").glob("*.py") if p.stem != "__init__")
-    code = ("import sys\n" + "".join(f"import graph.{m}\n" for m in modules)
+    modules = sorted(_package(p) for p in (ROOT / "graph").rglob("*.py") if p.stem != "__init__")
+    code = ("".join(f"import {m}\n" for m in modules)
             + "bad = sorted(m for m in sys.modules if m == 'grpc' or m.startswith('grpc.'))\n"
             + "print(','.join(bad))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"graph/ pulled in gRPC modules: {out.stdout.strip()}"
-    assert len(modules) >= 10
+    assert _run_blocking([], code).strip() == ""
+
+
+MODEL_STACK = ["torch", "transformers", "diffusers", "peft", "accelerate", "PIL"]
+
+
+@pytest.mark.parametrize("service,extra_blocked", [
+    ("gateway", ["graph", "numpy", "scipy", "networkx", "sqlite_utils"]),
+    ("matchgraph", ["fastapi", "starlette", "uvicorn", "jinja2"]),
+])
+def test_gateway_and_matchgraph_run_without_torch(service, extra_blocked, tmp_path):
+    """What their images install is enough: the server is built, started and stopped."""
+    if service == "gateway":
+        code = ("from services.gateway.app import create_app\n"
+                "from services.gateway.settings import Settings\n"
+                "create_app(Settings(port=0))\nprint('ok')\n")
+    else:
+        db = tmp_path / "g.db"
+        code = ("from services.core.server import start_server\n"
+                "from services.matchgraph.app import build_service\n"
+                "from services.matchgraph.settings import Settings\n"
+                f"s = Settings(port=0, metrics_port=-1, db_path={str(db)!r})\n"
+                "start_server(s, build_service(s)).stop(0)\nprint('ok')\n")
+    code = "import services.cli\n" + code
+    assert _run_blocking([*MODEL_STACK, *extra_blocked], code).strip().endswith("ok")

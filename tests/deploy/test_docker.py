@@ -57,8 +57,12 @@ def test_recipe_runs_non_root_health_checked_and_serves_its_service(name: str, v
     assert env[f"{svc.env_prefix}HOST"] == "0.0.0.0"
     assert env[f"{svc.env_prefix}PORT"] == str(svc.port)
     assert env[f"{svc.env_prefix}METRICS_PORT"] == str(svc.metrics_port)
-    index = re.search(r'ARG TORCH_INDEX="([^"]+)"', path.read_text()).group(1)
-    assert index.endswith("/whl/cu128" if variant == "cuda" else "/whl/cpu")
+    assert f'pip install "/app[{name}]"' in path.read_text(), "installs only its own extra"
+    if svc.model_server:
+        index = re.search(r'ARG TORCH_INDEX="([^"]+)"', path.read_text()).group(1)
+        assert index.endswith("/whl/cu128" if variant == "cuda" else "/whl/cpu")
+    else:
+        assert "torch" not in path.read_text().replace("No torch", ""), "MatchGraph runs no model: no torch"
     fields = settings_fields(name)
     if fields is not None:
         for var in env:
@@ -70,7 +74,7 @@ def test_recipe_runs_non_root_health_checked_and_serves_its_service(name: str, v
 def test_build_context_is_trimmed_and_copied_scripts_exist(name: str, variant: str) -> None:
     path = _dockerfile(name, variant)
     ignore = Path(f"{path}.dockerignore").read_text().split()
-    for heavy in (".venv", ".models", ".git", "unfragile"):
+    for heavy in (".venv", ".models", ".git", "unfragile", "tests", "docs", "benchmarks"):
         assert heavy in ignore, f"{path.name}.dockerignore should exclude {heavy}"
     for script in re.findall(r"install -m 0755 (\S+)", path.read_text()):
         assert (ROOT / script).is_file(), script
@@ -84,6 +88,7 @@ def test_gateway_recipe_runs_non_root_and_serves_http() -> None:
     assert args["EXPOSE"].split() == [str(GATEWAY.port)]
     assert f"http://127.0.0.1:{GATEWAY.port}/healthz" in args["HEALTHCHECK"]
     assert args["ENTRYPOINT"] == '["python", "-m", "services.cli", "serve", "gateway"]'
+    assert 'pip install "/app[gateway]"' in path.read_text() and "TORCH" not in path.read_text()
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for op, rest in ins if op == "ENV")))
     assert env["UNFRAGILE_GATEWAY_HOST"] == "0.0.0.0" and env["UNFRAGILE_GATEWAY_PORT"] == str(GATEWAY.port)
     fields = settings_fields(GATEWAY.name)
