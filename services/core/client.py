@@ -78,7 +78,7 @@ def health_status(target: str, service: str = "", timeout: float = 2.0) -> str:
     """The grpc.health.v1 status name of ``service`` at ``target``, or "UNREACHABLE"."""
     with channel(target) as ch:
         try:
-            resp = health_pb2_grpc.HealthStub(ch).Check(
+            resp = health_pb2_grpc.HealthStub(ch).Check(  # type: ignore[attr-defined]  # stubs lack the generated methods
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.RpcError:

@@ -80,6 +80,8 @@ class Authorizer:
     def authorize(self, method: str, context: grpc.ServicerContext) -> Principal:
         """Return the caller, or raise Unauthenticated / PermissionDenied."""
         header = dict(context.invocation_metadata()).get("authorization", "")
+        if isinstance(header, bytes):  # only "-bin" keys carry bytes; be strict anyway
+            header = header.decode("utf-8", "replace")
         principal = None
         if header:
             scheme, _, token = header.partition(" ")

@@ -110,9 +110,8 @@ class ModelSettings(BaseSettings):
         else:
             device = torch.device(self.device)
         if self.dtype == "auto":
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
-        else:
-            dtype = getattr(torch, self.dtype, None)
-            if not isinstance(dtype, torch.dtype):
-                raise InvalidArgument(f"unknown dtype {self.dtype!r}; use float32, float16 or bfloat16")
+            return device, torch.float16 if device.type == "cuda" else torch.float32
+        dtype = getattr(torch, self.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise InvalidArgument(f"unknown dtype {self.dtype!r}; use float32, float16 or bfloat16")
         return device, dtype
