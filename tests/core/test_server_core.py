@@ -135,7 +135,8 @@ def test_metrics_endpoint_counts_by_method_and_code(running):
     assert 'unfragile_grpc_requests_total{code="INVALID_ARGUMENT",method="Echo",service="probe"}' in body
     assert 'unfragile_grpc_requests_total{code="OK",method="Echo",service="probe"}' in body
     assert 'unfragile_grpc_request_duration_seconds_bucket{code="OK",le="0.001",method="Echo",service="probe"}' in body
-    assert 'unfragile_errors_total{code="INVALID_ARGUMENT",error="InvalidArgument",method="Echo",service="probe"}' in body
+    assert ('unfragile_errors_total{code="INVALID_ARGUMENT",error="InvalidArgument",method="Echo",'
+            'service="probe"}') in body
     assert 'unfragile_model_ready{service="probe"} 1.0' in body
 
 

@@ -85,10 +85,8 @@ def diffusion(target: str, phase: int) -> None:
                     for k in range(2)]
         job = stub.StartFineTune(pb.StartFineTuneRequest(adapter_name=f"live-{phase}", examples=examples, steps=2,
                                                          resolution=64, overwrite=True), timeout=60)
-        last = None
-        for last in stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=120):
-            pass
-        assert last is not None
+        updates = list(stub.WatchJob(pb.WatchJobRequest(job_id=job.job_id), timeout=120))
+        assert updates
         stub.ListAdapters(pb.ListAdaptersRequest(), timeout=30)
         stub.ModelInfo(cpb.ModelInfoRequest(), timeout=30)
         expect_code(bad, lambda: stub.TextToImage(pb.TextToImageRequest(params=pb.GenerationParams(prompt=" ")),

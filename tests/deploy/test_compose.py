@@ -99,7 +99,7 @@ def test_grafana_is_provisioned_with_the_datasource_and_dashboards(compose) -> N
 def test_gpu_override_uses_cuda_images_and_reserves_a_gpu() -> None:
     gpu = yaml.safe_load(COMPOSE_GPU.read_text())
     assert set(gpu["services"]) == {n for n, s in SERVICES.items() if s.model_server}
-    for name, spec in gpu["services"].items():
+    for spec in gpu["services"].values():
         assert (ROOT / spec["build"]["dockerfile"]).is_file()
         assert spec["build"]["dockerfile"].endswith(".cuda.Dockerfile")
         (device,) = spec["deploy"]["resources"]["reservations"]["devices"]

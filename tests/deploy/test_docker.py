@@ -48,7 +48,8 @@ def test_recipe_runs_non_root_health_checked_and_serves_its_service(name: str, v
     ops = [op for op, _ in ins]
     args = {op: rest for op, rest in ins}  # last one wins, as in Docker
     assert ops[0] == "FROM"
-    assert re.fullmatch(r"\d+(:\d+)?", args["USER"]) and not args["USER"].startswith("0"), "run as a numeric non-root uid"
+    assert re.fullmatch(r"\d+(:\d+)?", args["USER"]) and not args["USER"].startswith("0"), \
+        "run as a numeric non-root uid"
     assert ops.index("USER") > max(i for i, op in enumerate(ops) if op == "RUN"), "USER after the last RUN"
     assert f'"grpc-health", "127.0.0.1:{svc.port}", "{svc.full_name}"' in args["HEALTHCHECK"]
     assert args["EXPOSE"].split() == [str(svc.port), str(svc.metrics_port)]

@@ -292,7 +292,8 @@ def _graph_events(call: int, batch: int, n: int, ids: list[str]) -> Any:
     events = []
     for k in range(n):
         matched = rng.sample(ids, 3)
-        events.append(pb.MatchEvent(event_id=f"crash{call}-{batch}-{k}", query=f"find {rng.choice(['cats', 'dogs', 'maps'])}",
+        query = f"find {rng.choice(['cats', 'dogs', 'maps'])}"
+        events.append(pb.MatchEvent(event_id=f"crash{call}-{batch}-{k}", query=query,
                                     matched=matched, compared=matched[:2] if k % 3 == 0 else [],
                                     clicked=matched[:1] if k % 2 == 0 else []))
     return pb.RecordMatchesRequest(events=events)

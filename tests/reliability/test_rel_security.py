@@ -129,7 +129,7 @@ def test_every_rpc_by_role(guarded, svc, role, open_reads) -> None:
             "graph": lambda: _graph_rpcs(guarded["records"])}[svc]()
     stub = guarded[svc if open_reads else f"{svc}_closed"]
     got = {}
-    for method, admin_rpc, request in rpcs:
+    for method, _admin_rpc, request in rpcs:
         code, details = _invoke(stub, method, request(), ROLES[role])
         if method == "RunProbes" and code == C.FAILED_PRECONDITION:
             code = C.OK  # authorized: it then needs model services, which this test does not run
