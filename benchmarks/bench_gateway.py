@@ -38,7 +38,7 @@ def run() -> list[Result]:
         return time.perf_counter() - t
 
     with tempfile.TemporaryDirectory() as tmp:
-        gs = GraphSettings(port=0, metrics_port=-1, db_path=Path(tmp) / "g.db")
+        gs = GraphSettings(port=0, metrics_port=-1, db_url=f"sqlite:///{Path(tmp) / 'g.db'}")
         graph = start_server(gs, build_service(gs))
         channel = grpc.insecure_channel(graph.address)
         stub = pb_grpc.MatchGraphStub(channel)

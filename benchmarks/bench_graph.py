@@ -20,6 +20,14 @@ edges). On that state:
   engine is dropped without its shutdown checkpoint), which adds the replay of the
   events since the last checkpoint.
 
+- ``graph.pg.ingest_over_sqlite``: events/s of ``RecordMatches`` over gRPC into a server on
+  PostgreSQL (a server this benchmark starts, fsync and synchronous_commit on) divided by the
+  same stream into a server on SQLite with its default ``synchronous=FULL``.
+- ``graph.sqlite.full_over_normal_ingest``: the same stream into SQLite with
+  ``synchronous=FULL`` (fsync at every commit: survives power loss) divided by ``NORMAL``.
+  Both storage entries use a smaller catalogue (``STORE_MODELS``) and take the best of two
+  rounds per backend, interleaved.
+
 Sizes can be scaled down with UNFRAGILE_BENCH_GRAPH_SCALE (e.g. 0.1) for a quick look;
 this is read here only because benchmarks are not services.
 """
@@ -48,14 +56,17 @@ N_MODELS = int(200_000 * SCALE)
 N_EVENTS = int(340_000 * SCALE)  # x 3 models each -> ~1M distinct co-match edges
 BATCH = 10_000
 CONFIG = EngineConfig(bootstrap_rounds=100, graph_bootstrap_rounds=20, graph_bootstrap_tol=1e-6)
+STORE_MODELS = max(2_000, int(20_000 * SCALE))
+STORE_EVENTS = max(10_000, int(100_000 * SCALE))
+STORE_BATCH = 5_000
 
 
-def _models(rng: np.random.Generator) -> list[ModelRecord]:
-    dl = rng.lognormal(6, 3, N_MODELS)
-    likes = rng.lognormal(2, 2, N_MODELS)
-    integ = rng.integers(0, 10, N_MODELS)
+def _models(rng: np.random.Generator, n: int = N_MODELS) -> list[ModelRecord]:
+    dl = rng.lognormal(6, 3, n)
+    likes = rng.lognormal(2, 2, n)
+    integ = rng.integers(0, 10, n)
     out = []
-    for i in range(N_MODELS):
+    for i in range(n):
         adoption = [Signal("downloads", float(int(dl[i])), "bench", "2026-01-01")]
         if i % 3:
             adoption.append(Signal("likes", float(int(likes[i])), "bench", "2026-01-01"))
@@ -64,13 +75,13 @@ def _models(rng: np.random.Generator) -> list[ModelRecord]:
     return out
 
 
-def _events(rng: np.random.Generator, n: int, start: int) -> list[MatchEvent]:
-    picks = rng.integers(0, N_MODELS, size=(n, 3))
+def _events(rng: np.random.Generator, n: int, start: int, n_models: int = N_MODELS) -> list[MatchEvent]:
+    picks = rng.integers(0, n_models, size=(n, 3))
     out = []
     for k in range(n):
         a, b, c = picks[k].tolist()
         if a == b or b == c or a == c:
-            a, b, c = a, (a + 1) % N_MODELS, (a + 2) % N_MODELS
+            a, b, c = a, (a + 1) % n_models, (a + 2) % n_models
         out.append(MatchEvent(f"ev{start + k}", f"query {(start + k) % 5000}", (f"m{a}", f"m{b}", f"m{c}"),
                               (f"m{a}",), ()))
     return out
@@ -96,20 +107,91 @@ def _rebuild_baseline(engine: Engine) -> float:
     return time.perf_counter() - t
 
 
+def _ingest_rate(db_url: str, messages: list, **sets: object) -> float:
+    """Events/s of one RecordMatches stream of ``messages`` into a fresh server on ``db_url``."""
+    import grpc
+
+    from services.core.server import start_server
+    from services.matchgraph.app import Settings, build_service
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+    settings = Settings(port=0, metrics_port=-1, db_url=db_url, bootstrap_rounds=CONFIG.bootstrap_rounds,
+                        graph_bootstrap_rounds=CONFIG.graph_bootstrap_rounds, **sets)
+    running = start_server(settings, build_service(settings))
+    try:
+        with grpc.insecure_channel(running.address) as ch:
+            stub = pb_grpc.MatchGraphStub(ch)
+            gc.collect()
+            t = time.perf_counter()
+            resp = stub.RecordMatches(iter(messages), timeout=1200)
+            elapsed = time.perf_counter() - t
+    finally:
+        running.stop(0)
+    assert resp.inserted == sum(len(m.events) for m in messages), resp
+    return resp.inserted / elapsed
+
+
+def storage_results() -> list[Result]:
+    """The two storage ratios: PostgreSQL vs SQLite ingest, SQLite FULL vs NORMAL (see the docstring)."""
+    from graph.store import StoreConfig, open_store, sqlite_url
+    from tests.pgserver import start_server as start_postgres
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    rng = np.random.default_rng(1)
+    models = _models(rng, STORE_MODELS)
+
+    def stream(round_: int) -> list:
+        events = _events(rng, STORE_EVENTS, round_ * STORE_EVENTS, STORE_MODELS)
+        return [pb.RecordMatchesRequest(events=[
+            pb.MatchEvent(event_id=e.event_id, query=e.query, matched=e.matched, compared=e.compared)
+            for e in events[i:i + STORE_BATCH]]) for i in range(0, len(events), STORE_BATCH)]
+
+    streams = [stream(r) for r in range(3)]
+    pg = start_postgres(durable=True)
+    rates: dict[str, list[float]] = {"full": [], "normal": [], "pg": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            urls = {"full": sqlite_url(Path(tmp) / "full.db"), "normal": sqlite_url(Path(tmp) / "normal.db"),
+                    "pg": pg.create_database("bench")}
+            sync = {"full": "FULL", "normal": "NORMAL", "pg": "FULL"}
+            for key, url in urls.items():
+                store = open_store(url, StoreConfig(sqlite_synchronous=sync[key]))  # type: ignore[arg-type]
+                store.bulk_insert_models(models)
+                store.close()
+            for messages in streams:  # interleaved rounds: drifting machine load hits all three alike
+                for key, url in urls.items():
+                    rates[key].append(_ingest_rate(url, messages, sqlite_synchronous=sync[key]))
+                    _log(f"ingest {key}: {rates[key][-1]:,.0f} events/s")
+    finally:
+        pg.destroy()
+    best = {k: max(v) for k, v in rates.items()}
+    what = (f"{STORE_EVENTS} events x 3 models per round as {STORE_EVENTS // STORE_BATCH} RecordMatches messages "
+            f"of {STORE_BATCH} over gRPC, {STORE_MODELS} models; best of {len(streams)} interleaved rounds")
+    return [
+        Result("graph.pg.ingest_over_sqlite", best["pg"] / best["full"], 0.8, "higher", "ratio",
+               "SQLite (synchronous=FULL, the default) ingest through the same RPC",
+               f"{what}: PostgreSQL {best['pg']:,.0f} events/s (COPY + advisory lock + ON CONFLICT, fsync on), "
+               f"SQLite {best['full']:,.0f} events/s; {_load()}"),
+        Result("graph.sqlite.full_over_normal_ingest", best["full"] / best["normal"], 0.8, "higher", "ratio",
+               "SQLite synchronous=NORMAL ingest through the same RPC",
+               f"{what}: FULL {best['full']:,.0f} events/s, NORMAL {best['normal']:,.0f} events/s; {_load()}"),
+    ]
+
+
 def run() -> list[Result]:
     import grpc
 
-    from graph.store import Store
+    from graph.store import SqliteStore
     from services.core.server import start_server
     from services.matchgraph.app import Settings, build_service
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
+    results: list[Result] = storage_results()
     rng = np.random.default_rng(0)
-    results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
-        store = Store(path)
+        store = SqliteStore(path)
         store.bulk_insert_models(_models(rng))
         engine = Engine(store, CONFIG)
         engine.load()
@@ -160,7 +242,8 @@ def run() -> list[Result]:
         ranks_orig = [(i, c.rank.value) for i, _n, c in engine.rank("", 100, 0)[0]]
         # -- Compare p99 over gRPC from warm state, on a server started after an unclean stop
         engine.store.close()
-        settings = Settings(port=0, metrics_port=-1, db_path=path, bootstrap_rounds=CONFIG.bootstrap_rounds,
+        settings = Settings(port=0, metrics_port=-1, db_url=f"sqlite:///{path}",
+                            bootstrap_rounds=CONFIG.bootstrap_rounds,
                             graph_bootstrap_rounds=CONFIG.graph_bootstrap_rounds,
                             graph_bootstrap_tol=CONFIG.graph_bootstrap_tol)
         del engine

@@ -59,9 +59,22 @@ class ResourceExhausted(UnfragileError):
 
 
 class Unavailable(UnfragileError):
-    """A dependency or the server itself cannot serve right now (draining, down)."""
+    """A dependency or the server itself cannot serve right now (draining, down).
+
+    With ``retry_after_s`` the status carries a ``retry-after-ms`` trailer, as
+    ``ResourceExhausted`` does (e.g. the MatchGraph database is restarting).
+    """
 
     status = "UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.retry_after_s is None:
+            return ()
+        return (("retry-after-ms", str(int(self.retry_after_s * 1000))),)
 
 
 class ModelUnavailable(Unavailable):

@@ -1,7 +1,8 @@
-"""Free-text search: SQLite FTS5 (BM25) fused with embedding similarity by reciprocal rank fusion.
+"""Free-text search: full text (SQLite FTS5 BM25, or PostgreSQL ts_rank_cd) fused with embedding
+similarity by reciprocal rank fusion.
 
 Two rankings of the catalogue's search documents (one per model name, one per
-capability) are made: BM25 from FTS5, and cosine similarity between the query's
+capability) are made: the store's full-text ranking (stop words dropped), and cosine similarity between the query's
 embedding and each document's embedding from the VisionLanguage service's ``Embed``.
 Each is reduced to one rank per model (its best document), and the model lists are fused
 with RRF, score = sum 1 / (k + rank) (Cormack et al. 2009; k = 60). When the embedder is

@@ -93,7 +93,7 @@ class Stack:
         if name == "diffusion":
             cmd += ["--set", f"adapters_dir={self.data_dir / 'adapters'}"]
         if name == "matchgraph":
-            cmd += ["--set", f"db_path={self.data_dir / 'matchgraph.db'}",
+            cmd += ["--set", f"db_url=sqlite:///{self.data_dir / 'matchgraph.db'}",
                     "--set", f"visionlanguage_target={self.target('visionlanguage')}",
                     "--set", f"diffusion_target={self.target('diffusion')}"]
         if name == GATEWAY:

@@ -31,7 +31,7 @@ ENV PYTHONPATH=/app \
     UNFRAGILE_GRAPH_HOST=0.0.0.0 \
     UNFRAGILE_GRAPH_PORT=50053 \
     UNFRAGILE_GRAPH_METRICS_PORT=9103 \
-    UNFRAGILE_GRAPH_DB_PATH=/data/matchgraph.db
+    UNFRAGILE_GRAPH_DB_URL=sqlite:////data/matchgraph.db
 
 USER 10001:10001
 VOLUME ["/models", "/data"]

@@ -1,6 +1,6 @@
 """MatchGraph service assembly: ``build_engine`` and ``build_service`` for the core server.
 
-"Loading the model" for this service means opening the SQLite database and rebuilding the
+"Loading the model" for this service means opening the database (SQLite or PostgreSQL) and rebuilding the
 in-memory graph and PageRank from it; health turns SERVING only after that.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from graph.config import EngineConfig
 from graph.engine import Engine
-from graph.store import Store
+from graph.store import StoreConfig, open_store
 from services.core.names import full_name
 from services.core.server import GrpcService
 from services.core.settings import section
@@ -30,7 +30,8 @@ __all__ = ["FULL_NAME", "Settings", "build_engine", "build_service"]
 
 
 def build_engine(settings: Settings, embedder: Any = None, probe_backend: Any = None) -> Engine:
-    """An engine over ``settings.db_path``; model-service clients are made from the targets unless given."""
+    """An engine over the store ``settings.db_url`` names; model-service clients are made from the targets
+    unless given."""
     if embedder is None and settings.visionlanguage_target:
         from services.matchgraph.backends import GrpcEmbedder
 
@@ -40,7 +41,8 @@ def build_engine(settings: Settings, embedder: Any = None, probe_backend: Any = 
 
         probe_backend = GrpcProbeBackend(settings.visionlanguage_target, settings.diffusion_target,
                                          settings.probe_timeout_s)
-    return Engine(Store(settings.db_path), section(settings, EngineConfig), embedder, probe_backend)
+    store = open_store(settings.db_url, section(settings, StoreConfig))
+    return Engine(store, section(settings, EngineConfig), embedder, probe_backend)
 
 
 class _ProbeSchedule:

@@ -1,4 +1,5 @@
-"""``unfragile graph ...``: client commands talking gRPC to a running MatchGraph server."""
+"""``unfragile graph ...``: client commands talking gRPC to a running MatchGraph server, and
+``migrate``, which copies a MatchGraph database between backends (SQLite -> PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import typer
 
 DEFAULT_TARGET = "127.0.0.1:50053"
-graph_app = typer.Typer(help="MatchGraph client: seed, compare, rank, search, record events, run probes.",
+graph_app = typer.Typer(help="MatchGraph client: seed, compare, rank, search, record events, run probes; "
+                        "migrate copies a database between backends.",
                         no_args_is_help=True)
 TargetOpt = typer.Option(DEFAULT_TARGET, "--target", help="MatchGraph host:port")
 
@@ -163,6 +165,39 @@ def probes(target: str = TargetOpt, max_prompts: int = typer.Option(0), seed: in
         typer.echo(f"  {m:30s} quality {q.value:.2f} (95% {q.low:.2f}–{q.high:.2f}, {q.evidence_count} outcomes)")
     for s in r.skipped:
         typer.echo(f"  skipped: {s}")
+
+
+@graph_app.command("migrate")
+def migrate(source: str = typer.Option(..., "--from", help="db_url to copy from, e.g. sqlite:///var/matchgraph.db"),
+            dest: str = typer.Option(..., "--to", help="db_url to copy into, e.g. postgresql://user@host:5432/db"),
+            quiet: bool = typer.Option(False, "--quiet", help="print only the summary")) -> None:
+    """Copy a match graph between stores (catalogue, events with their ids and order, probes, state).
+
+    Idempotent: run it again to append the events written since. Stop the server writing to
+    --from first (or run it again after stopping it) so nothing is left behind.
+    """
+    from common.errors import UnfragileError
+    from graph.store import open_store, parse_db_url
+    from graph.store.migrate import migrate as copy_store
+
+    try:
+        if parse_db_url(source) == parse_db_url(dest):
+            raise typer.BadParameter("--from and --to name the same database")
+        src, dst = open_store(source), open_store(dest)
+    except (ValueError, UnfragileError) as exc:
+        typer.echo(f"error: {getattr(exc, 'message', exc)}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        report = copy_store(src, dst, progress=(lambda _m: None) if quiet else typer.echo)
+    except UnfragileError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        src.close()
+        dst.close()
+    typer.echo(f"migrated {src.url} -> {dst.url}: {report.events_copied} events copied "
+               f"({report.events_before} already there), {report.rows.get('models', 0)} models, "
+               f"{report.rows.get('probe_runs', 0)} probe runs, {report.rows.get('graph_state', 0)} state rows")
 
 
 def register(root: typer.Typer) -> None:

@@ -1,29 +1,52 @@
 """MatchGraph service settings (environment prefix ``UNFRAGILE_GRAPH_``).
 
-The domain knobs are ``graph.config.EngineConfig``'s, inherited here so each is declared
-once and keeps its flat name (``--set bootstrap_rounds=100``).
+The domain knobs are ``graph.config.EngineConfig``'s and the storage knobs
+``graph.store.StoreConfig``'s, inherited here so each is declared once and keeps its flat
+name (``--set bootstrap_rounds=100``, ``--set sqlite_synchronous=NORMAL``).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from graph.config import EngineConfig
+from graph.store import StoreConfig, parse_db_url, sqlite_url
 from services.core.settings import GrpcServerSettings, settings_config
 
 
-class Settings(EngineConfig, GrpcServerSettings):
+class Settings(EngineConfig, StoreConfig, GrpcServerSettings):
     """MatchGraph settings (environment prefix ``UNFRAGILE_GRAPH_``)."""
 
     model_config = settings_config("UNFRAGILE_GRAPH_")
 
     port: int = Field(50053, ge=0, le=65535, description="gRPC port; 0 picks a free one (tests).")
     metrics_port: int = Field(9103, ge=-1, le=65535, description="Prometheus port; 0 = any free, -1 = off.")
-    db_path: Path = Field(Path("var/matchgraph.db"), description="SQLite database file (the source of truth).")
+    db_url: str = Field(
+        "sqlite:///var/matchgraph.db", description="The source of truth: sqlite:///relative/path.db, "
+        "sqlite:////absolute/path.db (embedded, the default) or postgresql://user@host:port/dbname (shared server "
+        "for one writer and many readers).")
+    db_path: Path | None = Field(
+        None, description="Deprecated: an SQLite file path, the same as db_url=sqlite:///<db_path>.")
     visionlanguage_target: str = Field(
         "", description="host:port of the VisionLanguage service (Embed for search, judge for probes); '' = none.")
     diffusion_target: str = Field("", description="host:port of the Diffusion service (probe images); '' = none.")
     probe_interval_s: float = Field(0.0, ge=0, description="Run probes every this many seconds; 0 = only on RPC.")
     probe_timeout_s: float = Field(120.0, gt=0, description="Deadline of each call to a model service in a probe.")
+
+    @field_validator("db_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        parse_db_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _db_path_alias(self) -> Settings:
+        if self.db_path is not None:
+            if "db_url" in self.model_fields_set:
+                raise ValueError("set db_url only (db_path is its deprecated SQLite-only alias)")
+            warnings.warn("db_path is deprecated: use db_url=sqlite:///<path>", DeprecationWarning, stacklevel=2)
+            self.db_url = sqlite_url(self.db_path)
+        return self

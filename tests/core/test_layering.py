@@ -104,7 +104,7 @@ def test_gateway_and_matchgraph_run_without_torch(service, extra_blocked, tmp_pa
         code = ("from services.core.server import start_server\n"
                 "from services.matchgraph.app import build_service\n"
                 "from services.matchgraph.settings import Settings\n"
-                f"s = Settings(port=0, metrics_port=-1, db_path={str(db)!r})\n"
+                f"s = Settings(port=0, metrics_port=-1, db_url='sqlite:///{db}')\n"
                 "start_server(s, build_service(s)).stop(0)\nprint('ok')\n")
     code = "import services.cli\n" + code
     assert _run_blocking([*MODEL_STACK, *extra_blocked], code).strip().endswith("ok")

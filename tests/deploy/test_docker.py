@@ -230,10 +230,10 @@ def test_matchgraph_and_gateway_images_start_from_their_own_env_and_pass_their_h
         s.close()
 
     env, entry, health = _image(_dockerfile("matchgraph", "cpu"))
-    assert env["UNFRAGILE_GRAPH_DB_PATH"].startswith("/data/")
+    assert env["UNFRAGILE_GRAPH_DB_URL"].startswith("sqlite:////data/")
     env |= {"UNFRAGILE_GRAPH_HOST": "127.0.0.1", "UNFRAGILE_GRAPH_PORT": str(graph_port),
             "UNFRAGILE_GRAPH_METRICS_PORT": str(graph_metrics), "HF_HOME": str(tmp_path / "hf"),
-            "UNFRAGILE_GRAPH_DB_PATH": str(tmp_path / env["UNFRAGILE_GRAPH_DB_PATH"].lstrip("/"))}
+            "UNFRAGILE_GRAPH_DB_URL": f"sqlite:///{tmp_path / env['UNFRAGILE_GRAPH_DB_URL'].removeprefix('sqlite:////')}"}
     health = [h.replace(f":{SERVICES['matchgraph'].port}", f":{graph_port}") for h in health]
     graph = subprocess.Popen(_localise(entry), env={**os.environ, **env}, cwd=ROOT)
     gateway = None

@@ -230,7 +230,7 @@ def test_volumes_claims_and_config_references_exist(rendered) -> None:
     graph = _by_kind(objs, "Deployment")["matchgraph"]
     assert graph["spec"]["replicas"] == 1 and graph["spec"]["strategy"]["type"] == "Recreate"  # one SQLite writer
     env = _env(_pod(graph)["containers"][0])
-    assert env["UNFRAGILE_GRAPH_DB_PATH"].startswith("/data/")
+    assert env["UNFRAGILE_GRAPH_DB_URL"].startswith("sqlite:////data/")
 
 
 def test_pods_are_annotated_for_scraping_on_their_metrics_port(rendered) -> None:

@@ -52,7 +52,8 @@ def seed_matchgraph(stub: pb_grpc.MatchGraphStub) -> None:
 @pytest.fixture(scope="session")
 def matchgraph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     db = tmp_path_factory.mktemp("gateway-graph") / "graph.db"
-    settings = GraphSettings(port=0, metrics_port=-1, db_path=db, bootstrap_rounds=200, graph_bootstrap_rounds=20)
+    settings = GraphSettings(port=0, metrics_port=-1, db_url=f"sqlite:///{db}", bootstrap_rounds=200,
+                             graph_bootstrap_rounds=20)
     server = start_server(settings, build_service(settings))
     with grpc.insecure_channel(server.address) as ch:
         seed_matchgraph(pb_grpc.MatchGraphStub(ch))
@@ -84,7 +85,7 @@ def base_url(gateway: RunningGateway) -> str:
 def fresh_graph(tmp_path: Path):
     """A MatchGraph of its own for tests that change data (the shared one stays as seeded,
     so its pages and screenshots are the same on every run)."""
-    settings = GraphSettings(port=0, metrics_port=-1, db_path=tmp_path / "g.db", bootstrap_rounds=50,
+    settings = GraphSettings(port=0, metrics_port=-1, db_url=f"sqlite:///{tmp_path / 'g.db'}", bootstrap_rounds=50,
                              graph_bootstrap_rounds=10)
     server = start_server(settings, build_service(settings))
     ch = grpc.insecure_channel(server.address)

@@ -26,7 +26,7 @@ def pki(pki: Path) -> Path:
 
 
 def test_https_gateway_to_mtls_matchgraph_with_token(pki: Path, tmp_path: Path):
-    gs = GraphSettings(host="localhost", port=0, metrics_port=-1, db_path=tmp_path / "g.db",
+    gs = GraphSettings(host="localhost", port=0, metrics_port=-1, db_url=f"sqlite:///{tmp_path / 'g.db'}",
                        tls_cert_file=pki / "server.pem", tls_key_file=pki / "server.key",
                        tls_client_ca_file=pki / "ca.pem", auth_tokens_file=pki / "tokens.txt",
                        allow_anonymous_reads=False)

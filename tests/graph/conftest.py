@@ -1,9 +1,13 @@
-"""Fixtures: real MatchGraph servers on port 0 over real gRPC channels, each on its own database."""
+"""Fixtures: real MatchGraph servers on port 0 over real gRPC channels, each on its own database.
+
+Servers run on the backend of the ``db_backend`` fixture (tests/conftest.py): every test that
+uses them runs on SQLite and on a real PostgreSQL, unless it pins one backend with
+``@pytest.mark.parametrize("db_backend", ["sqlite"])`` (validation and scoring maths only).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,12 +48,12 @@ class GraphServer:
 
 
 @pytest.fixture()
-def make_server(tmp_path: Path) -> Iterator[Callable[..., GraphServer]]:
+def make_server(graph_dbs: Any) -> Iterator[Callable[..., GraphServer]]:
     made: list[GraphServer] = []
 
     def make(name: str = "graph.db", **overrides: Any) -> GraphServer:
         engine_kwargs = {k: overrides.pop(k) for k in ("embedder", "probe_backend") if k in overrides}
-        kwargs: dict[str, Any] = dict(port=0, metrics_port=-1, db_path=tmp_path / name, bootstrap_rounds=200,
+        kwargs: dict[str, Any] = dict(port=0, metrics_port=-1, db_url=graph_dbs.url(name), bootstrap_rounds=200,
                                       graph_bootstrap_rounds=20)
         settings = Settings(**{**kwargs, **overrides})
         server = GraphServer(settings, **engine_kwargs)

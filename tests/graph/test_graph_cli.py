@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -16,6 +17,7 @@ def _app() -> typer.Typer:
     return root
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # a gRPC client: the server side is tested elsewhere
 def test_seed_then_compare_prints_the_page(make_server, tmp_path):
     s = make_server()
     app, runner = _app(), CliRunner()

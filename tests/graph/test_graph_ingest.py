@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from graph.store import Store
+from graph.store import SqliteStore, open_store
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 EXTRA = ["clip-vit-b-32", "blip-base", "sdxl", "dall-e-3", "llava-1-5", "owl-vit"]
@@ -110,7 +110,7 @@ def test_restart_rebuilds_identical_graph_and_ranks(make_server):
     np.testing.assert_array_equal(s.engine.graph.w.toarray(), w_before)
     # a cold rebuild (no checkpoint, no persisted vector: replay every event) gives the same graph,
     # and PageRank equal to the tolerance
-    s.engine.store.conn.execute("DELETE FROM graph_state")
+    s.engine.store.delete_state()
     s.engine.load()
     np.testing.assert_array_equal(s.engine.graph.w.toarray(), w_before)
     np.testing.assert_allclose(s.engine.graph.pr, pr_before, atol=1e-9)
@@ -150,16 +150,27 @@ def test_bad_events_are_rejected_without_partial_writes(seeded, event, words):
     assert seeded.engine.store.event_count() == 0
 
 
-def test_store_reopens_with_same_rows(tmp_path):
-    path = tmp_path / "s.db"
-    s = Store(path)
+def test_store_reopens_with_same_rows(graph_dbs):
     from graph.seed_data import KOSMOS2
 
+    url = graph_dbs.url("s.db")
+    s = open_store(url)
     s.upsert_model(KOSMOS2)
     s.close()
-    s2 = Store(path)
+    s2 = open_store(url)
     assert s2.get_model(KOSMOS2.id) == KOSMOS2
-    assert s2.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s2.model_nodes() == [(1, KOSMOS2.id)]
+    s2.close()
+
+
+@pytest.mark.parametrize("setting, pragma", [(None, 2), ("FULL", 2), ("NORMAL", 1)])
+def test_sqlite_is_wal_and_fsyncs_every_commit_by_default(tmp_path, setting, pragma):
+    from graph.store import StoreConfig
+
+    s = SqliteStore(tmp_path / "s.db", StoreConfig(sqlite_synchronous=setting) if setting else None)
+    assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == pragma  # 2 = FULL, 1 = NORMAL
+    s.close()
 
 
 def test_snapshot_version_changes_exactly_when_numbers_can(make_server, upsert_seed):
@@ -188,6 +199,7 @@ def test_snapshot_version_changes_exactly_when_numbers_can(make_server, upsert_s
     assert versions() == v3  # derived from stored data: stable across restarts
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # metrics plumbing, not storage
 def test_metrics_endpoint_shows_graph_metrics(make_server, upsert_seed):
     import urllib.request
 
@@ -202,7 +214,7 @@ def test_metrics_endpoint_shows_graph_metrics(make_server, upsert_seed):
     assert 'unfragile_grpc_requests_total{code="OK",method="Compare",service="matchgraph"}' in text
 
 
-def test_vectorised_pairs_equal_the_reference_definition():
+def test_vectorised_pairs_equal_the_reference_definition():  # pure maths: no backend
     from graph.matchgraph import pair_arrays, pairs_of
 
     rng = random.Random(3)

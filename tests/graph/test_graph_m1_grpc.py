@@ -16,6 +16,7 @@ SEED_FEATURES = ["Type", "UnfragileRank", "Adoption", "Quality", "Ecosystem", "M
                  "Capabilities", "Times Matched"]
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 def test_health_is_serving(seeded):
     stub = health_pb2_grpc.HealthStub(seeded.channel)
     for name in ("", "unfragile.matchgraph.v1.MatchGraph"):
@@ -99,6 +100,7 @@ def test_compare_is_deterministic(seeded):
     assert one.markdown == two.markdown and one.html == two.html
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 @pytest.mark.parametrize("req, code, words", [
     (pb.CompareRequest(a="kosmos2", b="nope-model"), grpc.StatusCode.NOT_FOUND, "not in the match graph"),
     (pb.CompareRequest(a="kosmos2", b=""), grpc.StatusCode.INVALID_ARGUMENT, "both a and b"),
@@ -110,6 +112,7 @@ def test_compare_bad_input(seeded, req, code, words):
     assert err.value.code() == code and words in err.value.details()
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 def test_not_found_suggests_close_names(seeded):
     with pytest.raises(grpc.RpcError) as err:
         seeded.stub.GetModel(pb.GetModelRequest(model="kosmos-2-patch14"))
@@ -130,6 +133,7 @@ def _bad_records():
     return cases
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 @pytest.mark.parametrize("record, words", _bad_records())
 def test_upsert_bad_input_is_invalid_argument_and_server_keeps_serving(seeded, record, words):
     with pytest.raises(grpc.RpcError) as err:
@@ -138,6 +142,7 @@ def test_upsert_bad_input_is_invalid_argument_and_server_keeps_serving(seeded, r
     assert seeded.stub.GetModel(pb.GetModelRequest(model="kosmos2")).model.id == "kosmos-2-patch14-224"
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 def test_upsert_missing_model_and_alias_collision(seeded):
     with pytest.raises(grpc.RpcError) as err:
         seeded.stub.UpsertModel(pb.UpsertModelRequest())

@@ -22,6 +22,9 @@ try:
 except ImportError as exc:  # the model services are built by other engineers in parallel
     pytest.skip(f"model services not importable yet: {exc}", allow_module_level=True)
 
+# The model services are what is under test here; the store is exercised by the other graph tests.
+pytestmark = pytest.mark.parametrize("db_backend", ["sqlite"])
+
 
 @pytest.fixture(scope="module")
 def model_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, RunningServer]]:

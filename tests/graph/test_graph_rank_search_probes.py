@@ -93,6 +93,7 @@ def test_search_degrades_to_fts_when_embedder_fails(make_server, upsert_seed):
     assert r.hits[0].model_id == "stable-diffusion"
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 def test_search_bad_input(seeded):
     for req in (pb.SearchRequest(query="  "), pb.SearchRequest(query="x" * 600), pb.SearchRequest(query="a", limit=101)):
         with pytest.raises(grpc.RpcError) as err:
@@ -170,6 +171,7 @@ def test_run_probes_feeds_quality_and_the_page(make_server, upsert_seed):
     assert any(e.kind == "probe_outcome" and "6 wins" in e.detail for e in ex.evidence)
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 def test_run_probes_without_backends_is_failed_precondition(seeded):
     with pytest.raises(grpc.RpcError) as err:
         seeded.stub.RunProbes(pb.RunProbesRequest())
@@ -212,6 +214,7 @@ def test_match_graph_lead_reports_records_to_flip(seeded):
     assert rank.records_to_flip != 0 and rank.fragile == (0 < rank.records_to_flip <= 5)
 
 
+@pytest.mark.parametrize("db_backend", ["sqlite"])  # the scheduler, not storage
 def test_probes_also_run_on_a_schedule(make_server, upsert_seed):
     import time
 

@@ -11,7 +11,7 @@ from graph.config import EngineConfig
 from graph.engine import Engine
 from graph.rank import Difference, Score
 from graph.records import ModelRecord, Pricing, Signal
-from graph.store import Store
+from graph.store import SqliteStore
 from graph.verdict import A_LEADS, B_LEADS, TIED, DimensionResult, headline, pricing_sentence, shown, verdict
 
 DIMS = ("adoption", "quality", "ecosystem", "match_graph")
@@ -100,7 +100,7 @@ models = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 500), st.integ
 @given(models=models, tier_a=tiers, tier_b=tiers, events=st.lists(st.lists(st.integers(0, 4), min_size=1,
                                                                             max_size=4, unique=True), max_size=30))
 def test_engine_pages_agree_with_their_numbers(models, tier_a, tier_b, events):
-    e = Engine(Store(":memory:"), EngineConfig(bootstrap_rounds=60, graph_bootstrap_rounds=10))
+    e = Engine(SqliteStore(":memory:"), EngineConfig(bootstrap_rounds=60, graph_bootstrap_rounds=10))
     e.load()
     for k, (dl, likes, integ) in enumerate(models):
         sig = [Signal("downloads", dl, "t", "2026-01-01"), Signal("likes", likes, "t", "2026-01-01")][: 1 + k % 2]

@@ -64,7 +64,7 @@ class Servers:
     def graph(self, db: Path, **kw: Any) -> RunningServer:
         from services.matchgraph.app import Settings, build_service
 
-        s = Settings(port=0, metrics_port=-1, db_path=db, grace_seconds=1, bootstrap_rounds=50,
+        s = Settings(port=0, metrics_port=-1, db_url=f"sqlite:///{db}", grace_seconds=1, bootstrap_rounds=50,
                      graph_bootstrap_rounds=10, **kw)
         return self._start(s, build_service(s))
 

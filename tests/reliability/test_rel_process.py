@@ -45,13 +45,22 @@ class Procs:
                                f"auth_tokens_file={tokens_file}"),
             "diffusion": (f"models_dir={models_dir}", f"adapters_dir={self.adapters}", f"grace_seconds={GRACE_S}",
                           "max_batch_images=1"),
-            "matchgraph": (f"db_path={self.db}", f"grace_seconds={GRACE_S}", *GRAPH_SETS),
+            "matchgraph": (f"db_url=sqlite:///{self.db}", f"grace_seconds={GRACE_S}", *GRAPH_SETS),
         }
         self.current: dict[str, ServerProcess] = {}
         self.all: list[ServerProcess] = []
 
+    def graph_on(self, graph_dbs: Any) -> tuple[str, str]:
+        """(process key, db_url) of a MatchGraph on the test's storage backend (SQLite: the module's)."""
+        if graph_dbs.backend == "sqlite":
+            return "matchgraph", f"sqlite:///{self.db}"
+        url = graph_dbs.url()
+        self.args["matchgraph@pg"] = (f"db_url={url}", f"grace_seconds={GRACE_S}", *GRAPH_SETS)
+        self.current.pop("matchgraph@pg", None)
+        return "matchgraph@pg", url
+
     def spawn(self, name: str) -> ServerProcess:
-        proc = ServerProcess(name, *self.args[name])
+        proc = ServerProcess(name.split("@")[0], *self.args[name])
         self.current[name] = proc
         self.all.append(proc)
         return proc
@@ -304,20 +313,21 @@ def _ranks(resp: Any) -> tuple[Any, ...]:
     return (resp.total, *(m.SerializeToString(deterministic=True) for m in resp.models))
 
 
-def test_matchgraph_kill9_mid_ingest_loses_no_acknowledged_event(procs, seed_records, servers) -> None:
+def test_matchgraph_kill9_mid_ingest_loses_no_acknowledged_event(procs, seed_records, servers, graph_dbs) -> None:
     """kill -9 while RecordMatches streams are in flight, then restart on the same database.
 
     Every event of an acknowledged RecordMatches is stored exactly once; each message of the
     unacknowledged streams is all-or-nothing (one transaction); the derived tables (co-match
     counts, per-model stats) equal a recount from the events; and the ranks after restart
     are identical to a fresh server fed the same stored events, and to a second restart.
+    Runs on SQLite and on PostgreSQL; the fresh server is an SQLite one either way.
     """
-    import sqlite3
-
+    from graph.store import open_store
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
-    proc = procs.get("matchgraph")
+    key, db_url = procs.graph_on(graph_dbs)
+    proc = procs.get(key)
     records = seed_records()
     ids = [r.id for r in records]
     ch = channel(proc.target)
@@ -379,17 +389,16 @@ def test_matchgraph_kill9_mid_ingest_loses_no_acknowledged_event(procs, seed_rec
     ch.close()
     assert errors and errors[0].code() == grpc.StatusCode.UNAVAILABLE  # the held stream was never acknowledged
 
-    restarted = procs.get("matchgraph")
+    restarted = procs.get(key)
     with channel(restarted.target) as ch2:
         stub2 = pb_grpc.MatchGraphStub(ch2)
         ranks_after_crash = stub2.Rank(pb.RankRequest(limit=100), timeout=60)
         replay = stub2.RecordMatches(iter([_graph_events(0, 0, 300, ids)]), timeout=60)
         assert replay.inserted == 0 and replay.duplicates == 300  # replays after the restart count nothing
-    db = procs.db
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    stored = [r[0] for r in conn.execute("SELECT event_id FROM events WHERE event_id LIKE 'crash%'")]
-    rows = conn.execute("SELECT event_id, query, matched, compared, clicked, ts_ms FROM events ORDER BY seq").fetchall()
-    conn.close()
+    store = open_store(db_url)
+    rows = [r[1:] for chunk in store.read_event_rows(0) for r in chunk]  # (event_id, query, ..., ts_ms) by seq
+    store.close()
+    stored = [r[0] for r in rows if r[0].startswith("crash")]
     assert len(stored) == len(set(stored)), "an event is stored twice"
     stored_set = set(stored)
     missing = [e for e in acked if e not in stored_set]
@@ -401,7 +410,7 @@ def test_matchgraph_kill9_mid_ingest_loses_no_acknowledged_event(procs, seed_rec
     # A second restart rebuilds the same ranks (nothing derived depends on process history).
     restarted.sigterm()
     assert restarted.wait(60) == 0
-    again = procs.get("matchgraph")
+    again = procs.get(key)
     with channel(again.target) as ch3:
         assert _ranks(pb_grpc.MatchGraphStub(ch3).Rank(pb.RankRequest(limit=100), timeout=60)) == \
             _ranks(ranks_after_crash)
@@ -417,7 +426,7 @@ def test_matchgraph_kill9_mid_ingest_loses_no_acknowledged_event(procs, seed_rec
     assert served == {i: tuple(c.get(i, 0) for c in counts) for i in ids}
 
     # A fresh server fed the stored events in order ranks the models identically.
-    fresh = servers.graph(db.parent / "replay.db")
+    fresh = servers.graph(graph_dbs.tmp_path / "replay.db")
     with channel(fresh.address) as ch4:
         stub4 = pb_grpc.MatchGraphStub(ch4)
         for rec in records:

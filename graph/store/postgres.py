@@ -1,0 +1,399 @@
+"""PostgreSQL backend on psycopg 3 with a connection pool: the scale-out store.
+
+Events are COPYed into a per-connection staging table, then moved into ``events`` under
+``pg_advisory_xact_lock``: holding the lock from reading ``MAX(seq)`` to COMMIT makes seq
+order equal commit order across concurrent writers, so a reader tailing ``seq > last``
+never skips an event; ``ON CONFLICT (event_id) DO NOTHING`` keeps ingest idempotent. Each
+committed batch that inserted anything sends one ``NOTIFY matchgraph, '<last seq>'``.
+Search is PostgreSQL full text (``tsvector`` + GIN, ``websearch_to_tsquery``,
+``ts_rank_cd``). A server that goes away turns calls into ``Unavailable`` with a retry
+hint; the pool checks connections before handing them out and reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from graph.records import MatchEvent, ModelRecord
+from graph.store.base import (
+    CHANGE_CHANNEL,
+    EVENT_COLUMNS,
+    LOCAL_META,
+    PORTABLE,
+    ProbeOutcomeRow,
+    ProbeResultRow,
+    StateRow,
+    Store,
+    StoreConfig,
+    chunks,
+    event_row,
+    now_ms,
+    record_from_json,
+    record_to_json,
+    search_doc_rows,
+    search_words,
+    signal_rows_of,
+    unique_events,
+)
+from graph.store.pg_support import (
+    EVENTS_LOCK,
+    IDENTITY,
+    ORDER_BY,
+    SCHEMA,
+    SCHEMA_LOCK,
+    ChangeListener,
+    redact,
+    translate_errors,
+    where,
+)
+
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS events_in (ord INTEGER, event_id TEXT, query TEXT, matched TEXT, "
+          "compared TEXT, clicked TEXT, ts_ms BIGINT) ON COMMIT DELETE ROWS")
+# The stored-already test is a per-row probe of the event_id index (a scalar subquery, never
+# flattened into a hash anti-join that would scan every stored event per batch).
+_MOVE = ("INSERT INTO events (seq, event_id, query, matched, compared, clicked, ts_ms) "
+         "SELECT %s + row_number() OVER (ORDER BY s.ord), s.event_id, s.query, s.matched, s.compared, s.clicked, "
+         "s.ts_ms FROM events_in s WHERE (SELECT e.seq FROM events e WHERE e.event_id = s.event_id) IS NULL "
+         "ORDER BY s.ord ON CONFLICT (event_id) DO NOTHING")
+_RANK_WEIGHTS = "{0.1, 0.2, 0.2, 1.0}"  # D, C, B (body), A (title): title 5x body, as FTS5's bm25(5, 1)
+_SEARCH = (f"WITH q AS (SELECT websearch_to_tsquery('english', %s) AS q), "
+           f"top AS (SELECT d.id, d.model_id, d.capability, d.body, ts_rank_cd('{_RANK_WEIGHTS}', d.tsv, q.q, 1) AS r "
+           f"FROM search_docs d, q WHERE d.tsv @@ q.q ORDER BY r DESC, d.id LIMIT %s) "
+           f"SELECT top.model_id, top.capability, -top.r, ts_headline('english', top.body, q.q, "
+           f"'StartSel=[, StopSel=], MaxWords=12, MinWords=4, MaxFragments=1, FragmentDelimiter=…') "
+           f"FROM top, q ORDER BY top.r DESC, top.id")
+
+
+class PgStore(Store):
+    """All reads and writes of the match graph's PostgreSQL database (see the module docstring)."""
+
+    def __init__(self, url: str, config: StoreConfig | None = None) -> None:
+        config = config or StoreConfig()
+        self.url = redact(url)
+        self.place = where(url)
+        self.timeout_s = config.pg_pool_timeout_s
+        self.poll_interval_s = config.change_poll_interval_s
+        self.pool = ConnectionPool(
+            url, min_size=config.pg_pool_min_size, max_size=max(config.pg_pool_max_size, config.pg_pool_min_size),
+            kwargs={"autocommit": True, "connect_timeout": config.pg_connect_timeout_s},
+            check=ConnectionPool.check_connection, timeout=config.pg_pool_timeout_s, name="matchgraph", open=False)
+        self.pool.open(wait=False)
+        self.listener = ChangeListener(url, config.pg_connect_timeout_s)
+        try:
+            with self._conn() as conn:
+                self.read_only = bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
+                if not self.read_only:  # a hot standby serves the primary's schema as it is
+                    with conn.transaction():
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                        conn.execute(SCHEMA)  # type: ignore[arg-type]
+        except BaseException:
+            self.pool.close()
+            raise
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        with translate_errors(self.place, self.timeout_s), self.pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection]:
+        with self._conn() as conn, conn.transaction():
+            yield conn
+
+    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchone()  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.listener.close()
+        self.pool.close()
+
+    def ping(self) -> float:
+        t = time.perf_counter()
+        self._one("SELECT 1")
+        return time.perf_counter() - t
+
+    # ------------------------------------------------------------------ models
+    def upsert_model(self, record: ModelRecord) -> tuple[bool, int]:
+        with self._tx() as conn:
+            row = conn.execute(
+                "INSERT INTO models (id, name, type, pricing_tier, serving_endpoint, version, record, updated_ms) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
+                "type = EXCLUDED.type, pricing_tier = EXCLUDED.pricing_tier, serving_endpoint = "
+                "EXCLUDED.serving_endpoint, version = EXCLUDED.version, record = EXCLUDED.record, "
+                "updated_ms = EXCLUDED.updated_ms RETURNING node, (xmax = 0)",
+                (record.id, record.name, record.type, record.pricing.tier, record.serving_endpoint, record.version,
+                 record_to_json(record), now_ms())).fetchone()
+            assert row is not None
+            self._bump(conn, "catalog_seq")
+            for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
+                conn.execute(f"DELETE FROM {table} WHERE model_id = %s", (record.id,))  # type: ignore[arg-type]
+            cur = conn.cursor()
+            names = {a.lower() for a in (record.name, *record.aliases)} - {record.id}
+            cur.executemany("INSERT INTO aliases (alias, model_id) VALUES (%s, %s) ON CONFLICT (alias) DO UPDATE "
+                            "SET model_id = EXCLUDED.model_id", [(a, record.id) for a in sorted(names)])
+            cur.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
+                            "VALUES (%s, %s, %s, %s, %s, %s)", signal_rows_of(record))
+            cur.executemany("INSERT INTO capabilities VALUES (%s, %s, %s, %s, %s, %s)",
+                            [(record.id, i, c.title, c.description, c.unique, c.vs_alternatives)
+                             for i, c in enumerate(record.capabilities)])
+            cur.executemany("INSERT INTO external_quality (model_id, benchmark, score, source, observed_at) "
+                            "VALUES (%s, %s, %s, %s, %s)",
+                            [(record.id, q.benchmark, q.score, q.source, q.observed_at)
+                             for q in record.external_quality])
+            cur.executemany("INSERT INTO search_docs (model_id, capability, title, body) VALUES (%s, %s, %s, %s)",
+                            search_doc_rows(record))
+        return bool(row[1]), int(row[0])
+
+    def bulk_insert_models(self, records: Iterable[ModelRecord]) -> None:
+        now = now_ms()
+        with self._tx() as conn:
+            self._bump(conn, "catalog_seq")
+            cur = conn.cursor()
+            for batch in chunks(records, 10_000):
+                self._copy(cur, "models", ("id", "name", "type", "pricing_tier", "serving_endpoint", "version",
+                                           "record", "updated_ms"),
+                           [(r.id, r.name, r.type, r.pricing.tier, r.serving_endpoint, r.version, record_to_json(r),
+                             now) for r in batch])
+                self._copy(cur, "signals", PORTABLE["signals"], [s for r in batch for s in signal_rows_of(r)])
+                self._copy(cur, "search_docs", ("model_id", "capability", "title", "body"),
+                           [search_doc_rows(r)[0] for r in batch])
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        row = self._one("SELECT record FROM models WHERE id = %s", (model_id,))
+        return record_from_json(row[0]) if row else None
+
+    def model_nodes(self) -> list[tuple[int, str]]:
+        return [(int(n), i) for n, i in self._all("SELECT node, id FROM models ORDER BY node")]
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._all("SELECT alias, model_id FROM aliases"))  # type: ignore[arg-type]
+
+    def names(self) -> dict[str, str]:
+        return dict(self._all("SELECT id, name FROM models"))  # type: ignore[arg-type]
+
+    def serving(self) -> list[tuple[str, str, str]]:
+        return self._all("SELECT id, serving_endpoint, version FROM models WHERE serving_endpoint <> '' "
+                         "ORDER BY node")
+
+    def signal_rows(self, dimension: str) -> list[tuple[str, str, float, str, str]]:
+        return self._all("SELECT model_id, kind, value, source, observed_at FROM signals WHERE dimension = %s "
+                         "ORDER BY rid", (dimension,))
+
+    def signal_values(self, dimension: str) -> list[tuple[str, str, float]]:
+        return self._all("SELECT model_id, kind, value FROM signals WHERE dimension = %s ORDER BY rid", (dimension,))
+
+    def signal_rows_for(self, model_id: str, dimension: str) -> list[tuple[str, str, float, str, str]]:
+        return self._all("SELECT model_id, kind, value, source, observed_at FROM signals WHERE model_id = %s "
+                         "AND dimension = %s ORDER BY rid", (model_id, dimension))
+
+    def external_quality_rows(self) -> list[tuple[str, str, float, str, str]]:
+        return self._all("SELECT model_id, benchmark, score, source, observed_at FROM external_quality ORDER BY rid")
+
+    # ------------------------------------------------------------------ search
+    def capability_model_ids(self, text: str) -> set[str]:
+        words = search_words(text)
+        if not words:
+            return set()
+        return {r[0] for r in self._all("SELECT DISTINCT model_id FROM search_docs WHERE capability <> '' AND "
+                                        "tsv @@ websearch_to_tsquery('english', %s)", (" ".join(words),))}
+
+    def search_fts(self, text: str, limit: int) -> list[tuple[str, str, float, str]]:
+        words = search_words(text)
+        if not words:
+            return []
+        return [(m, c, float(s), h) for m, c, s, h in self._all(_SEARCH, (" or ".join(words), limit))]
+
+    def search_docs(self) -> list[tuple[int, str, str, str, str]]:
+        return self._all("SELECT id, model_id, capability, title, body FROM search_docs ORDER BY id")
+
+    # ------------------------------------------------------------------ events
+    def record_events(self, events: list[MatchEvent], unique_ids: bool = False) -> tuple[list[MatchEvent], int]:
+        unique = events if unique_ids else unique_events(events)
+        now = now_ms()
+        with self._tx() as conn:
+            cur = conn.cursor()
+            cur.execute(_STAGE)
+            with cur.copy("COPY events_in (ord, event_id, query, matched, compared, clicked, ts_ms) FROM STDIN") as cp:
+                for i, e in enumerate(unique):
+                    cp.write_row((i, *event_row(e, now)))
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))  # held until COMMIT
+            base = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])  # type: ignore[index]
+            inserted = cur.execute(_MOVE, (base,)).rowcount  # type: ignore[arg-type]
+            if inserted == len(unique):
+                new = unique
+            else:
+                fresh = {r[0] for r in cur.execute("SELECT event_id FROM events WHERE seq > %s", (base,))}
+                new = [e for e in unique if e.event_id in fresh]
+            if inserted:
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANGE_CHANNEL, str(base + inserted)))
+        return new, base + 1
+
+    def event_count(self) -> int:
+        return int(self._one("SELECT COUNT(*) FROM events")[0])  # type: ignore[index]
+
+    def graph_version(self) -> int:
+        return int(self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0])  # type: ignore[index]
+
+    def iter_events(self, after_seq: int = 0, batch: int = 50_000) -> Iterator[list[tuple[str, str, str]]]:
+        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch):
+            yield [r[1:] for r in rows]
+
+    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[tuple]]:
+        yield from self._event_chunks(", ".join(EVENT_COLUMNS), after_seq, batch)
+
+    def _event_chunks(self, columns: str, after_seq: int, batch: int) -> Iterator[list[tuple]]:
+        last = after_seq
+        while rows := self._all(f"SELECT {columns} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (last, batch)):
+            last = rows[-1][0]
+            yield rows
+
+    def events_with(self, model_id: str, limit: int = 100_000) -> list[tuple[str, str, str]]:
+        return self._all("SELECT event_id, query, matched FROM events WHERE ' ' || matched || ' ' LIKE %s "
+                         "ORDER BY seq DESC LIMIT %s", (f"% {model_id} %", limit))
+
+    def append_event_rows(self, rows: list[tuple]) -> int:
+        with self._tx() as conn:
+            cur = conn.cursor()
+            cur.execute("CREATE TEMP TABLE events_copy (LIKE events) ON COMMIT DROP")
+            self._copy(cur, "events_copy", EVENT_COLUMNS, rows)
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
+            n = cur.execute("INSERT INTO events SELECT * FROM events_copy ORDER BY seq ON CONFLICT DO NOTHING").rowcount
+            if n:
+                cur.execute("SELECT pg_notify(%s, (SELECT MAX(seq) FROM events)::text)", (CHANGE_CHANNEL,))
+        return n
+
+    def event_id_at(self, seq: int) -> str | None:
+        row = self._one("SELECT event_id FROM events WHERE seq = %s", (seq,))
+        return row[0] if row else None
+
+    def wait_for_change(self, after_seq: int, timeout: float) -> int:
+        """As ``Store.wait_for_change``, woken by NOTIFY; polls while LISTEN is unavailable (standby, outage)."""
+        seq = self.graph_version()
+        if seq > after_seq or timeout <= 0:
+            return seq
+        deadline = time.monotonic() + timeout
+        self.listener.start()
+        seq = self.graph_version()  # LISTEN is in place now: a commit after this read will be announced
+        while seq <= after_seq and (remaining := deadline - time.monotonic()) > 0:
+            with self.listener.cond:
+                if self.listener.latest <= after_seq:
+                    self.listener.cond.wait(remaining if self.listener.listening
+                                            else min(remaining, self.poll_interval_s))
+            seq = self.graph_version()
+        return seq
+
+    # ------------------------------------------------------------------ probes
+    def add_probe_run(self, run_id: str, seed: int, prompts: list[str], results: list[ProbeResultRow],
+                      outcomes: list[ProbeOutcomeRow]) -> None:
+        with self._tx() as conn:
+            conn.execute("INSERT INTO probe_runs VALUES (%s, %s, %s, %s)",
+                         (run_id, now_ms(), seed, json.dumps(prompts)))
+            cur = conn.cursor()
+            cur.executemany("INSERT INTO probe_results (run_id, model_id, model_version, prompt, score, detail) "
+                            "VALUES (%s, %s, %s, %s, %s, %s)",
+                            [(r.run_id, r.model_id, r.model_version, r.prompt, r.score, r.detail) for r in results])
+            cur.executemany("INSERT INTO probe_outcomes (run_id, prompt, model_a, model_b, version_a, version_b, "
+                            "a_score) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                            [(o.run_id, o.prompt, o.model_a, o.model_b, o.version_a, o.version_b, o.a_score)
+                             for o in outcomes])
+
+    def probe_outcomes(self) -> list[ProbeOutcomeRow]:
+        return [ProbeOutcomeRow(*r) for r in self._all(
+            "SELECT run_id, prompt, model_a, model_b, version_a, version_b, a_score FROM probe_outcomes ORDER BY rid")]
+
+    def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]:
+        sql = "SELECT run_id, model_id, model_version, prompt, score, detail FROM probe_results"
+        if run_id is None:
+            return [ProbeResultRow(*r) for r in self._all(sql + " ORDER BY rid")]
+        return [ProbeResultRow(*r) for r in self._all(sql + " WHERE run_id = %s ORDER BY rid", (run_id,))]
+
+    def record_probe_failure(self, reason: str) -> None:
+        value = json.dumps({"at_ms": now_ms(), "reason": reason[:300]})
+        self._all("INSERT INTO meta (key, value) VALUES ('last_probe_failure', %s) ON CONFLICT (key) DO UPDATE "
+                  "SET value = EXCLUDED.value RETURNING key", (value,))
+
+    def probe_freshness(self) -> tuple[int, int, str]:
+        last_ok = self._one("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs")[0]  # type: ignore[index]
+        row = self._one("SELECT value FROM meta WHERE key = 'last_probe_failure'")
+        failure = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
+        return int(last_ok), int(failure["at_ms"]), str(failure["reason"])
+
+    # ------------------------------------------------------------------ derived state
+    def save_state(self, items: dict[str, tuple[int, bytes]]) -> int:
+        with self._tx() as conn:
+            snapshot = self._bump(conn, "state_seq")
+            conn.cursor().executemany(
+                "INSERT INTO graph_state (key, version, snapshot, saved_ms, data) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, snapshot = EXCLUDED.snapshot, "
+                "saved_ms = EXCLUDED.saved_ms, data = EXCLUDED.data",
+                [(k, v, snapshot, now_ms(), d) for k, (v, d) in items.items()])
+        return snapshot
+
+    def load_snapshot(self, key: str) -> StateRow | None:
+        row = self._one("SELECT key, version, snapshot, saved_ms, data FROM graph_state WHERE key = %s", (key,))
+        return StateRow(row[0], int(row[1]), int(row[2]), int(row[3]), bytes(row[4])) if row else None
+
+    def state_version(self) -> int:
+        return int(self._one("SELECT value FROM meta WHERE key = 'state_seq'")[0])  # type: ignore[index]
+
+    def delete_state(self, keys: Iterable[str] | None = None) -> None:
+        if keys is None:
+            self._all("DELETE FROM graph_state RETURNING key")
+        else:
+            self._all("DELETE FROM graph_state WHERE key = ANY(%s) RETURNING key", (list(keys),))
+
+    def data_versions(self) -> tuple[int, int, int]:
+        row = self._one("SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT value::bigint FROM meta "
+                        "WHERE key = 'catalog_seq'), (SELECT COUNT(*) FROM probe_runs)")
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    # ------------------------------------------------------------------ copying between stores
+    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[tuple]]:
+        with self._conn() as conn, conn.transaction():  # one snapshot for the whole table
+            cur = conn.cursor(name=f"read_{table}")  # server-side cursor: constant memory
+            cur.execute(f"SELECT {', '.join(PORTABLE[table])} FROM {table} ORDER BY {ORDER_BY[table]}")  # type: ignore[arg-type]
+            while rows := cur.fetchmany(batch):
+                yield rows
+
+    def replace_rows(self, table: str, rows: Iterable[tuple]) -> None:
+        cols = PORTABLE[table]
+        with self._tx() as conn:
+            cur = conn.cursor()
+            if table == "meta":
+                cur.execute("DELETE FROM meta WHERE NOT (key = ANY(%s))", (sorted(LOCAL_META),))
+                cur.executemany("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
+                                "SET value = EXCLUDED.value", [r for r in rows if r[0] not in LOCAL_META])
+                return
+            cur.execute(f"DELETE FROM {table}")  # type: ignore[arg-type]
+            for batch in chunks(rows, 10_000):
+                self._copy(cur, table, cols, batch)
+            if table in IDENTITY:
+                col = IDENTITY[table]
+                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "  # type: ignore[arg-type]
+                            f"GREATEST((SELECT MAX({col}) FROM {table}), 1), (SELECT COUNT(*) > 0 FROM {table}))")
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _copy(cur: psycopg.Cursor, table: str, columns: Iterable[str], rows: Iterable[tuple]) -> None:
+        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:  # type: ignore[arg-type]
+            for row in rows:
+                cp.write_row(row)
+
+    @staticmethod
+    def _bump(conn: psycopg.Connection, key: str) -> int:
+        row = conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s RETURNING value::bigint",
+                           (key,)).fetchone()
+        assert row is not None
+        return int(row[0])

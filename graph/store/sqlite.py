@@ -1,0 +1,399 @@
+"""SQLite backend (sqlite-utils, WAL): the embedded, zero-setup default.
+
+One connection, one writer at a time (``BEGIN IMMEDIATE``), so event seqs are commit
+order by construction. Durability: WAL with ``synchronous=FULL`` by default, which
+fsyncs the WAL at every commit, so an acknowledged event survives power loss;
+``sqlite_synchronous=NORMAL`` fsyncs only at checkpoints (survives a process crash, not a
+power cut). Search uses FTS5 (porter stemmer, BM25).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from common.errors import Unavailable
+from graph.records import MatchEvent, ModelRecord
+from graph.store.base import (
+    EVENT_COLUMNS,
+    PORTABLE,
+    SCHEMA_VERSION,
+    ProbeOutcomeRow,
+    ProbeResultRow,
+    StateRow,
+    Store,
+    StoreConfig,
+    chunks,
+    event_row,
+    now_ms,
+    record_from_json,
+    record_to_json,
+    search_doc_rows,
+    search_words,
+    signal_rows_of,
+    unique_events,
+)
+
+_SCHEMA = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, query TEXT NOT NULL,
+  matched TEXT NOT NULL, compared TEXT NOT NULL, clicked TEXT NOT NULL, ts_ms INTEGER NOT NULL);
+CREATE TABLE graph_state (key TEXT PRIMARY KEY, version INTEGER NOT NULL, data BLOB NOT NULL,
+  snapshot INTEGER NOT NULL DEFAULT 0, saved_ms INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def fts_query(text: str, op: str = "OR") -> str:
+    """Free text -> a safe FTS5 query of quoted words (stop words dropped) joined by ``op``.
+
+    Search uses OR (BM25 ranks documents with more of the words first); the Rank
+    capability filter uses AND (a capability must mention every word).
+    """
+    return f" {op} ".join(f'"{w}"' for w in search_words(text))
+
+
+class SqliteStore(Store):
+    """All reads and writes of the match graph's SQLite database."""
+
+    def __init__(self, path: str | Path, config: StoreConfig | None = None) -> None:
+        config = config or StoreConfig()
+        self.path = str(path)
+        self.url = "sqlite://" if self.path == ":memory:" else f"sqlite:///{self.path}"
+        self.poll_interval_s = config.change_poll_interval_s
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        self.lock = threading.RLock()  # one writer at a time; sqlite3 connections are not thread-safe
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={config.sqlite_synchronous}")
+        self.conn.execute("PRAGMA foreign_keys=OFF")
+        self.conn.execute("PRAGMA cache_size=-200000")
+        self._create_schema()
+        self._migrate()
+
+    # ------------------------------------------------------------------ schema
+    def _create_schema(self) -> None:
+        db = self.db
+        with self.lock:
+            if "models" in db.table_names():
+                return
+            db["models"].create(
+                {"node": int, "id": str, "name": str, "type": str, "pricing_tier": str,
+                 "serving_endpoint": str, "version": str, "record": str, "updated_ms": int},
+                pk="node", not_null={"id", "name", "record"},
+            )
+            db["models"].create_index(["id"], unique=True)
+            db["aliases"].create({"alias": str, "model_id": str}, pk="alias")
+            db["signals"].create({"model_id": str, "dimension": str, "kind": str, "value": float,
+                                  "source": str, "observed_at": str})
+            db["signals"].create_index(["model_id"])
+            db["capabilities"].create({"model_id": str, "position": int, "title": str, "description": str,
+                                       "unique_note": str, "vs_alternatives": str}, pk=("model_id", "position"))
+            db["external_quality"].create({"model_id": str, "benchmark": str, "score": float, "source": str,
+                                           "observed_at": str})
+            db["external_quality"].create_index(["model_id"])
+            # Search documents: one per model (name + aliases) and one per capability.
+            db["search_docs"].create({"id": int, "model_id": str, "capability": str, "title": str, "body": str},
+                                     pk="id")
+            db["search_docs"].create_index(["model_id"])
+            db["search_docs"].enable_fts(["title", "body"], tokenize="porter", create_triggers=True)
+            self.conn.executescript(_SCHEMA)
+            db["probe_runs"].create({"run_id": str, "started_ms": int, "seed": int, "prompts": str}, pk="run_id")
+            db["probe_results"].create({"run_id": str, "model_id": str, "model_version": str, "prompt": str,
+                                        "score": float, "detail": str})
+            db["probe_outcomes"].create({"run_id": str, "prompt": str, "model_a": str, "model_b": str,
+                                         "version_a": str, "version_b": str, "a_score": float})
+            self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _migrate(self) -> None:
+        """Rows and columns later versions rely on, added to databases created before them."""
+        with self.lock:
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(graph_state)")}
+            for col in ("snapshot", "saved_ms"):
+                if col not in cols:
+                    self.conn.execute(f"ALTER TABLE graph_state ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+            for key in ("catalog_seq", "state_seq"):
+                self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (key,))
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    def ping(self) -> float:
+        t = time.perf_counter()
+        try:
+            self.conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"the MatchGraph database {self.path} cannot be read: {exc}") from exc
+        return time.perf_counter() - t
+
+    # ------------------------------------------------------------------ models
+    def upsert_model(self, record: ModelRecord) -> tuple[bool, int]:
+        now = now_ms()
+        with self.lock, self._tx():
+            row = self.conn.execute("SELECT node FROM models WHERE id = ?", (record.id,)).fetchone()
+            values = (record.name, record.type, record.pricing.tier, record.serving_endpoint, record.version,
+                      record_to_json(record), now)
+            if row is None:
+                cur = self.conn.execute(
+                    "INSERT INTO models (name, type, pricing_tier, serving_endpoint, version, record, "
+                    "updated_ms, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*values, record.id))
+                node, created = int(cur.lastrowid), True  # type: ignore[arg-type]
+            else:
+                self.conn.execute(
+                    "UPDATE models SET name=?, type=?, pricing_tier=?, serving_endpoint=?, version=?, "
+                    "record=?, updated_ms=? WHERE id=?", (*values, record.id))
+                node, created = int(row[0]), False
+            self._bump("catalog_seq")
+            for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
+                self.conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (record.id,))
+            names = {a.lower() for a in (record.name, *record.aliases)} - {record.id}
+            self.conn.executemany("INSERT OR REPLACE INTO aliases (alias, model_id) VALUES (?, ?)",
+                                  [(alias, record.id) for alias in sorted(names)])
+            self.conn.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
+                                  "VALUES (?, ?, ?, ?, ?, ?)", signal_rows_of(record))
+            self.conn.executemany("INSERT INTO capabilities VALUES (?, ?, ?, ?, ?, ?)",
+                                  [(record.id, i, c.title, c.description, c.unique, c.vs_alternatives)
+                                   for i, c in enumerate(record.capabilities)])
+            self.conn.executemany("INSERT INTO external_quality VALUES (?, ?, ?, ?, ?)",
+                                  [(record.id, q.benchmark, q.score, q.source, q.observed_at)
+                                   for q in record.external_quality])
+            self.conn.executemany("INSERT INTO search_docs (model_id, capability, title, body) VALUES (?, ?, ?, ?)",
+                                  search_doc_rows(record))
+        return created, node
+
+    def bulk_insert_models(self, records: Iterable[ModelRecord]) -> None:
+        now = now_ms()
+        with self.lock, self._tx():
+            self._bump("catalog_seq")
+            for batch in chunks(records, 10_000):
+                self.conn.executemany(
+                    "INSERT INTO models (id, name, type, pricing_tier, serving_endpoint, version, record, "
+                    "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(r.id, r.name, r.type, r.pricing.tier, r.serving_endpoint, r.version, record_to_json(r), now)
+                     for r in batch])
+                self.conn.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
+                                      "VALUES (?, ?, ?, ?, ?, ?)", [s for r in batch for s in signal_rows_of(r)])
+                self.conn.executemany("INSERT INTO search_docs (model_id, capability, title, body) VALUES (?, ?, ?, ?)",
+                                      [search_doc_rows(r)[0] for r in batch])
+
+    def get_model(self, model_id: str) -> ModelRecord | None:
+        row = self.conn.execute("SELECT record FROM models WHERE id = ?", (model_id,)).fetchone()
+        return record_from_json(row[0]) if row else None
+
+    def model_nodes(self) -> list[tuple[int, str]]:
+        return [(int(n), i) for n, i in self.conn.execute("SELECT node, id FROM models ORDER BY node")]
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT alias, model_id FROM aliases"))
+
+    def names(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT id, name FROM models"))
+
+    def serving(self) -> list[tuple[str, str, str]]:
+        return list(self.conn.execute(
+            "SELECT id, serving_endpoint, version FROM models WHERE serving_endpoint != '' ORDER BY node"))
+
+    def signal_rows(self, dimension: str) -> list[tuple[str, str, float, str, str]]:
+        return list(self.conn.execute(
+            "SELECT model_id, kind, value, source, observed_at FROM signals WHERE dimension = ? "
+            "ORDER BY rowid", (dimension,)))
+
+    def signal_values(self, dimension: str) -> list[tuple[str, str, float]]:
+        return self.conn.execute(
+            "SELECT model_id, kind, value FROM signals WHERE dimension = ? ORDER BY rowid", (dimension,)).fetchall()
+
+    def signal_rows_for(self, model_id: str, dimension: str) -> list[tuple[str, str, float, str, str]]:
+        return list(self.conn.execute(
+            "SELECT model_id, kind, value, source, observed_at FROM signals WHERE model_id = ? AND dimension = ? "
+            "ORDER BY rowid", (model_id, dimension)))
+
+    def external_quality_rows(self) -> list[tuple[str, str, float, str, str]]:
+        return list(self.conn.execute(
+            "SELECT model_id, benchmark, score, source, observed_at FROM external_quality ORDER BY rowid"))
+
+    # ------------------------------------------------------------------ search
+    def capability_model_ids(self, text: str) -> set[str]:
+        q = fts_query(text, "AND")
+        if not q:
+            return set()
+        return {r[0] for r in self.conn.execute(
+            "SELECT d.model_id FROM search_docs_fts f JOIN search_docs d ON d.id = f.rowid "
+            "WHERE search_docs_fts MATCH ? AND d.capability != ''", (q,))}
+
+    def search_fts(self, text: str, limit: int) -> list[tuple[str, str, float, str]]:
+        q = fts_query(text)
+        if not q:
+            return []
+        return list(self.conn.execute(
+            "SELECT d.model_id, d.capability, bm25(search_docs_fts, 5.0, 1.0) AS s, "
+            "snippet(search_docs_fts, 1, '[', ']', '…', 12) FROM search_docs_fts "
+            "JOIN search_docs d ON d.id = search_docs_fts.rowid WHERE search_docs_fts MATCH ? "
+            "ORDER BY s, d.id LIMIT ?", (q, limit)))
+
+    def search_docs(self) -> list[tuple[int, str, str, str, str]]:
+        return list(self.conn.execute("SELECT id, model_id, capability, title, body FROM search_docs ORDER BY id"))
+
+    # ------------------------------------------------------------------ events
+    def record_events(self, events: list[MatchEvent], unique_ids: bool = False) -> tuple[list[MatchEvent], int]:
+        unique = events if unique_ids else unique_events(events)
+        now = now_ms()
+        with self.lock, self._tx():
+            first = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0] + 1
+            before = self.conn.total_changes
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO events (event_id, query, matched, compared, clicked, ts_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)", [event_row(e, now) for e in unique])
+            inserted = self.conn.total_changes - before
+            if inserted == len(unique):
+                new = unique  # the common case: nothing was a replay
+            else:  # the rows just inserted are exactly those with seq >= first, in batch order
+                fresh = {r[0] for r in self.conn.execute("SELECT event_id FROM events WHERE seq >= ?", (first,))}
+                new = [e for e in unique if e.event_id in fresh]
+        return new, first
+
+    def event_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def graph_version(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+
+    def iter_events(self, after_seq: int = 0, batch: int = 50_000) -> Iterator[list[tuple[str, str, str]]]:
+        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch):
+            yield [r[1:] for r in rows]
+
+    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[tuple]]:
+        yield from self._event_chunks(", ".join(EVENT_COLUMNS), after_seq, batch)
+
+    def _event_chunks(self, columns: str, after_seq: int, batch: int) -> Iterator[list[tuple]]:
+        last = after_seq
+        while True:
+            rows = self.conn.execute(f"SELECT {columns} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                     (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield rows
+
+    def events_with(self, model_id: str, limit: int = 100_000) -> list[tuple[str, str, str]]:
+        return [tuple(r) for r in self.conn.execute(  # type: ignore[misc]
+            "SELECT event_id, query, matched FROM events WHERE ' ' || matched || ' ' LIKE ? "
+            "ORDER BY seq DESC LIMIT ?", (f"% {model_id} %", limit))]
+
+    def append_event_rows(self, rows: list[tuple]) -> int:
+        with self.lock, self._tx():
+            before = self.conn.total_changes
+            self.conn.executemany(f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
+                                  "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            return self.conn.total_changes - before
+
+    def event_id_at(self, seq: int) -> str | None:
+        row = self.conn.execute("SELECT event_id FROM events WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ probes
+    def add_probe_run(self, run_id: str, seed: int, prompts: list[str], results: list[ProbeResultRow],
+                      outcomes: list[ProbeOutcomeRow]) -> None:
+        with self.lock, self._tx():
+            self.conn.execute("INSERT INTO probe_runs VALUES (?, ?, ?, ?)",
+                              (run_id, now_ms(), seed, json.dumps(prompts)))
+            self.conn.executemany("INSERT INTO probe_results VALUES (?, ?, ?, ?, ?, ?)",
+                                  [(r.run_id, r.model_id, r.model_version, r.prompt, r.score, r.detail)
+                                   for r in results])
+            self.conn.executemany("INSERT INTO probe_outcomes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                  [(o.run_id, o.prompt, o.model_a, o.model_b, o.version_a, o.version_b,
+                                    o.a_score) for o in outcomes])
+
+    def probe_outcomes(self) -> list[ProbeOutcomeRow]:
+        return [ProbeOutcomeRow(*r) for r in self.conn.execute(
+            "SELECT run_id, prompt, model_a, model_b, version_a, version_b, a_score FROM probe_outcomes "
+            "ORDER BY rowid")]
+
+    def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]:
+        sql = "SELECT run_id, model_id, model_version, prompt, score, detail FROM probe_results"
+        args: tuple = ()
+        if run_id is not None:
+            sql, args = sql + " WHERE run_id = ?", (run_id,)
+        return [ProbeResultRow(*r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
+
+    def record_probe_failure(self, reason: str) -> None:
+        value = json.dumps({"at_ms": now_ms(), "reason": reason[:300]})
+        with self.lock:
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_probe_failure', ?)", (value,))
+
+    def probe_freshness(self) -> tuple[int, int, str]:
+        last_ok = self.conn.execute("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs").fetchone()[0]
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'last_probe_failure'").fetchone()
+        failure = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
+        return int(last_ok), int(failure["at_ms"]), str(failure["reason"])
+
+    # ------------------------------------------------------------------ derived state
+    def save_state(self, items: dict[str, tuple[int, bytes]]) -> int:
+        with self.lock, self._tx():
+            snapshot = self._bump("state_seq")
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO graph_state (key, version, data, snapshot, saved_ms) VALUES (?, ?, ?, ?, ?)",
+                [(k, v, d, snapshot, now_ms()) for k, (v, d) in items.items()])
+        return snapshot
+
+    def load_snapshot(self, key: str) -> StateRow | None:
+        row = self.conn.execute("SELECT key, version, snapshot, saved_ms, data FROM graph_state WHERE key = ?",
+                                (key,)).fetchone()
+        return StateRow(row[0], int(row[1]), int(row[2]), int(row[3]), bytes(row[4])) if row else None
+
+    def state_version(self) -> int:
+        return int(self.conn.execute("SELECT value FROM meta WHERE key = 'state_seq'").fetchone()[0])
+
+    def delete_state(self, keys: Iterable[str] | None = None) -> None:
+        with self.lock, self._tx():
+            if keys is None:
+                self.conn.execute("DELETE FROM graph_state")
+            else:
+                self.conn.executemany("DELETE FROM graph_state WHERE key = ?", [(k,) for k in keys])
+
+    def data_versions(self) -> tuple[int, int, int]:
+        seq = self.graph_version()
+        cat = int(self.conn.execute("SELECT value FROM meta WHERE key = 'catalog_seq'").fetchone()[0])
+        runs = int(self.conn.execute("SELECT COUNT(*) FROM probe_runs").fetchone()[0])
+        return seq, cat, runs
+
+    # ------------------------------------------------------------------ copying between stores
+    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[tuple]]:
+        cur = self.conn.execute(f"SELECT {', '.join(PORTABLE[table])} FROM {table} ORDER BY rowid")
+        while rows := cur.fetchmany(batch):
+            yield [tuple(r) for r in rows]
+
+    def replace_rows(self, table: str, rows: Iterable[tuple]) -> None:
+        cols = PORTABLE[table]
+        with self.lock, self._tx():
+            self.conn.execute(f"DELETE FROM {table}" + (" WHERE key != 'schema_version'" if table == "meta" else ""))
+            verb = "INSERT OR REPLACE" if table == "meta" else "INSERT"
+            for batch in chunks(rows, 10_000):
+                self.conn.executemany(f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                                      batch)
+
+    # ------------------------------------------------------------------ helpers
+    def _bump(self, key: str) -> int:
+        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = ?", (key,))
+        return int(self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error (the connection is in autocommit mode)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
