@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 MODELS_DIR ?= .models
 
-.PHONY: setup protos run test bench clean models
+.PHONY: setup protos run test bench bench-gpu clean models
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# Real-size Kosmos-2 and Stable Diffusion served in fp16 on a CUDA GPU (docs/gpu.md). The script
+# installs what is missing itself (a CUDA torch in $(VENV)); GPU_CHECK_ARGS="--device cpu --quick" smoke-runs it.
+bench-gpu:
+	VENV=$(VENV) benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf unfragile build *.egg-info

@@ -17,9 +17,11 @@ from benchmarks.common import Result
 HERE = Path(__file__).resolve().parent
 
 
-def write(results: list[dict[str, object]]) -> None:
+def write(results: list[dict[str, object]], path: Path = HERE / "results.json") -> None:
+    """Write ``path`` (JSON) and RESULTS.md next to it."""
     results = sorted(results, key=lambda r: str(r["name"]))
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         "# Benchmark results",
         "",
@@ -35,7 +37,18 @@ def write(results: list[dict[str, object]]) -> None:
             f"{'yes' if r['met'] else '**no**'} | {r['unit']} | {r['baseline']} | {r['device']} | {r['date']} | "
             f"{r.get('notes', '')} |"
         )
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    (path.parent / "RESULTS.md").write_text("\n".join(lines) + "\n")
+
+
+def merge(fresh: list[Result], ran_prefixes: set[str], path: Path = HERE / "results.json") -> None:
+    """Write ``fresh`` over the entries in ``path``: entries of the prefixes that ran are replaced."""
+    # Read the previous results only now, so a run of another module that finished
+    # meanwhile is kept rather than overwritten.
+    previous = json.loads(path.read_text()) if path.exists() else []
+    fresh_names = {r.name for r in fresh}
+    kept = [r for r in previous if r["name"] not in fresh_names
+            and not any(p and str(r["name"]).startswith(p) for p in ran_prefixes)]
+    write(kept + [r.as_dict() for r in fresh], path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,13 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr, flush=True)
         fresh.extend(got)
         ran_prefixes.add(getattr(mod, "PREFIX", ""))
-    # Read the previous results only now, so a run of another module that finished
-    # meanwhile is kept rather than overwritten.
-    previous = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else []
-    fresh_names = {r.name for r in fresh}
-    kept = [r for r in previous if r["name"] not in fresh_names
-            and not any(p and str(r["name"]).startswith(p) for p in ran_prefixes)]
-    write(kept + [r.as_dict() for r in fresh])
+    merge(fresh, ran_prefixes)
 
 
 if __name__ == "__main__":

@@ -86,11 +86,14 @@ def build_vocab() -> list[tuple[str, float]]:
     return vocab
 
 
-def build_processor() -> Any:
-    """Kosmos2Processor = square-resizing CLIP image processor + in-code XLM-R tokenizer."""
+def build_processor(vocab: list[tuple[str, float]] | None = None) -> Any:
+    """Kosmos2Processor = square-resizing CLIP image processor + in-code XLM-R tokenizer.
+
+    ``vocab`` replaces the hand-written vocabulary (e.g. one padded to a real checkpoint's size).
+    """
     from transformers import CLIPImageProcessorPil, Kosmos2Processor, XLMRobertaTokenizerFast
 
-    tokenizer = XLMRobertaTokenizerFast(vocab=build_vocab())
+    tokenizer = XLMRobertaTokenizerFast(vocab=build_vocab() if vocab is None else vocab)
     # Real Kosmos-2 resizes to a square 224x224 (no crop): boxes then cover the whole image.
     image_processor = CLIPImageProcessorPil(
         size={"height": 224, "width": 224}, do_center_crop=False, crop_size={"height": 224, "width": 224}
