@@ -63,7 +63,10 @@ def run_probes(target: str) -> str:
 
     with channel(target) as ch:
         resp = mg_grpc.MatchGraphStub(ch).RunProbes(mg.RunProbesRequest(max_prompts=2, seed=0), timeout=300)
-    return f"run {resp.run_id}: {len(resp.results)} probe results, skipped: {list(resp.skipped) or 'none'}"
+    ran_on = "; ".join(f"{b.model} on {b.served.model_id}" + (" (random-weight test model)" if b.served.test_model
+                                                                else "") for b in resp.served if b.HasField("served"))
+    return (f"run {resp.run_id}: {len(resp.results)} probe results, skipped: {list(resp.skipped) or 'none'}; "
+            f"ran on: {ran_on or 'not reported'}")
 
 
 def compare_markdown(target: str, a: str, b: str) -> str:
@@ -87,6 +90,7 @@ def run_demo(stack: Stack, out_dir: Path) -> None:
     typer.echo(f"caption of that image (tiny random-weight Kosmos-2: expect nonsense): {caption_png(vl, png)}")
     typer.echo(f"quality probes: {run_probes(graph)}")
     typer.echo("\n" + compare_markdown(graph, *PAGE_PAIR))
-    from services.gateway.server import seed_compare_url
+    from graph.seed_data import KOSMOS2_ID, SD_ID
+    from services.gateway.server import compare_url
 
-    typer.echo(f"\nthe comparison page on the web: {seed_compare_url(stack.gateway_url)}")
+    typer.echo(f"\nthe comparison page on the web: {compare_url(stack.gateway_url, KOSMOS2_ID, SD_ID)}")

@@ -135,11 +135,9 @@ def start(settings: Settings, timeout: float = 30.0) -> RunningGateway:
     return RunningGateway(settings, sock.getsockname()[1], server, thread, sock)
 
 
-def seed_compare_url(base_url: str) -> str:
-    """Address of the seed comparison page (what ``make run`` prints)."""
-    from graph.seed_data import KOSMOS2_ID, SD_ID  # ids only: the page itself comes from Compare
-
-    return f"{base_url.rstrip('/')}/compare/{KOSMOS2_ID}-vs-{SD_ID}"
+def compare_url(base_url: str, a: str, b: str) -> str:
+    """Address of the comparison page of models ``a`` and ``b`` (``make run`` prints the seed pair's)."""
+    return f"{base_url.rstrip('/')}/compare/{a}-vs-{b}"
 
 
 def wait_until_ready(base_url: str, timeout: float = 60.0) -> None:

@@ -73,9 +73,10 @@ def test_settings_from_environment(monkeypatch):
 
 
 def test_seed_compare_url_and_readiness_wait(gateway):
-    from services.gateway.server import seed_compare_url, wait_until_ready
+    from graph.seed_data import KOSMOS2_ID, SD_ID
+    from services.gateway.server import compare_url, wait_until_ready
 
-    url = seed_compare_url(gateway.url)
+    url = compare_url(gateway.url, KOSMOS2_ID, SD_ID)
     assert url == f"{gateway.url}/compare/kosmos-2-patch14-224-vs-stable-diffusion"
     wait_until_ready(gateway.url, timeout=10)
     assert httpx.get(url).status_code == 200
