@@ -101,7 +101,7 @@ def _rebuild_baseline(engine: Engine) -> float:
     t = time.perf_counter()
     a, b, c = engine.graph.upper_edges()
     g = nx.Graph()
-    g.add_nodes_from(range(len(engine.ids)))
+    g.add_nodes_from(range(len(engine.catalogue.ids)))
     g.add_weighted_edges_from(zip(a.tolist(), b.tolist(), c.tolist()))
     nx.pagerank(g, alpha=0.85, weight="weight")
     return time.perf_counter() - t
@@ -224,11 +224,11 @@ def run() -> list[Result]:
         gc.collect()
         t = time.perf_counter()
         engine.graph.version = first + len(new) - 1
-        engine._apply_events([(e.matched, e.compared, e.clicked) for e in new])
+        engine.counts.apply_ids([(e.matched, e.compared, e.clicked) for e in new], engine.catalogue.pos)
         iters = engine.graph.refresh()
         midrank_percentile(np.where(engine.graph.degree() > 0, engine.graph.pr, 0.0))
         incremental = time.perf_counter() - t
-        engine._persist_pagerank()
+        engine.checkpoints.save_pagerank()
         gc.collect()
         rebuild = _rebuild_baseline(engine)
         _log(f"refresh: incremental {incremental:.2f} s, rebuild {rebuild:.2f} s")

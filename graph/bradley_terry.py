@@ -49,7 +49,8 @@ def win_probability(theta: np.ndarray) -> np.ndarray:
         return np.full(n, 0.5)
     pw = 1.0 / (1.0 + np.exp(-(theta[:, None] - theta[None, :])))
     np.fill_diagonal(pw, 0.0)
-    return pw.sum(axis=1) / (n - 1)
+    out: np.ndarray = pw.sum(axis=1) / (n - 1)
+    return out
 
 
 def bootstrap(i: np.ndarray, j: np.ndarray, s: np.ndarray, n_players: int, rounds: int,

@@ -3,8 +3,9 @@
 Both are derived from the store's events (snapshot + replay) and updated incrementally from each
 ingested batch (``apply``): the networkx edge weights and the CSR matrix get the same
 deltas, and PageRank (``refresh``, run when scores are next read) restarts from the
-previous vector (warm start) instead of from the uniform one. A rebuild after restart reads the same rows in the same node order
-(model rowid order) and therefore builds the same matrix; the last PageRank vector is
+previous vector (warm start) instead of from the uniform one. A rebuild after restart reads
+the same rows in the same node order (model rowid order) and therefore builds the same
+matrix; the last PageRank vector is
 persisted with the graph version it belongs to, so ranks after a restart are identical
 to the ones served before it, not merely close.
 
@@ -65,7 +66,7 @@ class MatchGraph:
         self.lock = threading.RLock()
         self.nodes: list[int] = []  # store node (rowid) at each dense index
         self.index: dict[int, int] = {}  # store node -> dense index
-        self._g: nx.Graph | None = None  # built on first use, then kept in step by deltas
+        self._g: nx.Graph[int] | None = None  # built on first use, then kept in step by deltas
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._w = sp.csr_array((0, 0), dtype=np.float64)
         self._w_pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # deltas not yet in _w
@@ -121,7 +122,7 @@ class MatchGraph:
                 if self._g is not None:
                     self._g.add_node(self.index[n])
             size = len(self.nodes)
-            self._w.resize((size, size))
+            self._w.resize((size, size))  # type: ignore[arg-type]  # the stubs forbid resize; growing in place is intended
             if self.pr.shape[0]:
                 old = self.pr.shape[0]
                 self.pr = np.concatenate([self.pr * old / size, np.full(size - old, 1.0 / size)])
@@ -179,7 +180,7 @@ class MatchGraph:
             self._w_pending = []
 
     @property
-    def g(self) -> nx.Graph:
+    def g(self) -> nx.Graph[int]:
         """The networkx view (weights = co-match counts), brought up to date with pending deltas.
 
         Ingest only queues its deltas here, so the hot path pays for the matrix update alone;
@@ -189,12 +190,13 @@ class MatchGraph:
         with self.lock:
             if self._g is None:
                 up = sp.triu(self.w, k=1).tocoo()
-                g = nx.Graph()
+                g: nx.Graph[int] = nx.Graph()
                 g.add_nodes_from(range(len(self.nodes)))
                 g.add_weighted_edges_from(zip(up.row.tolist(), up.col.tolist(), up.data.tolist()))
                 self._g, self._pending = g, []
             elif self._pending:
-                adj = self._g._adj  # direct dict access: nx.Graph.add_edge costs ~10x more per edge
+                # direct dict access: nx.Graph.add_edge costs ~10x more per edge
+                adj = self._g._adj  # type: ignore[attr-defined]  # networkx's adjacency dict; the stubs omit it
                 for ia, ib, cnt in self._pending:
                     for u, v, k in zip(ia.tolist(), ib.tolist(), cnt.tolist()):
                         d = adj[u].get(v)
@@ -278,7 +280,7 @@ def pair_arrays(events: list[tuple[int, ...]], n: int) -> tuple[np.ndarray, np.n
     return uniq // n, uniq % n, cnt.astype(np.float64)
 
 
-def pairs_of(events: list[tuple[int, ...]]) -> Counter:
+def pairs_of(events: list[tuple[int, ...]]) -> Counter[tuple[int, int]]:
     """Co-match counts of events given as tuples of node indices: one per unordered pair per event."""
     flat: list[tuple[int, int]] = []
     for ev in events:

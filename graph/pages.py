@@ -3,9 +3,11 @@
 Sections, in the seed's order: title, headline, feature table (Type, UnfragileRank,
 Adoption, Quality, Ecosystem, Match Graph, Pricing, Capabilities, Times Matched), each
 model's capabilities with "Unique" and "vs alternatives", the Verdict, and the search
-link. We add one section the seed lacks: the evidence table (difference, its 95%
-interval, outcome and how many records would flip it), so every verdict word can be
-checked against a number on the same page.
+link. We add what the seed lacks: the evidence table (difference, its 95% interval,
+outcome and how many records would flip it), so every verdict word can be checked against
+a number on the same page; what the quality probes ran on (so scores measured on a
+random-weight test model are never taken for the real model's); and each pricing plan
+with the licence or price page it was read from.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from __future__ import annotations
 import html as _html
 from dataclasses import dataclass
 
+from graph.probes import ProbeBasis
 from graph.rank import DIMENSION_LABELS, Score, ScoreCard
-from graph.records import ModelRecord
+from graph.records import ModelRecord, PricingPlan
 from graph.verdict import A_LEADS, B_LEADS, DimensionResult, fmt, fmt_signed
 
 TYPE_LABELS = {"model": "Model", "tool": "Tool", "api": "API"}
@@ -36,6 +39,7 @@ class Comparison:
     verdict: tuple[str, ...]
     events_total: int
     freshness: str = ""  # how current the quality evidence is (stale when the last probe attempt failed)
+    probe_basis: tuple[ProbeBasis, ...] = ()  # what the quality probes of a and b ran on
 
 
 def freshness_note(last_ok_ms: int, failed_ms: int, reason: str) -> str:
@@ -101,6 +105,39 @@ def evidence_rows(c: Comparison) -> list[tuple[str, str, str, str, str]]:
 
 
 EVIDENCE_HEADER = ("Dimension", "Difference (A − B)", "95% interval", "Outcome", "Records to flip")
+TEST_MODEL_NOTE = ("Probes of a random-weight test model exercise the serving path only: its quality score "
+                   "says nothing about the real model.")
+
+
+def plan_text(p: PricingPlan) -> str:
+    """'Open weights (free): MIT-licensed checkpoint'."""
+    price = "free" if p.usd_per_month == 0 else f"${p.usd_per_month:,.2f}/month"
+    return f"{p.name} ({price})" + (f": {p.description}" if p.description else "")
+
+
+def source_note(p: PricingPlan) -> str:
+    """'(read 2026-11-01), which says: ...' after the source link; '' without a source."""
+    if not p.source:
+        return ""
+    read = f" (read {p.observed_at})" if p.observed_at else ""
+    return read + (f", which says: {p.source_says}" if p.source_says else "")
+
+
+def basis_text(c: Comparison, b: ProbeBasis) -> str:
+    """'Stable Diffusion: 2 probe runs on <model> (...), a tiny random-weight test model, served by diffusion'."""
+    name = c.a.name if b.model == c.a.id else c.b.name
+    runs = f"{b.runs} probe run{'s' if b.runs != 1 else ''}"
+    if b.served is None:
+        return f"{name}: {runs} on a served model that was not recorded"
+    return f"{name}: {runs} on {b.served.describe()}, served by {b.served.endpoint}"
+
+
+def _tested(c: Comparison) -> bool:
+    return any(b.served is not None and b.served.test_model for b in c.probe_basis)
+
+
+def _web_url(url: str) -> bool:
+    return url.startswith(("https://", "http://"))
 
 
 def _md_cell(text: str) -> str:
@@ -116,6 +153,7 @@ def markdown(c: Comparison) -> str:
               + (f" {c.freshness}" if c.freshness else ""), "",
               "## Evidence", "", "| " + " | ".join(EVIDENCE_HEADER) + " |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in evidence_rows(c)]
+    lines += _md_probe_basis(c) + _md_pricing(c)
     for m in (c.a, c.b):
         lines += ["", f"## {m.name} Capabilities"]
         for cap in m.capabilities:
@@ -127,6 +165,25 @@ def markdown(c: Comparison) -> str:
     lines += ["", "## Verdict", "", " ".join(c.verdict), "", "## Need something different?", "",
               "[Search the match graph →](/search)", ""]
     return "\n".join(lines)
+
+
+def _md_probe_basis(c: Comparison) -> list[str]:
+    if not c.probe_basis:
+        return []
+    lines = ["", "## What the quality probes ran on", ""] + [f"- {basis_text(c, b)}" for b in c.probe_basis]
+    return lines + (["", TEST_MODEL_NOTE] if _tested(c) else [])
+
+
+def _md_pricing(c: Comparison) -> list[str]:
+    lines = ["", "## Pricing"]
+    for m in (c.a, c.b):
+        lines += ["", f"**{m.name}: {m.pricing.label}.**", ""]
+        for p in m.pricing.plans:
+            src = f" Source: <{p.source}>{source_note(p)}." if p.source else " No source recorded."
+            lines.append(f"- {plan_text(p)}.{src}")
+        if not m.pricing.plans:
+            lines.append("- No plans recorded.")
+    return lines
 
 
 def _e(text: str) -> str:
@@ -151,6 +208,7 @@ def html(c: Comparison) -> str:
             + "".join(f"<th>{_e(h)}</th>" for h in EVIDENCE_HEADER) + "</tr></thead><tbody>"]
     out += ["<tr>" + "".join(f"<td>{_e(x)}</td>" for x in row) + "</tr>" for row in evidence_rows(c)]
     out.append("</tbody></table>")
+    out += _html_probe_basis(c) + _html_pricing(c)
     for m in (c.a, c.b):
         out.append(f'<section class="capabilities"><h2>{_e(m.name)} Capabilities</h2>')
         for cap in m.capabilities:
@@ -164,3 +222,30 @@ def html(c: Comparison) -> str:
             '<h2>Need something different?</h2><p><a href="/search">Search the match graph →</a></p>',
             "</body></html>"]
     return "\n".join(out)
+
+
+def _html_probe_basis(c: Comparison) -> list[str]:
+    if not c.probe_basis:
+        return []
+    out = ['<section class="probe-basis"><h2>What the quality probes ran on</h2><ul>']
+    out += [f"<li>{_e(basis_text(c, b))}</li>" for b in c.probe_basis]
+    out.append("</ul>" + (f"<p>{_e(TEST_MODEL_NOTE)}</p>" if _tested(c) else "") + "</section>")
+    return out
+
+
+def _html_source(p: PricingPlan) -> str:
+    if not p.source:
+        return " No source recorded."
+    link = (f'<a href="{_e(p.source)}" rel="nofollow noopener">{_e(p.source)}</a>' if _web_url(p.source)
+            else _e(p.source))
+    return f" Source: {link}{_e(source_note(p))}."
+
+
+def _html_pricing(c: Comparison) -> list[str]:
+    out = ['<section class="pricing"><h2>Pricing</h2>']
+    for m in (c.a, c.b):
+        out.append(f"<p><strong>{_e(m.name)}: {_e(m.pricing.label)}.</strong></p><ul>")
+        out += [f"<li>{_e(plan_text(p))}.{_html_source(p)}</li>" for p in m.pricing.plans]
+        out.append("</ul>" if m.pricing.plans else "<li>No plans recorded.</li></ul>")
+    out.append("</section>")
+    return out

@@ -13,6 +13,8 @@ scores are within ``tie_margin``), and the outcomes feed the Bradley-Terry fit i
 ``rank.quality_dimension``. Results are stored with each model's version and the seed,
 so a run is reproducible. The judge is the served VisionLanguage model itself: with the
 tiny random models of tests the numbers are noise, and the tests check plumbing only.
+Each run also records what every service had loaded (``ServedModel``, from ModelInfo),
+so a page can say when quality was measured on a random-weight test model.
 
 The backend is a small Protocol so tests can replace the two gRPC services.
 """
@@ -40,8 +42,42 @@ PROBE_PROMPTS: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What a model service had loaded when it was probed (its ModelInfo)."""
+
+    endpoint: str  # "visionlanguage" or "diffusion"
+    model_id: str  # hub id or folder the service loaded
+    architecture: str = ""
+    parameters: int = 0
+    test_model: bool = False  # random weights, built offline for tests: says nothing about the real model
+    test_preset: str = ""  # its build preset ("tiny", "bench")
+
+    def describe(self) -> str:
+        """'<model_id> (Architecture, 1,234 parameters), a tiny random-weight test model'."""
+        facts = ", ".join(x for x in (self.architecture, f"{self.parameters:,} parameters" if self.parameters
+                                      else "") if x)
+        what = f"{self.model_id} ({facts})" if facts else self.model_id
+        if self.test_model:
+            kind = f"{self.test_preset} " if self.test_preset else ""
+            return f"{what}, a {kind}random-weight test model"
+        return what
+
+
+@dataclass(frozen=True)
+class ProbeBasis:
+    """Which served model the probe results of one catalogue model came from, over ``runs`` runs."""
+
+    model: str  # catalogue model id
+    served: ServedModel | None  # None: the service did not say (or the runs predate recording it)
+    runs: int = 1
+
+
 class ProbeBackend(Protocol):
     """What probes need from the model services (gRPC in production, fakes in tests)."""
+
+    def served_model(self, endpoint: str) -> ServedModel | None:
+        """What the service behind ``endpoint`` ("visionlanguage" or "diffusion") has loaded (None: not said)."""
 
     def text_to_image(self, prompt: str, seed: int) -> bytes:
         """PNG bytes of one image generated for ``prompt`` by the diffusion service."""
@@ -64,6 +100,7 @@ class ProbeRun:
     results: tuple[ProbeResultRow, ...]
     outcomes: tuple[ProbeOutcomeRow, ...]
     skipped: tuple[str, ...]
+    basis: tuple[ProbeBasis, ...] = ()  # what each probed model's service had loaded
 
 
 def _clamp01(x: float) -> float:
@@ -89,14 +126,18 @@ def run_probes(backend: ProbeBackend, served: list[tuple[str, str, str]], prompt
             check_cancel()
             image = backend.text_to_image(prompt, seed + i)
             sim = backend.image_text_similarity(image, prompt)
-            results.append(ProbeResultRow(run_id, d_id, d_ver, prompt, _clamp01(sim), f"image-text similarity {sim:.4f}"))
+            results.append(ProbeResultRow(run_id, d_id, d_ver, prompt, _clamp01(sim),
+                                          f"image-text similarity {sim:.4f}"))
             for v_id, _vep, v_ver in vl:
                 check_cancel()
                 caption = backend.caption(image)
                 ts = backend.text_similarity(caption, prompt)
                 results.append(ProbeResultRow(run_id, v_id, v_ver, prompt, _clamp01(ts),
                                               f"caption {caption[:200]!r} vs prompt: {ts:.4f}"))
-    return ProbeRun(run_id, seed, prompts, tuple(results), tuple(pairwise(results, tie_margin)), tuple(skipped))
+    loaded = {ep: backend.served_model(ep) for ep in ("diffusion", "visionlanguage")}  # what the probes ran on
+    basis = tuple(ProbeBasis(m[0], loaded[m[1]]) for m in (*diffusion, *vl))
+    return ProbeRun(run_id, seed, prompts, tuple(results), tuple(pairwise(results, tie_margin)), tuple(skipped),
+                    basis)
 
 
 def pairwise(results: list[ProbeResultRow], tie_margin: float) -> list[ProbeOutcomeRow]:

@@ -64,7 +64,8 @@ class ScoreCard:
     weights: dict[str, float] = field(default_factory=dict)
 
     def get(self, dimension: str) -> Score:
-        return getattr(self, dimension)
+        score: Score = getattr(self, dimension)
+        return score
 
 
 def interval(x: np.ndarray) -> tuple[float, float]:
@@ -240,7 +241,6 @@ def quality_dimension(ids: list[str], outcomes: list[tuple[str, str, float]],
                       external: list[tuple[str, float]], rounds: int, rng: np.random.Generator,
                       prior: float = 1.0) -> DimensionScores:
     """Bradley-Terry win probability for probed models, external evidence for the rest."""
-    n = len(ids)
     pos = {m: i for i, m in enumerate(ids)}
     outcomes = [o for o in outcomes if o[0] in pos and o[1] in pos]
     probed = sorted({o[0] for o in outcomes} | {o[1] for o in outcomes}, key=lambda x: pos[x])

@@ -95,9 +95,26 @@ class QualityEvidence:
 
 @dataclass(frozen=True)
 class PricingPlan:
+    """One way to get the model, what it costs, and where that was read (so a page can cite it)."""
+
     name: str
     usd_per_month: float = 0.0
     description: str = ""
+    source: str = ""  # URL of the licence or price page the plan was read from
+    source_says: str = ""  # what that page says, in a sentence
+    observed_at: str = ""  # ISO date the source was read
+
+    def validate(self, where: str) -> None:
+        _check_text(self.name, f"{where}.name", limit=200)
+        if not (self.usd_per_month >= 0):
+            raise InvalidArgument(f"{where}.usd_per_month must be >= 0")
+        _check_text(self.description, f"{where}.description", required=False)
+        _check_text(self.source, f"{where}.source", required=False, limit=500)
+        _check_text(self.source_says, f"{where}.source_says", required=False, limit=1000)
+        if self.source_says and not self.source:
+            raise InvalidArgument(f"{where}.source_says needs the source it quotes: set {where}.source to its URL")
+        if self.observed_at:
+            _check_date(self.observed_at, where)
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,11 @@ class Pricing:
     @property
     def has_free_tier(self) -> bool:
         return self.tier in ("free", "freemium")
+
+    @property
+    def sources(self) -> tuple[PricingPlan, ...]:
+        """The plans that say where their terms come from."""
+        return tuple(p for p in self.plans if p.source)
 
     @property
     def label(self) -> str:
@@ -143,9 +165,7 @@ class ModelRecord:
         if self.pricing.tier not in PRICING_TIERS:
             raise InvalidArgument(f"pricing.tier {self.pricing.tier!r} must be one of {', '.join(PRICING_TIERS)}")
         for i, plan in enumerate(self.pricing.plans):
-            _check_text(plan.name, f"pricing.plans[{i}].name", limit=200)
-            if not (plan.usd_per_month >= 0):
-                raise InvalidArgument(f"pricing.plans[{i}].usd_per_month must be >= 0")
+            plan.validate(f"pricing.plans[{i}]")
         if self.serving_endpoint not in SERVING_ENDPOINTS:
             raise InvalidArgument(
                 f"serving_endpoint {self.serving_endpoint!r} must be '', 'visionlanguage' or 'diffusion'"

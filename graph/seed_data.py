@@ -1,13 +1,29 @@
 """The two models of the seed comparison page, as catalogue records (our own wording).
 
 The seed page lists kosmos-2-patch14-224 with 8 decomposed capabilities and Stable
-Diffusion with 4, prices kosmos-2 as Free and Stable Diffusion as Paid, and shows
-adoption/ecosystem evidence for kosmos-2 only. These records carry the same facts so
-the page can be reproduced from data, but every sentence is rewritten here, and the
-capability claims are kept to what the architectures actually do.
+Diffusion with 4, and shows adoption/ecosystem evidence for kosmos-2 only. These records
+carry its facts where they hold, with every sentence rewritten, and correct the ones that
+do not, each with its source:
 
-Signal values are illustrative snapshots with their source and date, not live data;
-replace them with real observations through ``UpsertModel``.
+- Pricing: the seed calls Stable Diffusion "Paid". Its weights are free to download and
+  run: 1.x under the CreativeML Open RAIL-M licence, 2.x under CreativeML Open RAIL++-M,
+  3.x under the Stability AI Community License (free below US$1M annual revenue, an
+  Enterprise licence above). Kosmos-2's checkpoint is MIT-licensed. Each pricing plan
+  names the page it was read from.
+- Kosmos-2 cuts a 224x224 image into a 16x16 grid of 14-pixel patches (ViT-L/14), not the
+  seed's "14x14 grid of 16x16 patches"; its location tokens index a separate 32x32 grid of
+  bins. Its vision encoder is a CLIP ViT with a resampler feeding a separate text decoder
+  (not "one transformer for patches and text") and it was not trained with a contrastive
+  objective; its grounding data (GRIT) is English. The seed's 2D positional encoding,
+  contrastive alignment and multilingual captioning claims are left out.
+- Stable Diffusion's image-to-image follows a text prompt from a noised input image; it
+  does not blend a separate style image in latent space as the seed says.
+- The SD 1.5 checkpoint moved from runwayml/stable-diffusion-v1-5 (removed by its owner in
+  2024) to stable-diffusion-v1-5/stable-diffusion-v1-5; both names resolve here.
+
+The adoption values and the format count are illustrative (their sources say so), not
+readings of the pages they name; replace them with real observations through ``UpsertModel``.
+The pricing plans carry no read date: their licences are cited, not a dated reading.
 """
 
 from __future__ import annotations
@@ -18,20 +34,38 @@ KOSMOS2_ID = "kosmos-2-patch14-224"
 SD_ID = "stable-diffusion"
 _HF = "https://huggingface.co/microsoft/kosmos-2-patch14-224"
 _DATE = "2026-11-01"
+_ILLUSTRATIVE = "illustrative value, not a reading"
+
+KOSMOS2_PRICING = Pricing("free", (
+    PricingPlan("Open weights", 0.0, "MIT-licensed checkpoint; run it yourself", _HF,
+                "the model card gives the licence as MIT"),
+))
+SD_PRICING = Pricing("free", (
+    PricingPlan("Open weights, 1.x", 0.0, "free to download and use, commercially too, within the licence's "
+                "use restrictions", "https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
+                "the model card gives the licence as CreativeML Open RAIL-M"),
+    PricingPlan("Open weights, 2.x", 0.0, "free to download and use within the licence's use restrictions",
+                "https://huggingface.co/stabilityai/stable-diffusion-2-1",
+                "the model card gives the licence as CreativeML Open RAIL++-M"),
+    PricingPlan("Open weights, 3.x", 0.0, "free for research, non-commercial use and organisations or "
+                "individuals under US$1M annual revenue; an Enterprise licence is needed above that",
+                "https://stability.ai/community-license-agreement",
+                "the Stability AI Community License is free for annual revenue under US$1M"),
+))
 
 KOSMOS2 = ModelRecord(
     id=KOSMOS2_ID,
     name="kosmos-2-patch14-224",
     type="model",
     aliases=("microsoft/kosmos-2-patch14-224", "Kosmos-2", "kosmos2"),
-    pricing=Pricing("free", (PricingPlan("Open weights", 0.0, "MIT-licensed checkpoint; run it yourself"),)),
+    pricing=KOSMOS2_PRICING,
     adoption=(
-        Signal("downloads", 190_000, f"{_HF} (monthly downloads)", _DATE),
-        Signal("likes", 160, f"{_HF} (likes)", _DATE),
+        Signal("downloads", 190_000, f"{_HF} (monthly downloads; {_ILLUSTRATIVE})", _DATE),
+        Signal("likes", 160, f"{_HF} (likes; {_ILLUSTRATIVE})", _DATE),
     ),
     ecosystem=(
         Signal("integrations", 3, "transformers Kosmos2ForConditionalGeneration, this deployment, HF Spaces", _DATE),
-        Signal("formats", 2, f"{_HF} (safetensors, PyTorch bin)", _DATE),
+        Signal("formats", 2, f"{_HF} (safetensors, PyTorch bin; {_ILLUSTRATIVE})", _DATE),
     ),
     serving_endpoint="visionlanguage",
     version="patch14-224",
@@ -112,8 +146,9 @@ STABLE_DIFFUSION = ModelRecord(
     id=SD_ID,
     name="Stable Diffusion",
     type="model",
-    aliases=("stable diffusion", "sd", "stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"),
-    pricing=Pricing("paid", (PricingPlan("Hosted API", 10.0, "pay-per-image credits on a hosted service"),)),
+    aliases=("stable diffusion", "sd", "stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+             "runwayml/stable-diffusion-v1-5"),
+    pricing=SD_PRICING,
     serving_endpoint="diffusion",
     version="v1-5",
     capabilities=(

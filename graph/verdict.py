@@ -8,8 +8,11 @@ make both impossible:
    numbers as displayed on the page are in the same order; anything else is "tied on D".
 2. "X ranks higher" follows rule 1 on the UnfragileRank; equal displayed ranks are a tie.
 3. A dimension with no evidence on either side is "tied (no evidence for either)".
-4. The pricing sentence is derived from the two pricing tiers and nothing else.
+4. The pricing sentence is derived from the two pricing tiers and nothing else (the tiers
+   carry their sources: each plan names the licence or price page it was read from).
 5. A lead that can be erased by removing a few evidence records is called fragile.
+6. Quality measured by probing random-weight test models is said to be so, next to the
+   claims it could otherwise be taken for.
 """
 
 from __future__ import annotations
@@ -111,14 +114,25 @@ def pricing_sentence(name_a: str, pa: Pricing, name_b: str, pb: Pricing) -> str:
         return f"{name_a} {_free(pa)}, making it more accessible; {name_b} is paid only."
     if pb.has_free_tier and not pa.has_free_tier:
         return f"{name_b} {_free(pb)}, making it more accessible; {name_a} is paid only."
+    if pa.tier == pb.tier == "free":
+        return "Both are free to use."
     if pa.has_free_tier and pb.has_free_tier:
         return f"Both have a free tier ({name_a}: {pa.label.lower()}, {name_b}: {pb.label.lower()})."
     return "Neither has a free tier: both are paid."
 
 
+def test_model_sentence(tested: list[tuple[str, str]]) -> str:
+    """Rule 6: (model name, what its probes ran on) for every model whose quality comes from a test model."""
+    if not tested:
+        return ""
+    parts = "; ".join(f"{name} on {what}" for name, what in tested)
+    return (f"Quality here comes from live probes of random-weight test models ({parts}), so it says nothing "
+            f"about the real models.")
+
+
 def verdict(name_a: str, name_b: str, rank: DimensionResult, dims: list[DimensionResult],
-            pricing_a: Pricing, pricing_b: Pricing) -> list[str]:
-    """The verdict paragraph as sentences, in order."""
+            pricing_a: Pricing, pricing_b: Pricing, quality_note: str = "") -> list[str]:
+    """The verdict paragraph as sentences, in order (``quality_note``: rule 6's sentence, if any)."""
     label = {d: DIMENSION_LABELS[d] if d == "rank" else DIMENSION_LABELS[d].lower() for d in DIMENSION_LABELS}
     out = [headline(name_a, name_b, rank).replace(" ranks higher ", " scores higher ", 1)]
     a_leads = [label[d.dimension] for d in dims if d.outcome == A_LEADS]
@@ -133,6 +147,8 @@ def verdict(name_a: str, name_b: str, rank: DimensionResult, dims: list[Dimensio
     if tied:
         parts = [label[d.dimension] + (" (no evidence for either)" if d.no_evidence else "") for d in tied]
         out.append(f"{'They' if (a_leads or b_leads) else 'The two'} are tied on {_join(parts)}.")
+    if quality_note:
+        out.append(quality_note)
     fragile = [d for d in [rank, *dims] if d.outcome != TIED and d.fragile]
     if fragile:
         parts = [f"{name_a if d.outcome == A_LEADS else name_b}'s lead on {label[d.dimension]} disappears if "

@@ -151,14 +151,19 @@ def demo(
 
 
 def build_tiny(out: Path, preset: str = "tiny") -> dict[str, Path]:
-    """Build the tiny Kosmos-2 and Stable Diffusion folders under ``out`` unless present."""
+    """Build the tiny Kosmos-2 and Stable Diffusion folders under ``out`` unless present.
+
+    A folder without the test-model marker (built before it existed) is rebuilt: same bytes plus
+    the marker, so ModelInfo and the pages it feeds say the model has random weights.
+    """
+    from services.core.loading import is_marked_test_model
     from services.diffusion.tiny import build_tiny_sd
     from services.visionlanguage.tiny import build_tiny_kosmos2
 
     built = {}
     for name, fn in (("tiny-kosmos2", build_tiny_kosmos2), ("tiny-sd", build_tiny_sd)):
         folder = out / name if preset == "tiny" else out / f"{name}-{preset}"
-        if not (folder / "model_index.json").exists() and not (folder / "config.json").exists():
+        if not is_marked_test_model(folder):
             fn(folder, preset=preset)
         built[name] = folder
     return built

@@ -63,7 +63,10 @@ def run_probes(target: str) -> str:
 
     with channel(target) as ch:
         resp = mg_grpc.MatchGraphStub(ch).RunProbes(mg.RunProbesRequest(max_prompts=2, seed=0), timeout=300)
-    return f"run {resp.run_id}: {len(resp.results)} probe results, skipped: {list(resp.skipped) or 'none'}"
+    ran_on = "; ".join(f"{b.model} on {b.served.model_id}" + (" (random-weight test model)" if b.served.test_model
+                                                                else "") for b in resp.served if b.HasField("served"))
+    return (f"run {resp.run_id}: {len(resp.results)} probe results, skipped: {list(resp.skipped) or 'none'}; "
+            f"ran on: {ran_on or 'not reported'}")
 
 
 def compare_markdown(target: str, a: str, b: str) -> str:

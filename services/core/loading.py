@@ -7,9 +7,39 @@ operator how to provide it, instead of hanging on a download.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from common.errors import ModelUnavailable
+
+# Written into every folder ``unfragile models build-tiny`` builds: random weights, real architecture.
+TEST_MODEL_MARKER = "unfragile_tiny.json"
+TEST_MODEL_DETAIL, TEST_PRESET_DETAIL = "test_model", "test_preset"  # their ModelInfo details
+
+
+def mark_test_model(folder: Path, preset: str, builder: str) -> None:
+    """Mark ``folder`` as a random-weight test model (ModelInfo then says so; see ``test_model_details``)."""
+    (folder / TEST_MODEL_MARKER).write_text(
+        json.dumps({"preset": preset, "builder": builder, "weights": "random"}, indent=2) + "\n")
+
+
+def is_marked_test_model(folder: Path) -> bool:
+    return (Path(folder) / TEST_MODEL_MARKER).is_file()
+
+
+def test_model_details(model: str | Path) -> dict[str, str]:
+    """ModelInfo details of a folder built as a test model ({} for anything else, e.g. a real checkpoint).
+
+    The marker's presence decides; its content only adds the preset.
+    """
+    marker = Path(model).expanduser() / TEST_MODEL_MARKER
+    if not marker.is_file():
+        return {}
+    try:
+        preset = str(json.loads(marker.read_text()).get("preset", ""))
+    except (OSError, ValueError, AttributeError):
+        preset = ""
+    return {TEST_MODEL_DETAIL: "true", TEST_PRESET_DETAIL: preset}
 
 
 def pretrained_source(model: str | Path) -> tuple[str, dict[str, object]]:

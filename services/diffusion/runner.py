@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.core.loading import pretrained_source
+from services.core.loading import pretrained_source, test_model_details
 from services.core.modelinfo import ModelInfo
 from services.diffusion.types import SCHEDULER_NAMES, AdapterSpec, GenerateRequest
 
@@ -186,6 +186,7 @@ class DiffusersRunner:
                 "schedulers": ",".join(SCHEDULER_NAMES),
                 "default_scheduler": type(self.pipe.scheduler).__name__,
                 "text_encoder": type(self.pipe.text_encoder).__name__,
+                **test_model_details(self.model),
             },
         )
 

@@ -57,6 +57,7 @@ def with_sid(url: str, sid: str | None) -> str:
 
 env.globals["compare_path"] = compare_path
 env.filters["sid"] = with_sid
+env.tests["web_url"] = lambda url: str(url).startswith(("https://", "http://"))  # only these become links
 
 
 def render(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,

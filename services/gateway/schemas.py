@@ -85,6 +85,14 @@ class PricingPlan(BaseModel):
     name: str
     usd_per_month: float
     description: str
+    source: str = Field(description='URL of the licence or price page the plan was read from ("" = none).')
+    source_says: str = Field(description="What that page says, in a sentence.")
+    observed_at: str = Field(description='ISO date the source was read ("" = not recorded).')
+
+    @classmethod
+    def from_pb(cls, p: pb.PricingPlan) -> PricingPlan:
+        return cls(name=p.name, usd_per_month=p.usd_per_month, description=p.description, source=p.source,
+                   source_says=p.source_says, observed_at=p.observed_at)
 
 
 class Pricing(BaseModel):
@@ -114,9 +122,7 @@ class Model(BaseModel):
         sig = lambda s: Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)  # noqa: E731
         return cls(
             id=m.id, name=m.name, aliases=list(m.aliases), type=_TYPE.get(m.type, "unspecified"),
-            pricing=Pricing(tier=tier, label=TIER_LABEL[tier],
-                            plans=[PricingPlan(name=p.name, usd_per_month=p.usd_per_month, description=p.description)
-                                   for p in m.pricing.plans]),
+            pricing=Pricing(tier=tier, label=TIER_LABEL[tier], plans=[PricingPlan.from_pb(p) for p in m.pricing.plans]),
             adoption=[sig(s) for s in m.adoption], ecosystem=[sig(s) for s in m.ecosystem],
             serving_endpoint=m.serving_endpoint, version=m.version,
             capabilities=[Capability(title=c.title, description=c.description, unique=c.unique,
@@ -203,6 +209,33 @@ class Dimension(BaseModel):
                    records_to_flip=d.records_to_flip, fragile=d.fragile)
 
 
+class ServedModel(BaseModel):
+    """What a model service had loaded when it was probed (its ModelInfo)."""
+
+    endpoint: str = Field(description='"visionlanguage" or "diffusion".')
+    model_id: str = Field(description="Hub id or folder the service loaded.")
+    architecture: str
+    parameters: int = Field(ge=0)
+    test_model: bool = Field(description="A random-weight test model: its quality says nothing about the real model.")
+    test_preset: str = Field(description='Build preset of a test model ("tiny", "bench"); "" otherwise.')
+
+
+class ProbeBasis(BaseModel):
+    """Which served model the quality probes of one compared model ran on."""
+
+    model: str = Field(description="Catalogue model id.")
+    served: ServedModel | None = Field(description="null: the served model was not recorded.")
+    runs: int = Field(ge=0, description="Probe runs on this served model behind the quality score.")
+
+    @classmethod
+    def from_pb(cls, b: pb.ProbeBasis) -> ProbeBasis:
+        s = b.served
+        served = ServedModel(endpoint=s.endpoint, model_id=s.model_id, architecture=s.architecture,
+                             parameters=s.parameters, test_model=s.test_model,
+                             test_preset=s.test_preset) if b.HasField("served") else None
+        return cls(model=b.model, served=served, runs=b.runs)
+
+
 class FeatureRow(BaseModel):
     feature: str
     a: str
@@ -220,6 +253,8 @@ class Comparison(BaseModel):
     rows: list[FeatureRow] = Field(description="The feature table, formatted as on the page.")
     headline: str
     verdict: list[str] = Field(description="Verdict sentences in page order.")
+    probe_basis: list[ProbeBasis] = Field(
+        description="What the quality probes of a and b ran on (empty when neither was probed).")
     markdown: str = Field(description="The whole comparison page as Markdown.")
     links: dict[str, str] = Field(description="The HTML comparison page and each model's page.")
     snapshot_version: int | None = Field(
@@ -231,7 +266,8 @@ class Comparison(BaseModel):
         return cls(a=Model.from_pb(r.a), b=Model.from_pb(r.b), a_scores=ScoreCard.from_pb(r.a_scores),
                    b_scores=ScoreCard.from_pb(r.b_scores), dimensions=[Dimension.from_pb(d) for d in r.dimensions],
                    rows=[FeatureRow(feature=x.feature, a=x.a, b=x.b) for x in r.rows], headline=r.headline,
-                   verdict=list(r.verdict), markdown=r.markdown,
+                   verdict=list(r.verdict), probe_basis=[ProbeBasis.from_pb(b) for b in r.probe_basis],
+                   markdown=r.markdown,
                    links={"page": f"/compare/{r.a.id}-vs-{r.b.id}", "a": f"/models/{r.a.id}",
                           "b": f"/models/{r.b.id}"}, snapshot_version=snapshot_version(r))
 

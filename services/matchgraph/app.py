@@ -65,7 +65,7 @@ class _ProbeSchedule:
 def build_service(settings: Settings, engine: Engine | None = None) -> GrpcService:
     engine = engine or build_engine(settings)
     engine.on_refresh = lambda iterations, seconds: metrics.observe_graph(
-        len(engine.graph.nodes), engine.graph.w.nnz // 2, engine.graph.version, iterations, seconds)
+        engine.model_count(), engine.edge_count(), engine.graph_version(), iterations, seconds)
     schedule = _ProbeSchedule(engine, settings.probe_interval_s) if settings.probe_interval_s > 0 else None
 
     def load() -> None:
@@ -74,9 +74,8 @@ def build_service(settings: Settings, engine: Engine | None = None) -> GrpcServi
         # Millions of long-lived graph objects: move them out of the cyclic GC's way so full
         # collections do not stall requests (objects are still freed by reference counting).
         gc.freeze()
-        g = engine.graph
-        metrics.observe_graph(len(g.nodes), g.w.nnz // 2, g.version)
-        if schedule is not None and engine.probe_backend is not None:
+        metrics.observe_graph(engine.model_count(), engine.edge_count(), engine.graph_version())
+        if schedule is not None and engine.can_probe:
             schedule.thread.start()
 
     def close() -> None:

@@ -2,9 +2,11 @@
 
 ``GrpcEmbedder`` implements ``graph.search.Embedder`` with VisionLanguage ``Embed``;
 ``GrpcProbeBackend`` implements ``graph.probes.ProbeBackend`` with Diffusion
-``TextToImage`` (server stream; the last event carries the images) and VisionLanguage
-``Similarity``, ``Caption`` and ``Embed``. Failures surface as core ``Unavailable`` with
-the target and the gRPC status, so Search can degrade and RunProbes can say what failed.
+``TextToImage`` (server stream; the last event carries the images), VisionLanguage
+``Similarity``, ``Caption`` and ``Embed``, and both services' ``ModelInfo`` (what a probe
+ran on: a random-weight test model says so in its details). Failures surface as core
+``Unavailable`` with the target and the gRPC status, so Search can degrade and RunProbes
+can say what failed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import grpc
 import numpy as np
 
 from common.errors import Unavailable
+from graph.probes import ServedModel
 from services.core.client import channel
+from services.core.loading import TEST_MODEL_DETAIL, TEST_PRESET_DETAIL
 
 T = TypeVar("T")
 PROBE_STEPS = 4  # enough for the tiny test model; probe images are judged, not admired
@@ -67,6 +71,24 @@ class GrpcProbeBackend:
         self.vl = vl_grpc.VisionLanguageStub(channel(vl_target, balance=True))
         self.diffusion = d_grpc.DiffusionStub(channel(diffusion_target, balance=True))
         self.embedder = GrpcEmbedder(vl_target, timeout_s)
+
+    def served_model(self, endpoint: str) -> ServedModel | None:
+        """ModelInfo of the service behind ``endpoint``; None when it does not implement ModelInfo."""
+        stub, target = (self.vl, self.vl_target) if endpoint == "visionlanguage" else (self.diffusion, self.d_target)
+
+        def model_info() -> Any:
+            try:
+                return stub.ModelInfo(self.common.ModelInfoRequest(), timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return None  # a service without ModelInfo: what it serves stays unknown
+                raise
+
+        info = _call(target, f"{endpoint} ModelInfo", model_info)
+        if info is None:
+            return None
+        return ServedModel(endpoint, info.model_id, info.architecture, int(info.parameters),
+                           info.details.get(TEST_MODEL_DETAIL) == "true", info.details.get(TEST_PRESET_DETAIL, ""))
 
     def text_to_image(self, prompt: str, seed: int) -> bytes:
         params = self.d_pb.GenerationParams(prompt=prompt, width=PROBE_SIZE, height=PROBE_SIZE, steps=PROBE_STEPS,

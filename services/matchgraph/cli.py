@@ -163,6 +163,9 @@ def probes(target: str = TargetOpt, max_prompts: int = typer.Option(0), seed: in
     typer.echo(f"run {r.run_id}: {len(r.results)} results, {len(r.outcomes)} pairwise outcomes")
     for m, q in sorted(r.quality.items()):
         typer.echo(f"  {m:30s} quality {q.value:.2f} (95% {q.low:.2f}–{q.high:.2f}, {q.evidence_count} outcomes)")
+    for b in r.served:
+        what = f"{b.served.model_id} ({b.served.endpoint})" if b.HasField("served") else "a model it did not report"
+        typer.echo(f"  {b.model} ran on {what}" + (": a random-weight test model" if b.served.test_model else ""))
     for s in r.skipped:
         typer.echo(f"  skipped: {s}")
 

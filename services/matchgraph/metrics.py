@@ -7,6 +7,9 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from graph.ingest import IngestResult
+from graph.search import SearchResult
+
 EVENTS = Counter(
     "unfragile_graph_events_total",
     "Match events received by RecordMatches, by result (inserted, duplicate).",
@@ -52,18 +55,20 @@ def observe_graph(models: int, edges: int, version: int, iterations: int | None 
         RANK_REFRESH_SECONDS.observe(seconds)
 
 
-def observe_ingest(result: object, batch: int, engine: object) -> None:
-    """Record one RecordMatches message's outcome and the graph's size after it."""
-    EVENTS.labels("inserted").inc(result.inserted)  # type: ignore[attr-defined]
-    EVENTS.labels("duplicate").inc(result.duplicates)  # type: ignore[attr-defined]
+def observe_ingest(result: IngestResult, batch: int, models: int) -> None:
+    """Record one RecordMatches message's outcome and the graph's size after it.
+
+    The edge gauge is set on each PageRank refresh instead: counting edges merges the queued deltas.
+    """
+    EVENTS.labels("inserted").inc(result.inserted)
+    EVENTS.labels("duplicate").inc(result.duplicates)
     BATCH_SIZE.observe(batch)
-    g = engine.graph  # type: ignore[attr-defined]
-    MODELS.set(len(g.nodes))
-    GRAPH_VERSION.set(g.version)  # the edge gauge is set on each PageRank refresh (reading it merges deltas)
+    MODELS.set(models)
+    GRAPH_VERSION.set(result.graph_version)
 
 
-def observe_search(result: object) -> None:
-    if not result.embeddings_used:  # type: ignore[attr-defined]
+def observe_search(result: SearchResult) -> None:
+    if not result.embeddings_used:
         SEARCH_DEGRADED.inc()
 
 

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from graph.engine import Engine, IngestResult
+from graph.engine import Engine
+from graph.ingest import IngestResult
 from services.core.cancel import CancelToken
 from services.matchgraph import metrics
 from services.matchgraph import types as t
@@ -25,11 +26,11 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
     def RecordMatches(self, request_iterator: Iterator[pb.RecordMatchesRequest],
                       context: grpc.ServicerContext) -> pb.RecordMatchesResponse:
         token = CancelToken.from_context(context)
-        total, batches = IngestResult(0, 0, 0, self.engine.graph.version), 0
+        total, batches = IngestResult(0, 0, 0, self.engine.graph_version()), 0
         for req in request_iterator:
             token.raise_if_cancelled()
             r = self.engine.record_events([t.event_from_pb(e) for e in req.events])
-            metrics.observe_ingest(r, len(req.events), self.engine)
+            metrics.observe_ingest(r, len(req.events), self.engine.model_count())
             total = IngestResult(total.received + r.received, total.inserted + r.inserted,
                                  total.duplicates + r.duplicates, r.graph_version)
             batches += 1

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import InvalidArgument
-from graph.engine import CompareResult, EvidenceRow, IngestResult
-from graph.probes import ProbeRun
+from graph.compare import CompareResult
+from graph.explain import EvidenceRow
+from graph.ingest import IngestResult
+from graph.probes import ProbeBasis, ProbeRun, ServedModel
 from graph.rank import Score, ScoreCard
 from graph.records import (
     Capability,
@@ -43,7 +45,8 @@ def record_from_pb(m: pb.ModelRecord) -> ModelRecord:
     rec = ModelRecord(
         id=m.id, name=m.name, type=_TYPE_FROM[m.type], aliases=tuple(m.aliases),
         pricing=Pricing(_TIER_FROM[m.pricing.tier],
-                        tuple(PricingPlan(p.name, p.usd_per_month, p.description) for p in m.pricing.plans)),
+                        tuple(PricingPlan(p.name, p.usd_per_month, p.description, p.source, p.source_says,
+                                          p.observed_at) for p in m.pricing.plans)),
         adoption=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.adoption),
         ecosystem=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.ecosystem),
         serving_endpoint=m.serving_endpoint, version=m.version,
@@ -59,8 +62,9 @@ def record_to_pb(r: ModelRecord) -> pb.ModelRecord:
     return pb.ModelRecord(
         id=r.id, name=r.name, aliases=list(r.aliases), type=_TYPE_TO[r.type],
         pricing=pb.Pricing(tier=_TIER_TO[r.pricing.tier],
-                           plans=[pb.PricingPlan(name=p.name, usd_per_month=p.usd_per_month,
-                                                 description=p.description) for p in r.pricing.plans]),
+                           plans=[pb.PricingPlan(name=p.name, usd_per_month=p.usd_per_month, description=p.description,
+                                                 source=p.source, source_says=p.source_says,
+                                                 observed_at=p.observed_at) for p in r.pricing.plans]),
         adoption=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
                   for s in r.adoption],
         ecosystem=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
@@ -82,6 +86,18 @@ def card_to_pb(c: ScoreCard) -> pb.ScoreCard:
                         ecosystem=score_to_pb(c.ecosystem), match_graph=score_to_pb(c.match_graph),
                         quality=score_to_pb(c.quality), times_matched=c.times_matched,
                         times_compared=c.times_compared, times_clicked=c.times_clicked, weights=c.weights)
+
+
+def served_to_pb(s: ServedModel) -> pb.ServedModel:
+    return pb.ServedModel(endpoint=s.endpoint, model_id=s.model_id, architecture=s.architecture,
+                          parameters=s.parameters, test_model=s.test_model, test_preset=s.test_preset)
+
+
+def basis_to_pb(b: ProbeBasis) -> pb.ProbeBasis:
+    out = pb.ProbeBasis(model=b.model, runs=b.runs)
+    if b.served is not None:
+        out.served.CopyFrom(served_to_pb(b.served))
+    return out
 
 
 def evidence_to_pb(e: EvidenceRow) -> pb.Evidence:
@@ -171,7 +187,8 @@ class CompareQuery:
             a=record_to_pb(c.a), b=record_to_pb(c.b), a_scores=card_to_pb(c.a_scores),
             b_scores=card_to_pb(c.b_scores), dimensions=[_dim_to_pb(d) for d in (c.rank, *c.dimensions)],
             rows=[pb.FeatureRow(feature=f, a=x, b=y) for f, x, y in c.rows], headline=c.headline,
-            verdict=list(c.verdict), markdown=r.markdown, html=r.html, snapshot_version=r.snapshot)
+            verdict=list(c.verdict), markdown=r.markdown, html=r.html, snapshot_version=r.snapshot,
+            probe_basis=[basis_to_pb(b) for b in c.probe_basis])
 
 
 def _dim_to_pb(d: DimensionResult) -> pb.DimensionComparison:
@@ -227,4 +244,5 @@ class ProbeQuery:
                                     score=r.score, detail=r.detail) for r in run.results],
             outcomes=[pb.ProbeOutcome(prompt=o.prompt, model_a=o.model_a, model_b=o.model_b, a_score=o.a_score)
                       for o in run.outcomes],
-            quality={m: score_to_pb(s) for m, s in quality.items()})
+            quality={m: score_to_pb(s) for m, s in quality.items()},
+            served=[basis_to_pb(b) for b in run.basis])

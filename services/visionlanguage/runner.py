@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from common.errors import InvalidArgument, ModelUnavailable
-from services.core.loading import pretrained_source
+from services.core.loading import pretrained_source, test_model_details
 from services.core.modelinfo import ModelInfo
 from services.visionlanguage.types import ImageInput, Sampling
 
@@ -221,6 +221,7 @@ class Kosmos2Runner:
                 "vision_layers": str(self.model.config.vision_config.num_hidden_layers),
                 "attn_implementation": self._attn_impl,
                 "torch_threads": str(torch.get_num_threads()),
+                **test_model_details(self.model_id),
             },
         )
 

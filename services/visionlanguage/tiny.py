@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from services.core.loading import mark_test_model
+
 # Sub-word pieces of the hand-written vocabulary. The leading "▁" marks a word start
 # (SentencePiece convention). Non-Latin scripts are included so the `language` field
 # can be tested end to end on real tokenisation, not on <unk>.
@@ -124,4 +126,5 @@ def build_tiny_kosmos2(out: Path, preset: str = "tiny") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    mark_test_model(out, preset, __name__)  # ModelInfo then reports a random-weight test model
     return out

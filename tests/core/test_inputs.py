@@ -116,3 +116,15 @@ def test_each_setting_declared_once_with_a_description(service, monkeypatch):
         monkeypatch.setenv(f"{prefix}MAX_BATCH_SIZE", "3")
         assert section(cls(max_queue_size=7), EngineConfig).model_dump()["max_batch_size"] == 3
         assert section(cls(max_queue_size=7), EngineConfig).max_queue_size == 7
+
+
+def test_test_model_marker_is_what_model_info_reports(tmp_path):
+    from services.core.loading import is_marked_test_model, mark_test_model, test_model_details
+
+    assert test_model_details(tmp_path) == {} and not is_marked_test_model(tmp_path)  # e.g. a real checkpoint
+    assert test_model_details("microsoft/kosmos-2-patch14-224") == {}
+    mark_test_model(tmp_path, "tiny", "builder")
+    assert is_marked_test_model(tmp_path)
+    assert test_model_details(str(tmp_path)) == {"test_model": "true", "test_preset": "tiny"}
+    (tmp_path / "unfragile_tiny.json").write_text("{not json")  # still a test model, preset unknown
+    assert test_model_details(tmp_path) == {"test_model": "true", "test_preset": ""}

@@ -13,10 +13,39 @@ from typing import Any
 import grpc
 import pytest
 
+from graph.probes import ServedModel
 from services.core.server import RunningServer, start_server
 from services.matchgraph.app import Settings, build_engine, build_service
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+
+class FakeProbes:
+    """Diffusion images are the prompt bytes; the 'judge' scores by a fixed table."""
+
+    def __init__(self, image_score: float, caption_score: float, test_models: bool = False) -> None:
+        self.image_score, self.caption_score = image_score, caption_score
+        self.test_models = test_models
+        self.seeds: list[int] = []
+
+    def served_model(self, endpoint: str) -> ServedModel:
+        return ServedModel(endpoint, f"/models/{endpoint}", f"{endpoint.title()}Arch", 1000,
+                           self.test_models, "tiny" if self.test_models else "")
+
+    def text_to_image(self, prompt: str, seed: int) -> bytes:
+        self.seeds.append(seed)
+        return prompt.encode()
+
+    def image_text_similarity(self, image: bytes, text: str) -> float:
+        assert image == text.encode()
+        return self.image_score
+
+    def caption(self, image: bytes) -> str:
+        return "caption of " + image.decode()
+
+    def text_similarity(self, a: str, b: str) -> float:
+        assert a == "caption of " + b
+        return self.caption_score
 
 
 class GraphServer:

@@ -41,3 +41,14 @@ def test_seed_then_compare_prints_the_page(make_server, tmp_path):
     assert "inserted 0, duplicates 3" in r.output
     r = runner.invoke(app, ["graph", "compare", "kosmos2", "nope", *target])
     assert r.exit_code == 1 and "NOT_FOUND" in r.output
+
+
+def test_probes_command_says_what_the_probes_ran_on(make_server, upsert_seed):
+    from tests.graph.conftest import FakeProbes
+
+    s = make_server(probe_backend=FakeProbes(0.8, 0.3, test_models=True))
+    upsert_seed(s.stub)
+    r = CliRunner().invoke(_app(), ["graph", "probes", "--max-prompts", "1", "--target", s.running.address])
+    assert r.exit_code == 0, r.output
+    assert "stable-diffusion ran on /models/diffusion (diffusion): a random-weight test model" in r.output
+    assert "kosmos-2-patch14-224 ran on /models/visionlanguage (visionlanguage)" in r.output

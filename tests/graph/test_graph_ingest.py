@@ -78,7 +78,7 @@ def test_times_matched_and_comatch_counts_follow_the_events(seeded):
         assert dense[g.index[x], g.index[y]] == dense[g.index[y], g.index[x]] == cnt
         assert g.g[g.index[x]][g.index[y]]["weight"] == cnt  # networkx holds the same counts
     for node, cnt in matched.items():
-        assert seeded.engine.stats[g.index[node], 0] == cnt
+        assert seeded.engine.counts.stats[g.index[node], 0] == cnt
 
 
 def test_incremental_pagerank_matches_networkx(seeded):
@@ -123,15 +123,15 @@ def test_restart_replays_events_after_the_checkpoint(make_server, upsert_seed):
     s.stub.RecordMatches(_stream(_events(400, 5), 100))  # checkpoints at 200 and 400 ... then more events:
     s.stub.RecordMatches(_stream(_events(120, 6, "late"), 60))
     w_before = s.engine.graph.w.toarray()
-    stats_before = s.engine.stats.copy()
-    assert s.engine._checkpoint_version < s.engine.graph.version  # the last 120 are not checkpointed
+    stats_before = s.engine.counts.stats.copy()
+    assert s.engine.checkpoints.version < s.engine.graph.version  # the last 120 are not checkpointed
     # simulate a crash: rebuild from the store without the clean-shutdown checkpoint
     from graph.engine import Engine
 
     fresh = Engine(s.engine.store, s.engine.config)
     fresh.load()
     np.testing.assert_array_equal(fresh.graph.w.toarray(), w_before)
-    np.testing.assert_array_equal(fresh.stats, stats_before)
+    np.testing.assert_array_equal(fresh.counts.stats, stats_before)
 
 
 @pytest.mark.parametrize("event, words", [

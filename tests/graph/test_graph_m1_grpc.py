@@ -32,7 +32,8 @@ def test_upsert_reports_created_then_replaced(make_server):
 
 
 def test_get_model_by_id_name_and_alias(seeded):
-    for name in ("stable-diffusion", "Stable Diffusion", "sd", "RUNWAYML/stable-diffusion-v1-5"):
+    for name in ("stable-diffusion", "Stable Diffusion", "sd", "RUNWAYML/stable-diffusion-v1-5",
+                 "stable-diffusion-v1-5/stable-diffusion-v1-5"):
         r = seeded.stub.GetModel(pb.GetModelRequest(model=name))
         assert r.model.id == "stable-diffusion"
         assert len(r.model.capabilities) == 4
@@ -60,7 +61,7 @@ def test_compare_seed_page_has_seed_sections_and_consistent_verdict(seeded):
     assert [row.feature for row in r.rows] == SEED_FEATURES
     rows = {row.feature: (row.a, row.b) for row in r.rows}
     assert rows["Type"] == ("Model", "Model")
-    assert rows["Pricing"] == ("Free", "Paid")
+    assert rows["Pricing"] == ("Free", "Free")  # the seed's "Paid" for Stable Diffusion is wrong: open weights
     assert rows["Capabilities"] == ("8 decomposed", "4 decomposed")
     assert rows["Times Matched"] == ("0", "0")
     md = r.markdown
@@ -91,7 +92,46 @@ def test_compare_seed_page_has_seed_sections_and_consistent_verdict(seeded):
     q = next(d for d in r.dimensions if d.dimension == "quality")
     assert q.outcome == pb.OUTCOME_TIED and "tied on quality (no evidence for either)" in text.replace(
         "They are tied on ", "tied on ").replace("The two are tied on ", "tied on ")
-    assert "is free to use" in text and "Stable Diffusion is paid only" in text
+    assert r.verdict[-1] == "Both are free to use." and "paid" not in text
+
+
+def test_page_cites_the_source_of_every_pricing_plan(seeded):
+    r = seeded.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    assert "## Pricing" in r.markdown and '<section class="pricing">' in r.html
+    for m in (KOSMOS2, STABLE_DIFFUSION):
+        assert f"**{m.name}: Free.**" in r.markdown
+        for plan in m.pricing.plans:
+            assert plan.source.startswith("https://") and plan.source_says
+            assert f"Source: <{plan.source}>, which says: {plan.source_says}." in r.markdown
+            assert f'<a href="{plan.source}" rel="nofollow noopener">' in r.html
+    licences = " ".join(p.source_says for p in STABLE_DIFFUSION.pricing.plans)
+    for licence in ("CreativeML Open RAIL-M", "CreativeML Open RAIL++-M", "Community License"):
+        assert licence in licences and licence in r.markdown
+    assert "MIT" in KOSMOS2.pricing.plans[0].source_says
+    # the plans travel with their sources through UpsertModel and GetModel
+    got = seeded.stub.GetModel(pb.GetModelRequest(model="sd")).model.pricing.plans
+    assert [(p.source, p.source_says, p.observed_at) for p in got] == \
+        [(p.source, p.source_says, p.observed_at) for p in STABLE_DIFFUSION.pricing.plans]
+
+
+def test_verdict_pricing_sentence_follows_the_pricing_data(seeded):
+    paid = record_to_pb(STABLE_DIFFUSION)
+    paid.pricing.tier = pb.PRICING_TIER_PAID
+    del paid.pricing.plans[:]
+    paid.pricing.plans.add(name="Hosted API", usd_per_month=10, source="javascript:alert(1)",
+                           source_says="a price list", observed_at="2026-10-30")
+    seeded.stub.UpsertModel(pb.UpsertModelRequest(model=paid))
+    r = seeded.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    rows = {row.feature: (row.a, row.b) for row in r.rows}
+    assert rows["Pricing"] == ("Free", "Paid")
+    assert r.verdict[-1] == ("kosmos-2-patch14-224 is free to use, making it more accessible; "
+                             "Stable Diffusion is paid only.")
+    assert "Hosted API ($10.00/month)" in r.markdown
+    assert 'href="javascript' not in r.html
+    assert "Source: javascript:alert(1) (read 2026-10-30), which says: a price list." in r.html
+    seeded.stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(STABLE_DIFFUSION)))
+    again = seeded.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    assert again.verdict[-1] == "Both are free to use."
 
 
 def test_compare_is_deterministic(seeded):
@@ -120,17 +160,25 @@ def test_not_found_suggests_close_names(seeded):
 
 
 def _bad_records():
-    ok = record_to_pb(KOSMOS2)
-    cases = []
-    r = pb.ModelRecord(); r.CopyFrom(ok); r.id = "Bad Id!"; cases.append((r, "lowercase slug"))
-    r = pb.ModelRecord(); r.CopyFrom(ok); r.type = pb.MODEL_TYPE_UNSPECIFIED; cases.append((r, "type"))
-    r = pb.ModelRecord(); r.CopyFrom(ok); r.adoption[0].value = -1; cases.append((r, ">= 0"))
-    r = pb.ModelRecord(); r.CopyFrom(ok); r.adoption[0].observed_at = "yesterday"; cases.append((r, "ISO date"))
-    r = pb.ModelRecord(); r.CopyFrom(ok); r.name = ""; cases.append((r, "model.name"))
-    r = pb.ModelRecord(); r.CopyFrom(ok); r.serving_endpoint = "gpu"; cases.append((r, "serving_endpoint"))
-    r = pb.ModelRecord(); r.CopyFrom(ok); r.external_quality.add(benchmark="x", score=3, source="s",
-                                                                  observed_at="2026-01-01"); cases.append((r, "0..1"))
-    return cases
+    def changed(edit, words):
+        r = record_to_pb(KOSMOS2)
+        edit(r)
+        return r, words
+
+    def bad_quality(r):
+        r.external_quality.add(benchmark="x", score=3, source="s", observed_at="2026-01-01")
+
+    return [
+        changed(lambda r: setattr(r, "id", "Bad Id!"), "lowercase slug"),
+        changed(lambda r: setattr(r, "type", pb.MODEL_TYPE_UNSPECIFIED), "type"),
+        changed(lambda r: setattr(r.adoption[0], "value", -1), ">= 0"),
+        changed(lambda r: setattr(r.adoption[0], "observed_at", "yesterday"), "ISO date"),
+        changed(lambda r: setattr(r, "name", ""), "model.name"),
+        changed(lambda r: setattr(r, "serving_endpoint", "gpu"), "serving_endpoint"),
+        changed(bad_quality, "0..1"),
+        changed(lambda r: setattr(r.pricing.plans[0], "observed_at", "soon"), "ISO date"),
+        changed(lambda r: setattr(r.pricing.plans[0], "source", ""), "pricing.plans[0].source_says needs the source"),
+    ]
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved

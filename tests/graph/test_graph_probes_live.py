@@ -56,6 +56,12 @@ def test_probes_against_real_tiny_services(model_services, make_server, upsert_s
         assert 0.0 <= x.score <= 1.0 and x.model_version
     assert any(x.detail.startswith("caption ") for x in r.results)
     assert set(r.quality) == {"stable-diffusion", "kosmos-2-patch14-224"}
+    # what the probes ran on comes from the services' ModelInfo: the tiny builders mark their folders
+    served = {b.model: b.served for b in r.served}
+    assert served["kosmos-2-patch14-224"].model_id.endswith("tiny-kosmos2")
+    assert served["kosmos-2-patch14-224"].architecture == "Kosmos2ForConditionalGeneration"
+    assert served["stable-diffusion"].model_id.endswith("tiny-sd")
+    assert all(s.test_model and s.test_preset == "tiny" and s.parameters > 0 for s in served.values())
     assert r.quality["stable-diffusion"].evidence_count == 2
     # same seed + same model versions -> the same image and the same similarity, so the same scores
     again = s.stub.RunProbes(pb.RunProbesRequest(max_prompts=2, seed=3))
@@ -64,6 +70,9 @@ def test_probes_against_real_tiny_services(model_services, make_server, upsert_s
     page = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
     q = next(x for x in page.dimensions if x.dimension == "quality")
     assert q.a.evidence_count == 4  # two runs x two prompts
+    assert [(b.model, b.runs, b.served.test_model) for b in page.probe_basis] == [
+        ("kosmos-2-patch14-224", 2, True), ("stable-diffusion", 2, True)]
+    assert "random-weight test models" in " ".join(page.verdict)
 
 
 def test_search_uses_real_embeddings_then_degrades(model_services, make_server, upsert_seed, tmp_path):

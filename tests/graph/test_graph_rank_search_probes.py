@@ -11,6 +11,7 @@ import pytest
 from graph import bradley_terry
 from graph.probes import PROBE_PROMPTS, pairwise
 from graph.store import ProbeResultRow
+from tests.graph.conftest import FakeProbes
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 
@@ -95,36 +96,14 @@ def test_search_degrades_to_fts_when_embedder_fails(make_server, upsert_seed):
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 def test_search_bad_input(seeded):
-    for req in (pb.SearchRequest(query="  "), pb.SearchRequest(query="x" * 600), pb.SearchRequest(query="a", limit=101)):
+    for req in (pb.SearchRequest(query="  "), pb.SearchRequest(query="x" * 600),
+                pb.SearchRequest(query="a", limit=101)):
         with pytest.raises(grpc.RpcError) as err:
             seeded.stub.Search(req)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # ---------------------------------------------------------------- probes + Bradley-Terry
-class FakeProbes:
-    """Diffusion images are the prompt bytes; the 'judge' scores by a fixed table."""
-
-    def __init__(self, image_score: float, caption_score: float) -> None:
-        self.image_score, self.caption_score = image_score, caption_score
-        self.seeds: list[int] = []
-
-    def text_to_image(self, prompt: str, seed: int) -> bytes:
-        self.seeds.append(seed)
-        return prompt.encode()
-
-    def image_text_similarity(self, image: bytes, text: str) -> float:
-        assert image == text.encode()
-        return self.image_score
-
-    def caption(self, image: bytes) -> str:
-        return "caption of " + image.decode()
-
-    def text_similarity(self, a: str, b: str) -> float:
-        assert a == "caption of " + b
-        return self.caption_score
-
-
 def test_bradley_terry_recovers_order_and_handles_ties():
     i = np.array([0, 0, 0, 1, 1, 2])
     j = np.array([1, 2, 2, 2, 2, 0])
@@ -202,13 +181,14 @@ def test_match_graph_lead_reports_records_to_flip(seeded):
     assert mg.records_to_flip >= 1
     # check the claim: remove that many of kosmos-2's events (largest first, as documented) and recompute
     g = seeded.engine.graph
-    removed = [tuple(seeded.engine.pos[m] for m in ("kosmos-2-patch14-224", f"m{k}"))
+    removed = [tuple(seeded.engine.catalogue.pos[m] for m in ("kosmos-2-patch14-224", f"m{k}"))
                for k in range(mg.records_to_flip)]
     pr, deg = g.without(removed)
     from graph.rank import midrank_percentile
 
     pct = midrank_percentile(np.where(deg > 0, pr, 0.0))
-    ia, ib = g.index[seeded.engine.node_of["kosmos-2-patch14-224"]], g.index[seeded.engine.node_of["stable-diffusion"]]
+    node_of = seeded.engine.catalogue.node_of
+    ia, ib = g.index[node_of["kosmos-2-patch14-224"]], g.index[node_of["stable-diffusion"]]
     assert round(pct[ia], 2) <= round(pct[ib], 2)
     rank = page.dimensions[0]
     assert rank.records_to_flip != 0 and rank.fragile == (0 < rank.records_to_flip <= 5)
@@ -226,3 +206,59 @@ def test_probes_also_run_on_a_schedule(make_server, upsert_seed):
     runs = {r.run_id for r in s.engine.store.probe_results()}
     assert runs, "the schedule never ran a probe"
     assert s.stub.GetModel(pb.GetModelRequest(model="sd")).scores.quality.evidence_count > 0
+
+
+# ---------------------------------------------------------------- what the probes ran on
+def test_probe_runs_record_what_they_ran_on_and_pages_say_so(make_server, upsert_seed):
+    s = make_server("basis.db", probe_backend=FakeProbes(0.8, 0.3, test_models=True))
+    upsert_seed(s.stub)
+    r = s.stub.RunProbes(pb.RunProbesRequest(max_prompts=2, seed=1))
+    served = {b.model: b.served for b in r.served}
+    assert served["stable-diffusion"].model_id == "/models/diffusion" and served["stable-diffusion"].test_model
+    assert served["kosmos-2-patch14-224"].endpoint == "visionlanguage"
+    assert served["kosmos-2-patch14-224"].test_preset == "tiny" and all(b.runs == 1 for b in r.served)
+    s.stub.RunProbes(pb.RunProbesRequest(max_prompts=2, seed=2))
+    page = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    assert [(b.model, b.served.model_id, b.served.test_model, b.runs) for b in page.probe_basis] == [
+        ("kosmos-2-patch14-224", "/models/visionlanguage", True, 2), ("stable-diffusion", "/models/diffusion", True, 2)]
+    text = " ".join(page.verdict)
+    assert "random-weight test models" in text and "says nothing about the real models" in text
+    assert "kosmos-2-patch14-224 on /models/visionlanguage (VisionlanguageArch, 1,000 parameters), a tiny " \
+           "random-weight test model" in text
+    for doc in (page.markdown, page.html):
+        assert "What the quality probes ran on" in doc and "Stable Diffusion: 2 probe runs on /models/diffusion" in doc
+        assert "its quality score says nothing about the real model" in doc
+    ex = s.stub.GetModel(pb.GetModelRequest(model="sd", explain=True))
+    basis = [e for e in ex.evidence if e.kind == "probe_basis"]
+    assert len(basis) == 1 and basis[0].dimension == "quality" and basis[0].value == 2
+    assert "random-weight test model: its quality says nothing about the real model" in basis[0].detail
+    s.restart()  # the basis is stored with the runs: a restart shows the same page
+    assert s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd")) == page
+
+
+def test_probes_of_real_checkpoints_carry_no_test_model_caveat(make_server, upsert_seed):
+    s = make_server(probe_backend=FakeProbes(0.8, 0.3, test_models=False))
+    upsert_seed(s.stub)
+    before = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    assert not before.probe_basis and "What the quality probes ran on" not in before.markdown
+    s.stub.RunProbes(pb.RunProbesRequest(max_prompts=2, seed=1))
+    page = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    assert [b.served.test_model for b in page.probe_basis] == [False, False]
+    assert "random-weight" not in " ".join(page.verdict) and "random-weight" not in page.markdown
+    assert "Stable Diffusion: 1 probe run on /models/diffusion (DiffusionArch, 1,000 parameters), served by " \
+           "diffusion" in page.markdown
+
+
+def test_a_service_that_does_not_say_what_it_serves_is_shown_as_unknown(make_server, upsert_seed):
+    class Silent(FakeProbes):
+        def served_model(self, endpoint: str) -> None:
+            return None  # e.g. a model service without ModelInfo
+
+    s = make_server(probe_backend=Silent(0.8, 0.3))
+    upsert_seed(s.stub)
+    r = s.stub.RunProbes(pb.RunProbesRequest(max_prompts=1, seed=1))
+    assert [b.HasField("served") for b in r.served] == [False, False]
+    page = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    assert [(b.model, b.HasField("served"), b.runs) for b in page.probe_basis] == [
+        ("kosmos-2-patch14-224", False, 1), ("stable-diffusion", False, 1)]
+    assert "Stable Diffusion: 1 probe run on a served model that was not recorded" in page.markdown

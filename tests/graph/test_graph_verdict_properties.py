@@ -73,8 +73,8 @@ def test_verdict_never_contradicts_numbers(rank, d1, d2, d3, d4, ta, tb):
     # fragility is only claimed for real leads
     for d in [rank, *dims]:
         if d.outcome == TIED:
-            assert f"lead on {LABEL.get(d.dimension, 'UnfragileRank')} disappears" not in text or d.dimension == "rank" \
-                and rank.outcome != TIED
+            claim = f"lead on {LABEL.get(d.dimension, 'UnfragileRank')} disappears"
+            assert claim not in text or d.dimension == "rank" and rank.outcome != TIED
     # rule 4: the pricing sentence follows the tiers
     p = sentences[-1]
     assert p == pricing_sentence("Alpha", pa, "Beta", pb)
@@ -83,6 +83,8 @@ def test_verdict_never_contradicts_numbers(rank, d1, d2, d3, d4, ta, tb):
         assert "Alpha" in p and "more accessible" in p and "Beta is paid only" in p
     elif tb in free and ta == "paid":
         assert "Beta" in p and "more accessible" in p and "Alpha is paid only" in p
+    elif ta == tb == "free":
+        assert p == "Both are free to use."
     elif ta in free and tb in free:
         assert p.startswith("Both have a free tier")
     elif ta == tb == "paid":

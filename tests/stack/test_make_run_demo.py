@@ -44,6 +44,9 @@ def test_demo_prints_page_saves_png_and_shuts_down_cleanly(tmp_path, tiny_models
     assert "# kosmos-2-patch14-224 vs Stable Diffusion" in text
     assert "## Verdict" in text and "| UnfragileRank |" in text
     assert "caption of that image" in text
+    # the probes ran on the tiny random-weight models, and the printed page and the web page say so
+    assert "(random-weight test model)" in text and "## What the quality probes ran on" in text
+    assert "says nothing about the real models" in text and "random-weight test model" in page
     assert "Verdict" in page and "kosmos-2-patch14-224" in page
     assert "stopped: {'visionlanguage': 0, 'diffusion': 0, 'matchgraph': 0, 'gateway': 0}" in text
     png = (out / "demo.png").read_bytes()

@@ -1,0 +1,117 @@
+"""RunProbes: check what can be probed, run the probes, store the run, report the refreshed quality.
+
+With each run the engine keeps what every probed model's service had loaded (the probe
+basis), so pages can say whether quality was measured on the real model or on a
+random-weight test model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Callable, Iterable
+
+from common.errors import FailedPrecondition, InvalidArgument, UnfragileError
+from graph.catalogue import Catalogue
+from graph.config import EngineConfig
+from graph.probes import PROBE_PROMPTS, ProbeBackend, ProbeBasis, ProbeRun, ServedModel, run_probes
+from graph.rank import Score
+from graph.scoring import Scorer
+from graph.store import Store
+
+BASIS_KEY = "probe_basis"  # stored beside the runs: [{"run_id", "model", "served": ServedModel fields}]
+Recorded = dict[tuple[str, str], ServedModel]  # (run id, model id) -> what served it
+
+
+class Prober:
+    """Runs live quality probes against the models this deployment serves."""
+
+    def __init__(self, store: Store, catalogue: Catalogue, scorer: Scorer, backend: ProbeBackend | None,
+                 config: EngineConfig, lock: threading.RLock) -> None:
+        self.store = store
+        self.catalogue = catalogue
+        self.scorer = scorer
+        self.backend = backend
+        self.config = config
+        self.lock = lock
+        # (probe version, recorded basis, runs with outcomes per model), read once per probe version
+        self._recorded: tuple[int, Recorded, dict[str, set[str]]] | None = None
+
+    def run(self, models: list[str], max_prompts: int, seed: int,
+            check_cancel: Callable[[], None] = lambda: None) -> tuple[ProbeRun, dict[str, Score]]:
+        """Probe ``models`` (all served ones when empty); returns the run and each probed model's quality."""
+        if self.backend is None:
+            raise FailedPrecondition("probes need the model services: set visionlanguage_target and "
+                                     "diffusion_target (UNFRAGILE_GRAPH_VISIONLANGUAGE_TARGET / _DIFFUSION_TARGET)")
+        served = self._served(models)
+        prompts = PROBE_PROMPTS[:max_prompts] if max_prompts else PROBE_PROMPTS
+        try:
+            run = run_probes(self.backend, served, prompts, seed, self.config.probe_tie_margin, check_cancel)
+        except UnfragileError as exc:  # a model service down or too slow: record it, pages say quality is stale
+            self.store.record_probe_failure(exc.message)
+            raise
+        if run.results:
+            self._record_basis(run)  # before the run itself: a run is never stored without its basis
+            self.store.add_probe_run(run.run_id, seed, list(prompts), list(run.results), list(run.outcomes))
+            self.scorer.probes_changed()
+        st = self.scorer.state()
+        probed = sorted({r.model_id for r in run.results})
+        return run, {m: st.dims["quality"].score(self.catalogue.pos[m]) for m in probed}
+
+    def _served(self, models: list[str]) -> list[tuple[str, str, str]]:
+        """(id, endpoint, version) of the served models to probe: all of them, or those named."""
+        served = self.store.serving()
+        if models:
+            wanted = {self.catalogue.resolve(m) for m in models}
+            not_served = sorted(wanted - {s[0] for s in served})
+            if not_served:
+                raise InvalidArgument(f"models {not_served} are not served by this deployment "
+                                      f"(serving_endpoint is empty); probes run only on served models")
+            served = [s for s in served if s[0] in wanted]
+        if not served:
+            raise FailedPrecondition("no served models to probe: set serving_endpoint on a model record")
+        return served
+
+    def quality_basis(self, model_ids: Iterable[str]) -> tuple[ProbeBasis, ...]:
+        """What the stored probe outcomes of each model ran on, one row per distinct served model."""
+        recorded, runs_of = self._load_basis()
+        out: list[ProbeBasis] = []
+        for m in model_ids:
+            tally: dict[ServedModel | None, int] = {}
+            for run in sorted(runs_of.get(m, ())):
+                served = recorded.get((run, m))
+                tally[served] = tally.get(served, 0) + 1
+            rows = [ProbeBasis(m, s, n) for s, n in tally.items()]
+            out += sorted(rows, key=lambda b: (b.served is None, repr(b.served)))
+        return tuple(out)
+
+    def _record_basis(self, run: ProbeRun) -> None:
+        entries: list[dict[str, object]] = [
+            {"run_id": run.run_id, "model": b.model, "served": dataclasses.asdict(b.served)}
+            for b in run.basis if b.served is not None]
+        if not entries:
+            return
+        with self.lock:  # read-modify-write of one stored list: one run at a time
+            self._append_basis(entries)
+
+    def _append_basis(self, entries: list[dict[str, object]]) -> None:
+        saved = self.store.load_state(BASIS_KEY)
+        previous = json.loads(saved[1]) if saved is not None else []
+        everything = previous + entries
+        self.store.save_state({BASIS_KEY: (len(everything), json.dumps(everything).encode())})
+        self._recorded = None
+
+    def _load_basis(self) -> tuple[Recorded, dict[str, set[str]]]:
+        """The recorded basis of every run and the runs with outcomes of each model, read once per probe version."""
+        version = self.scorer.probe_version
+        if self._recorded is None or self._recorded[0] != version:
+            saved = self.store.load_state(BASIS_KEY)
+            rows = json.loads(saved[1]) if saved is not None else []
+            recorded = {(r["run_id"], r["model"]): ServedModel(**r["served"]) for r in rows}
+            runs_of: dict[str, set[str]] = {}
+            for o in self.store.probe_outcomes():
+                runs_of.setdefault(o.model_a, set()).add(o.run_id)
+                runs_of.setdefault(o.model_b, set()).add(o.run_id)
+            self._recorded = (version, recorded, runs_of)
+        return self._recorded[1], self._recorded[2]
