@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 MODELS_DIR ?= .models
 
-.PHONY: setup protos run test bench bench-gpu clean models
+.PHONY: setup protos run test lint bench bench-gpu clean models
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff over the tree; mypy --strict on the layers everything stands on, default checks elsewhere.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict common graph services/core
+	$(VENV)/bin/mypy services benchmarks
 
 bench: setup
 	$(PY) -m benchmarks.run
