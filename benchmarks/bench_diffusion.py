@@ -1,8 +1,9 @@
-"""Diffusion benchmarks (issue 4), all ratios measured in one run on one machine.
+"""Diffusion benchmarks, all ratios measured in one run on one machine.
 
-A tiny Stable Diffusion checkpoint (the ``bench`` preset of services/diffusion/tiny.py,
-64x64 images) is built into a temporary folder and served in-process over real gRPC
-on port 0:
+For each family (SD 1.x, SDXL, SD 3) a tiny checkpoint (the ``bench`` preset of
+services/diffusion/tiny.py, 64x64 images) is built into a temporary folder and served
+in-process over real gRPC on port 0. The SD 1.x entries keep their names; the SDXL and
+SD 3 ones carry the family: ``diffusion.sdxl.…`` and ``diffusion.sd3.…``.
 
 - ``diffusion.served_over_inprocess.images_per_s``: images/s of sequential TextToImage
   calls over gRPC (stream consumed to the final PNGs) divided by images/s of calling
@@ -43,6 +44,10 @@ def _params(pb: Any, seed: int, **kw: Any) -> Any:
     return pb.GenerationParams(prompt="a photo of a red cat", width=SIZE, height=SIZE, steps=STEPS, seed=seed, **kw)
 
 
+def _name(family: str, metric: str) -> str:
+    return f"{PREFIX}{metric}" if family == "sd" else f"{PREFIX}{family}.{metric}"
+
+
 def _served_call(stub: Any, pb: Any, seed: int, **kw: Any) -> Any:
     result = None
     for ev in stub.TextToImage(pb.TextToImageRequest(params=_params(pb, seed, **kw)), timeout=600):
@@ -52,14 +57,16 @@ def _served_call(stub: Any, pb: Any, seed: int, **kw: Any) -> Any:
     return result
 
 
-def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int) -> Result:
+def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int, family: str) -> Result:
     import torch
+
+    same = {"max_sequence_length": runner.load_config.t5_max_tokens} if runner.family.key == "sd3" else {}
 
     def inproc(seed: int) -> None:
         runner.activate(())
         runner.pipe(prompt=["a photo of a red cat"], negative_prompt=[""], height=SIZE, width=SIZE,
                     num_inference_steps=STEPS, guidance_scale=7.5,
-                    generator=[torch.Generator("cpu").manual_seed(seed)], output_type="pil")
+                    generator=[torch.Generator("cpu").manual_seed(seed)], output_type="pil", **same)
 
     for seed in range(3):  # warm both paths
         inproc(seed)
@@ -82,9 +89,10 @@ def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int) -> Result:
     ips_in, ips_srv = 1 / statistics.median(t_in), 1 / statistics.median(t_srv)
     # median of per-pair ratios: each pair ran back to back, so machine-load drift cancels out
     ratio = statistics.median(a / b for a, b in zip(t_in, t_srv))
-    return Result("diffusion.served_over_inprocess.images_per_s", ratio, 0.9, "higher", "ratio",
-                  "in-process StableDiffusionPipeline images/s, same params (median of back-to-back pairs)",
-                  f"{SIZE}x{SIZE}, {STEPS} DDIM steps, concurrency 1, {n} pairs: served {ips_srv:.2f} img/s, "
+    return Result(_name(family, "served_over_inprocess.images_per_s"), ratio, 0.9, "higher", "ratio",
+                  f"in-process {type(runner.pipe).__name__} images/s, same params (median of back-to-back pairs)",
+                  f"{SIZE}x{SIZE}, {STEPS} {runner.family.default_scheduler} steps, concurrency 1, {n} pairs: "
+                  f"served {ips_srv:.2f} img/s, "
                   f"in-process {ips_in:.2f} img/s (medians)")
 
 
@@ -112,7 +120,7 @@ def _throughput(stub: Any, pb: Any, clients: int, per_client: int) -> tuple[floa
 QUEUE_DELAY_MS = 25.0  # the batching server's max_queue_delay_ms (a fraction of one request's time)
 
 
-def _batching(stub_b: Any, stub_u: Any, pb: Any, rounds: int) -> Result:
+def _batching(stub_b: Any, stub_u: Any, pb: Any, rounds: int, family: str) -> Result:
     """Alternate rounds on the batching and the non-batching server; median of per-round ratios."""
     _throughput(stub_b, pb, 4, 1)  # warm-up
     _throughput(stub_u, pb, 4, 1)
@@ -125,7 +133,7 @@ def _batching(stub_b: Any, stub_u: Any, pb: Any, rounds: int) -> Result:
         ips_u.append(u)
         batch.append(mean_batch)
     return Result(
-        "diffusion.batching.throughput_4_clients", statistics.median(ratios), 1.5, "higher", "ratio",
+        _name(family, "batching.throughput_4_clients"), statistics.median(ratios), 1.5, "higher", "ratio",
         "images/s of the same load on a server with batching off (median of alternating rounds)",
         f"4 clients x 4 requests per round, {rounds} rounds, {SIZE}x{SIZE}, {STEPS} steps, "
         f"max_queue_delay_ms {QUEUE_DELAY_MS:g}: batched "
@@ -133,7 +141,7 @@ def _batching(stub_b: Any, stub_u: Any, pb: Any, rounds: int) -> Result:
         f"{statistics.median(ips_u):.2f} img/s")
 
 
-def _previews(stub: Any, pb: Any, n: int) -> Result:
+def _previews(stub: Any, pb: Any, n: int, family: str) -> Result:
     for seed in range(2):
         _served_call(stub, pb, seed, preview_every=1)
         _served_call(stub, pb, seed)
@@ -152,7 +160,7 @@ def _previews(stub: Any, pb: Any, n: int) -> Result:
             with_p.append(timed(preview_every=1))
             without.append(timed())
     ratio = statistics.median(a / b for a, b in zip(with_p, without))
-    return Result("diffusion.previews.every_step_over_none", ratio, 1.10, "lower", "ratio",
+    return Result(_name(family, "previews.every_step_over_none"), ratio, 1.10, "lower", "ratio",
                   "end-to-end time of the same request without previews (median of back-to-back pairs)",
                   f"approx (latent->RGB) preview after each of {STEPS} steps; medians "
                   f"{statistics.median(with_p) * 1000:.0f} ms vs {statistics.median(without) * 1000:.0f} ms, n={n}")
@@ -194,48 +202,65 @@ def _finetune(stub: Any, pb: Any, cpb: Any, adapters_dir: Path, model_dir: Path,
     ]
 
 
-def run() -> list[Result]:
-    import torch
+# SD 3 prompts get 77 T5 tokens (ComfyUI's padding for short prompts) instead of diffusers' 256:
+# with 256, the 333 context tokens dominate every step of the tiny model on one CPU thread and
+# batching has nothing left to share (measured ~1.1x); the note of each SD 3 entry says so.
+SD3_T5_TOKENS = 77
 
+
+def _family(family: str, tmp: Path, threads: int) -> list[Result]:
+    """Serving ratios for one family (and, for SD 1.x, the fine-tuning figures)."""
     from services.core.client import channel
     from services.core.server import start_server
     from services.diffusion.app import Settings, build_service
-    from services.diffusion.tiny import build_tiny_sd
+    from services.diffusion.tiny import build_tiny
     from unfragile.common.v1 import common_pb2 as cpb
     from unfragile.diffusion.v1 import diffusion_pb2 as pb
     from unfragile.diffusion.v1 import diffusion_pb2_grpc as pb_grpc
+
+    model = build_tiny(family, tmp / f"tiny-{family}-bench", preset="bench")
+    adapters = tmp / f"adapters-{family}"
+
+    def serve(batching: bool, delay_ms: float = 0.0) -> Any:
+        settings = Settings(port=0, metrics_port=-1, model=str(model), adapters_dir=adapters, batching=batching,
+                            max_batch_images=8, torch_threads=threads, max_queue_delay_ms=delay_ms,
+                            t5_max_tokens=SD3_T5_TOKENS)
+        return start_server(settings, build_service(settings))
+
+    # Default settings for single-client figures; the batching comparison gives the
+    # batching server a short queue delay so concurrent requests fill its UNet batch.
+    results: list[Result] = []
+    default, batched, unbatched = serve(True), serve(True, QUEUE_DELAY_MS), serve(False)
+    try:
+        with channel(default.address) as ch_d, channel(batched.address) as ch_b, channel(unbatched.address) as ch_u:
+            stub_d = pb_grpc.DiffusionStub(ch_d)
+            stub_b, stub_u = pb_grpc.DiffusionStub(ch_b), pb_grpc.DiffusionStub(ch_u)
+            runner = default.service.servicer.engine.runner
+            results.append(_served_vs_inprocess(stub_d, pb, runner, 15, family))
+            results.append(_previews(stub_d, pb, 15, family))
+            results.append(_batching(stub_b, stub_u, pb, 5, family))
+            if family == "sd":
+                results.extend(_finetune(stub_d, pb, cpb, adapters, model, steps=30))
+    finally:
+        for server in (default, batched, unbatched):
+            server.stop(0)
+    for r in results:
+        r.notes += f"; bench preset tiny {family}, {threads} torch thread(s)"
+        if family == "sd3":
+            r.notes += f", t5_max_tokens {SD3_T5_TOKENS}"
+    return results
+
+
+def run() -> list[Result]:
+    import torch
 
     # One intra-op thread everywhere (served worker and in-process baseline alike): on a shared
     # 2-core box two OpenMP threads spin against other processes and steps get ~20x slower.
     torch.set_num_threads(THREADS)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-diffusion-") as tmp:
-        model = build_tiny_sd(Path(tmp) / "tiny-sd-bench", preset="bench")
-        adapters = Path(tmp) / "adapters"
-
-        def serve(batching: bool, delay_ms: float = 0.0) -> Any:
-            settings = Settings(port=0, metrics_port=-1, model=str(model), adapters_dir=adapters, batching=batching,
-                                max_batch_images=8, torch_threads=THREADS, max_queue_delay_ms=delay_ms)
-            return start_server(settings, build_service(settings))
-
-        # Default settings for single-client figures; the batching comparison gives the
-        # batching server a short queue delay so concurrent requests fill its UNet batch.
-        default, batched, unbatched = serve(True), serve(True, QUEUE_DELAY_MS), serve(False)
-        try:
-            with channel(default.address) as ch_d, channel(batched.address) as ch_b, \
-                    channel(unbatched.address) as ch_u:
-                stub_d = pb_grpc.DiffusionStub(ch_d)
-                stub_b, stub_u = pb_grpc.DiffusionStub(ch_b), pb_grpc.DiffusionStub(ch_u)
-                runner = default.service.servicer.engine.runner
-                results.append(_served_vs_inprocess(stub_d, pb, runner, n=15))
-                results.append(_previews(stub_d, pb, n=15))
-                results.append(_batching(stub_b, stub_u, pb, rounds=5))
-                results.extend(_finetune(stub_d, pb, cpb, adapters, model, steps=30))
-        finally:
-            for server in (default, batched, unbatched):
-                server.stop(0)
-    for r in results:
-        r.notes += f"; bench preset tiny SD, {THREADS} torch thread(s)"
+        for family in ("sd", "sdxl", "sd3"):
+            results.extend(_family(family, Path(tmp), THREADS))
     return results
 
 

@@ -32,7 +32,9 @@ def test_model_details(model: str | Path) -> dict[str, str]:
 
     The marker's presence decides; its content only adds the preset.
     """
-    marker = Path(model).expanduser() / TEST_MODEL_MARKER
+    path = Path(model).expanduser()
+    # A folder carries the marker inside; a single-file checkpoint beside it ("<file>.<marker>").
+    marker = path.with_name(f"{path.name}.{TEST_MODEL_MARKER}") if path.is_file() else path / TEST_MODEL_MARKER
     if not marker.is_file():
         return {}
     try:

@@ -15,11 +15,12 @@ from pathlib import Path
 from services.core.names import full_name
 from services.core.server import GrpcService
 from services.core.settings import section
+from services.diffusion.adapters import AdapterStore
 from services.diffusion.engine import Engine
-from services.diffusion.finetune import AdapterStore, FineTuner
+from services.diffusion.finetune import FineTuner
 from services.diffusion.jobs import JobRegistry
 from services.diffusion.runner import DiffusersRunner
-from services.diffusion.settings import EngineConfig, Limits, Settings
+from services.diffusion.settings import EngineConfig, Limits, LoadConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,10 @@ class DiffusionBackend:
         if not self.settings.model:
             folder = Path(self.settings.model_path())
             if not (folder / "model_index.json").exists():
-                from services.diffusion.tiny import build_tiny_sd
+                from services.diffusion.tiny import build_tiny
 
-                log.info("building the tiny Stable Diffusion model in %s", folder)
-                build_tiny_sd(folder, preset=self.settings.tiny_preset)
+                log.info("building the tiny %s model in %s", self.settings.tiny_family, folder)
+                build_tiny(self.settings.tiny_family, folder, preset=self.settings.tiny_preset)
         self.runner.load()
         threads = self.settings.torch_threads
 
@@ -64,7 +65,8 @@ def build_backend(settings: Settings) -> DiffusionBackend:
     device, dtype = settings.resolve_device_dtype()
     limits = section(settings, Limits)
     registry = JobRegistry()
-    runner = DiffusersRunner(settings.model_path(), device, dtype, settings.adapters_path())
+    runner = DiffusersRunner(settings.model_path(), device, dtype, settings.adapters_path(),
+                             section(settings, LoadConfig))
     engine = Engine(runner, section(settings, EngineConfig), registry)
     store = AdapterStore(settings.adapters_path())
     finetuner = FineTuner(runner, store, registry, limits, settings.data_root, wake=engine.wake)

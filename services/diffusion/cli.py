@@ -107,7 +107,7 @@ def register(root: typer.Typer) -> None:
         height: int = typer.Option(0, help="multiple of 8; 0 = model size"),
         steps: int = typer.Option(0, help="denoising steps; 0 = server default"),
         guidance: float | None = typer.Option(None, help="guidance scale (default 7.5)"),
-        scheduler: str = typer.Option("", help="ddim | euler | euler-a | dpm++"),
+        scheduler: str = typer.Option("", help="ddim | euler | euler-a | dpm++ (per family; \"\" = its default)"),
         seed: int | None = typer.Option(None, help="seed of the first image (random if unset)"),
         num_images: int = typer.Option(1, help="images to generate"),
         adapter: list[str] = typer.Option([], help="LoRA adapter NAME or NAME:WEIGHT (repeatable)"),
@@ -241,11 +241,11 @@ def register(root: typer.Typer) -> None:
 
     @root.command()
     def adapters(target: str = TargetOpt, token: str | None = TokenOpt) -> None:
-        """List the LoRA adapters saved on a Diffusion server."""
+        """List the LoRA adapters of a Diffusion server (trained ones and lora_dir files)."""
         _, pb, pb_grpc = _pb()
         with channel(target) as ch:
             resp = pb_grpc.DiffusionStub(ch).ListAdapters(pb.ListAdaptersRequest(),
                                                          metadata=bearer(token) if token else None)
         for a in resp.adapters:
-            typer.echo(f"{a.name}\trank={a.rank}\tsteps={a.steps}\tloss={a.final_loss:.4f}\t{a.size_bytes} B\t"
-                       f"{a.created_at}")
+            typer.echo(f"{a.name}\tfamily={a.family or '?'}\t{a.source}/{a.format}\trank={a.rank}\tsteps={a.steps}\t"
+                   f"loss={a.final_loss:.4f}\t{a.size_bytes} B\t{a.created_at}")

@@ -22,13 +22,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from PIL import Image
 
 from common.errors import (
     Internal,
@@ -39,23 +40,42 @@ from common.errors import (
     is_out_of_memory,
 )
 from services.core.cancel import CancelToken
+from services.core.modelinfo import ModelInfo
 from services.core.security import ANONYMOUS, Principal
 from services.diffusion import metrics as m
-from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job, JobRegistry
-from services.diffusion.runner import BatchItem, Interrupted, Runner
+from services.diffusion.events import AdapterInfo, GenerateEventT, JobSnapshot, StatusEvent
+from services.diffusion.genjob import GenJob
+from services.diffusion.jobs import RUNNING, JobRegistry
 from services.diffusion.settings import EngineConfig
-from services.diffusion.types import (
-    GenerateEventT,
-    GenerateRequest,
-    JobSnapshot,
-    OutputImage,
-    PreviewEvent,
-    ProgressEvent,
-    ResultEvent,
-    StatusEvent,
-)
+from services.diffusion.types import GenerateRequest
 
 log = logging.getLogger(__name__)
+
+
+# on_step(step (1-based), total steps, latents of the whole batch) -> True to stop now.
+StepHook = Callable[[int, int, Any], bool]
+
+
+class Interrupted(Exception):
+    """Raised from the step callback when every request in the batch is cancelled."""
+
+
+@dataclass
+class BatchItem:
+    """One request inside a batch, with the seeds of its images."""
+
+    request: GenerateRequest
+    seeds: list[int]
+
+
+class Runner(Protocol):
+    """What the engine needs from model execution (tests substitute a fake)."""
+
+    def facts(self) -> ModelInfo: ...
+    def prepare(self, request: GenerateRequest) -> GenerateRequest: ...
+    def run(self, items: Sequence[BatchItem], on_step: StepHook) -> list[list[Image.Image]]: ...
+    def preview(self, latents: Any, mode: str) -> list[Image.Image]: ...
+    def list_adapters(self) -> list[AdapterInfo]: ...
 
 
 class Trainer(Protocol):
@@ -63,37 +83,6 @@ class Trainer(Protocol):
 
     def has_work(self) -> bool: ...
     def step(self) -> None: ...
-
-
-class GenJob(Job):
-    """A generation job: its request, seeds and the event stream of the client that sent it."""
-
-    def __init__(self, request: GenerateRequest, seeds: list[int], token: CancelToken, seq: int,
-                 owner: str = "anonymous") -> None:
-        super().__init__("generate", token, owner=owner)
-        self.request = request
-        self.seeds = seeds
-        self.seq = seq
-        self.key = request.batch_key()
-        self.stream: queue.Queue[GenerateEventT | UnfragileError] = queue.Queue()
-        self.first_preview: float | None = None
-        self.position = 0
-        self.detached = False  # the submitting stream went away: stop buffering events for it
-
-    def emit(self, event: GenerateEventT | UnfragileError) -> None:
-        if not self.detached:
-            self.stream.put(event)
-
-    def release_inputs(self) -> None:
-        """Drop decoded input images once finished (finished jobs stay in the registry a while)."""
-        self.request.image = self.request.mask = self.request.style_image = None
-
-    @property
-    def sort_key(self) -> tuple[int, int]:
-        return (-self.request.params.priority, self.seq)
-
-    def __lt__(self, other: GenJob) -> bool:
-        return self.sort_key < other.sort_key
 
 
 class Engine:
@@ -133,7 +122,7 @@ class Engine:
         with self._cv:
             pending, self._heap = list(self._heap), []
         for job in pending:
-            self._finish_error(job, Unavailable("server is shutting down; retry on another replica"))
+            job.finish_error(Unavailable("server is shutting down; retry on another replica"))
         for job in list(self._running):  # stops the running batch within one step
             job.token.cancel("server shutting down")
         if self._thread is not None:
@@ -146,14 +135,10 @@ class Engine:
 
     # ----------------------------------------------------------------- API
     def submit(self, request: GenerateRequest, token: CancelToken, owner: Principal = ANONYMOUS) -> GenJob:
-        """Queue a generation job or raise (NotFound adapter, ResourceExhausted queue)."""
+        """Queue a generation job or raise (bad scheduler / adapter for the model, queue full)."""
         if self._stop.is_set():
             raise Unavailable("server is shutting down; retry on another replica")
-        if request.mode == "txt2img" and not (request.params.width and request.params.height):
-            native = self.runner.native_size()
-            request = replace(request, params=replace(
-                request.params, width=request.params.width or native, height=request.params.height or native))
-        self.runner.check_adapters(request.params.adapters)
+        request = self.runner.prepare(request)  # the model's size, scheduler and adapters
         p = request.params
         base = p.seed if p.seed is not None else secrets.randbits(32)
         seeds = [(base + i) % 2**64 for i in range(p.num_images)]
@@ -173,18 +158,11 @@ class Engine:
 
     def events(self, job: GenJob) -> Iterator[GenerateEventT]:
         """The submitting client's stream: status, progress, previews, then the result."""
-        try:
-            while True:
-                ev = job.stream.get()
-                if isinstance(ev, UnfragileError):
-                    raise ev
-                yield ev
-                if isinstance(ev, ResultEvent):
-                    return
-        finally:
-            job.detached = True
-            while not job.stream.empty():
-                job.stream.get_nowait()
+        return job.events()
+
+    def watch(self, job_id: str, token: CancelToken) -> Iterator[JobSnapshot]:
+        """Any job's snapshots (generation or fine-tune) until it finishes or ``token`` is cancelled."""
+        return self.registry.get(job_id).watch(token)
 
     def cancel(self, job_id: str, caller: Principal = ANONYMOUS) -> JobSnapshot:
         """Cancel any job by id; waits (briefly) until it has actually stopped.
@@ -205,59 +183,56 @@ class Engine:
                 return snap
         return job.snapshot
 
+    def model_info(self) -> ModelInfo:
+        return self.runner.facts()
+
+    def list_adapters(self) -> list[AdapterInfo]:
+        return self.runner.list_adapters()
+
     def queue_length(self) -> int:
         with self._cv:
             return len(self._heap)
 
-    # ----------------------------------------------------------------- internals
+    # ----------------------------------------------------------------- queue
     def _publish_positions(self) -> None:
         """Tell every waiting job its 1-based position when it changed (caller holds _cv)."""
         for pos, job in enumerate(sorted(self._heap), start=1):
-            if job.position != pos:
-                job.position = pos
-                job.emit(StatusEvent(QUEUED, pos))
-                job.update(position=pos)
+            job.queued_at(pos)
         m.WAITING.set(len(self._heap))
 
     def _on_cancel(self, job: GenJob) -> None:
         with self._cv:
-            if job in self._heap:
-                self._heap.remove(job)
-                heapq.heapify(self._heap)
-                self._publish_positions()
-            else:
+            if job not in self._heap:
                 return  # running (the step hook notices) or finished
-        self._finish_cancelled(job)
+            self._heap.remove(job)
+            heapq.heapify(self._heap)
+            self._publish_positions()
+        job.finish_cancelled()
 
-    def _finish_cancelled(self, job: GenJob) -> None:
-        err = job.token.error(f"job {job.id}")
-        if job.update(state=CANCELLED, position=0, message=err.message):
-            job.emit(err)
-            job.release_inputs()
-            m.JOBS_FINISHED.labels(job.request.mode, "cancelled").inc()
-
-    def _finish_error(self, job: GenJob, err: UnfragileError) -> None:
-        if job.update(state=FAILED, position=0, message=err.message):
-            job.emit(err)
-            job.release_inputs()
-            m.JOBS_FINISHED.labels(job.request.mode, "failed").inc()
+    def _compatible(self, head: GenJob, job: GenJob) -> bool:
+        return job.key == head.key and not job.finished and not job.token.cancelled
 
     def _fillable(self, head: GenJob) -> bool:
         """Whether the compatible jobs waiting now leave ``head``'s batch short of full."""
-        images = len(head.seeds) + sum(len(j.seeds) for j in self._heap
-                                       if j.key == head.key and not j.finished and not j.token.cancelled)
+        images = len(head.seeds) + sum(len(j.seeds) for j in self._heap if self._compatible(head, j))
         return images < self.config.max_batch_images
+
+    def _pop_head(self) -> GenJob | None:
+        """The next live job (caller holds _cv); cancelled ones on top are finished on the way."""
+        while self._heap and (self._heap[0].finished or self._heap[0].token.cancelled):
+            stale = heapq.heappop(self._heap)
+            if not stale.finished:
+                stale.finish_cancelled()
+        if not self._heap:
+            m.WAITING.set(0)
+            return None
+        return heapq.heappop(self._heap)
 
     def _take_batch(self) -> list[GenJob]:
         with self._cv:
-            while self._heap and (self._heap[0].finished or self._heap[0].token.cancelled):
-                stale = heapq.heappop(self._heap)
-                if not stale.finished:
-                    self._finish_cancelled(stale)
-            if not self._heap:
-                m.WAITING.set(0)
+            head = self._pop_head()
+            if head is None:
                 return []
-            head = heapq.heappop(self._heap)
             if self.config.batching and self.config.max_queue_delay_ms > 0:
                 deadline = time.monotonic() + self.config.max_queue_delay_ms / 1000
                 while (self._fillable(head) and not self._stop.is_set() and not head.token.cancelled
@@ -268,8 +243,7 @@ class Engine:
                 for job in sorted(self._heap):
                     if images >= self.config.max_batch_images:
                         break
-                    if (job.key == head.key and not job.finished and not job.token.cancelled
-                            and images + len(job.seeds) <= self.config.max_batch_images):
+                    if self._compatible(head, job) and images + len(job.seeds) <= self.config.max_batch_images:
                         batch.append(job)
                         images += len(job.seeds)
                 if len(batch) > 1:
@@ -278,6 +252,7 @@ class Engine:
             self._publish_positions()
         return batch
 
+    # ----------------------------------------------------------------- worker
     def _loop(self) -> None:
         while not self._stop.is_set():
             batch = self._take_batch()
@@ -295,20 +270,17 @@ class Engine:
                     if not self._heap and not self._stop.is_set():
                         self._cv.wait(0.5)
 
-    def _run_batch(self, jobs: list[GenJob]) -> None:
-        mode = jobs[0].request.mode
-        t0 = time.monotonic()
+    def _start_batch(self, jobs: list[GenJob], started: float) -> list[GenJob]:
         live = [j for j in jobs if j.update(state=RUNNING, position=0)]
         for job in live:
-            m.QUEUE_TIME.labels(mode).observe(t0 - job.submitted)
+            m.QUEUE_TIME.labels(job.mode).observe(started - job.submitted)
             job.emit(StatusEvent(RUNNING))
-        if not live:
-            return
-        images = sum(len(j.seeds) for j in jobs)
-        m.BATCH_SIZE.labels(mode).observe(images)
-        m.RUNNING.inc(len(jobs))
-        self._running = list(jobs)
-        last = [t0]
+        return live
+
+    def _step_hook(self, jobs: list[GenJob]) -> StepHook:
+        """Per step: finish cancelled jobs, report the others; True (stop) once none is alive."""
+        last = [time.monotonic()]
+        mode = jobs[0].mode
 
         def on_step(step: int, total: int, latents: Any) -> bool:
             now = time.monotonic()
@@ -319,15 +291,25 @@ class Engine:
                 n = len(job.seeds)
                 if not job.finished:
                     if job.token.cancelled:
-                        self._finish_cancelled(job)
+                        job.finish_cancelled()
                     else:
                         alive = True
-                        self._report_step(job, step, total, now, latents[row:row + n])
+                        job.report_step(step, total, now, latents[row:row + n], self.runner.preview)
                 row += n
             return not alive
 
+        return on_step
+
+    def _run_batch(self, jobs: list[GenJob]) -> None:
+        started = time.monotonic()
+        if not self._start_batch(jobs, started):
+            return
+        images = sum(len(j.seeds) for j in jobs)
+        m.BATCH_SIZE.labels(jobs[0].mode).observe(images)
+        m.RUNNING.inc(len(jobs))
+        self._running = list(jobs)
         try:
-            outputs = self.runner.run([BatchItem(j.request, j.seeds) for j in jobs], on_step)
+            outputs = self.runner.run([BatchItem(j.request, j.seeds) for j in jobs], self._step_hook(jobs))
         except Interrupted:
             return
         except Exception as exc:
@@ -342,29 +324,13 @@ class Engine:
         finally:
             self._running = []
             m.RUNNING.dec(len(jobs))
-            self._batch_s_ema = 0.8 * self._batch_s_ema + 0.2 * (time.monotonic() - t0)
-        t1 = time.monotonic()
+            self._batch_s_ema = 0.8 * self._batch_s_ema + 0.2 * (time.monotonic() - started)
+        ended = time.monotonic()
         for job, imgs in zip(jobs, outputs):
-            if job.finished:
-                continue
-            if job.token.cancelled:
-                self._finish_cancelled(job)
-                continue
-            self._finish_ok(job, imgs, t0, t1, images)
-
-    def _report_step(self, job: GenJob, step: int, total: int, now: float, latents: Any) -> None:
-        started = job.started or now
-        elapsed = now - started
-        eta = elapsed / step * (total - step)
-        job.emit(ProgressEvent(step, total, elapsed * 1000, eta * 1000))
-        job.update(step=step, total_steps=total, eta_ms=eta * 1000)
-        p = job.request.params
-        if p.preview_every and step % p.preview_every == 0 and step < total:
-            for idx, img in enumerate(self.runner.preview(latents, p.preview_mode)):
-                job.emit(PreviewEvent(step, idx, img))
-            if job.first_preview is None:
-                job.first_preview = time.monotonic()
-                m.FIRST_PREVIEW.labels(job.request.mode).observe(job.first_preview - job.submitted)
+            if job.token.cancelled and not job.finished:
+                job.finish_cancelled()
+            elif not job.finished:
+                job.finish_ok(imgs, started, ended, images)
 
     def _fail_batch(self, jobs: list[GenJob], exc: BaseException, images: int) -> None:
         err: UnfragileError
@@ -378,25 +344,4 @@ class Engine:
             log.exception("generation batch failed", exc_info=exc)
             err = Internal(f"generation failed ({type(exc).__name__}); the server logged the details")
         for job in jobs:
-            self._finish_error(job, err)
-
-    def _finish_ok(self, job: GenJob, imgs: list[Any], t0: float, t1: float, batch_images: int) -> None:
-        now = time.monotonic()
-        outs = tuple(OutputImage(img, seed, img.width, img.height) for img, seed in zip(imgs, job.seeds))
-        p = job.request.params
-        result = ResultEvent(
-            images=outs,
-            queue_ms=(t0 - job.submitted) * 1000,
-            inference_ms=(t1 - t0) * 1000,
-            total_ms=(now - job.submitted) * 1000,
-            first_preview_ms=((job.first_preview - job.submitted) * 1000) if job.first_preview else 0.0,
-            batch_images=batch_images,
-            steps=job.snapshot.total_steps,
-            scheduler=p.scheduler,
-        )
-        job.emit(result)
-        job.update(state=SUCCEEDED, eta_ms=0.0)
-        job.release_inputs()
-        m.E2E_TIME.labels(job.request.mode).observe(now - job.submitted)
-        m.IMAGES.labels(job.request.mode).inc(len(outs))
-        m.JOBS_FINISHED.labels(job.request.mode, "succeeded").inc()
+            job.finish_error(err)

@@ -17,7 +17,7 @@ from typing import Any
 
 from common.errors import NotFound
 from services.core.cancel import CancelToken
-from services.diffusion.types import JobSnapshot
+from services.diffusion.events import JobSnapshot
 from unfragile.common.v1 import common_pb2 as cpb
 
 QUEUED, RUNNING = cpb.JOB_STATE_QUEUED, cpb.JOB_STATE_RUNNING

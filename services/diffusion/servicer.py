@@ -9,7 +9,8 @@ from services.core.cancel import CancelToken
 from services.core.security import current_principal
 from services.diffusion.engine import Engine
 from services.diffusion.finetune import FineTuner
-from services.diffusion.types import FineTuneRequest, GenerateRequest, Limits, job_id_from_pb
+from services.diffusion.settings import Limits
+from services.diffusion.types import FineTuneRequest, GenerateRequest, job_id_from_pb
 from unfragile.common.v1 import common_pb2 as cpb
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
 from unfragile.diffusion.v1 import diffusion_pb2_grpc as pb_grpc
@@ -43,8 +44,7 @@ class DiffusionServicer(pb_grpc.DiffusionServicer):
         return pb.StartFineTuneResponse(job_id=snap.job_id, status=snap.status_pb())
 
     def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> Iterator[pb.JobEvent]:
-        job = self.engine.registry.get(job_id_from_pb(request.job_id))
-        for snap in job.watch(CancelToken.from_context(context)):
+        for snap in self.engine.watch(job_id_from_pb(request.job_id), CancelToken.from_context(context)):
             yield snap.to_pb()
 
     def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.CancelJobResponse:
@@ -52,7 +52,7 @@ class DiffusionServicer(pb_grpc.DiffusionServicer):
         return pb.CancelJobResponse(status=snap.status_pb())
 
     def ListAdapters(self, request: pb.ListAdaptersRequest, context: Any) -> pb.ListAdaptersResponse:
-        return pb.ListAdaptersResponse(adapters=[a.to_pb() for a in self.finetuner.store.list()])
+        return pb.ListAdaptersResponse(adapters=[a.to_pb() for a in self.engine.list_adapters()])
 
     def ModelInfo(self, request: cpb.ModelInfoRequest, context: Any) -> cpb.ModelInfoResponse:
-        return self.engine.runner.facts().to_pb()
+        return self.engine.model_info().to_pb()

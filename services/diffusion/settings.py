@@ -1,8 +1,9 @@
 """Diffusion configuration, each setting declared once.
 
-``EngineConfig`` (queue and cross-request batching) and ``Limits`` (request validation)
-are what the engine and the request types receive; ``Settings`` composes them with the
-gRPC server and model bases (environment prefix ``UNFRAGILE_DIFFUSION_``).
+``EngineConfig`` (queue and cross-request batching), ``Limits`` (request validation) and
+``LoadConfig`` (single-file configs, SDXL refiner, SD 3's T5, community LoRA files) are what
+the engine, the request types and the model loader receive; ``Settings`` composes them with
+the gRPC server and model bases (environment prefix ``UNFRAGILE_DIFFUSION_``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from services.core.settings import GrpcServerSettings, ModelSettings, settings_config
+
+TINY_FOLDERS = {"sd": "tiny-sd", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3"}
 
 
 class EngineConfig(BaseModel):
@@ -46,21 +49,49 @@ class Limits(BaseModel, frozen=True):
     max_training_examples: int = Field(1000, gt=0, description="Largest training set of a fine-tune job.")
 
 
-class Settings(Limits, EngineConfig, ModelSettings, GrpcServerSettings):
+class LoadConfig(BaseModel):
+    """How the checkpoint, its optional parts and the community LoRA files are found and loaded."""
+
+    single_file_config: Path | None = Field(
+        None, description="A diffusers folder (model_index.json, component configs, tokenizers; weights not "
+        "needed) describing a single-file .safetensors checkpoint; unset = the configs shipped for its family.")
+    refiner: str = Field(
+        "", description="Stable Diffusion XL only: a refiner checkpoint (diffusers folder) that TextToImage runs "
+        "on the last refiner_fraction of the steps; \"\" = no refiner.")
+    refiner_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of the denoising steps the SDXL refiner runs (0.2 = the last 20%).")
+    t5: bool = Field(
+        True, description="Stable Diffusion 3: load the T5 text encoder (the largest part); false encodes prompts "
+        "with the two CLIP encoders only, to save memory.")
+    t5_max_tokens: int = Field(
+        256, ge=16, le=512, description="Stable Diffusion 3: T5 tokens per prompt (diffusers' max_sequence_length; "
+        "longer prompts are cut). 256 as diffusers; 77 as ComfyUI pads short prompts: every denoising step "
+        "attends over these tokens, so fewer make steps cheaper.")
+    lora_dir: Path | None = Field(
+        None, description="Folder of community LoRA files (*.safetensors in the kohya or diffusers format) listed "
+        "and usable beside the trained adapters; unset = none.")
+
+
+class Settings(Limits, EngineConfig, LoadConfig, ModelSettings, GrpcServerSettings):
     """Diffusion service settings (environment prefix ``UNFRAGILE_DIFFUSION_``)."""
 
     model_config = settings_config("UNFRAGILE_DIFFUSION_") | {"frozen": False}
 
     port: int = Field(50052, ge=0, le=65535, description="gRPC port; 0 picks a free one (tests).")
     metrics_port: int = Field(9102, ge=-1, le=65535, description="Prometheus port; 0 = any free, -1 = off.")
-    model: str = Field("", description='Checkpoint folder or hub id; "" = <models_dir>/tiny-sd (built if missing).')
+    model: str = Field(
+        "", description='Checkpoint: a diffusers folder, a single .safetensors file or a cached hub id; "" = the '
+        "tiny model of tiny_family under models_dir (built if missing).")
+    tiny_family: str = Field(
+        "sd", pattern="^(sd|sdxl|sd3)$", description="Family of the tiny model built when model is empty: sd, sdxl "
+        "or sd3.")
     tiny_preset: str = Field("tiny", description="Preset used when the default tiny model has to be built.")
     adapters_dir: Path | None = Field(None, description="Where LoRA adapters are saved; default <models_dir>/adapters.")
     data_root: Path | None = Field(
         None, description="Folder that StartFineTune.data_folder paths are confined to; unset = uploads only.")
 
     def model_path(self) -> str:
-        return self.model or str(self.models_dir / "tiny-sd")
+        return self.model or str(self.models_dir / TINY_FOLDERS[self.tiny_family])
 
     def adapters_path(self) -> Path:
         return self.adapters_dir or (self.models_dir / "adapters")

@@ -1,17 +1,20 @@
-"""Build a tiny, randomly initialised Stable Diffusion checkpoint offline.
+"""Tiny, randomly initialised Stable Diffusion checkpoints of each family, built offline.
 
-No weights can be downloaded here, so tests, the demo and the benchmarks run on a
-*real* ``StableDiffusionPipeline`` (UNet2DConditionModel, AutoencoderKL with four
-blocks so the VAE scale factor is 8 like real SD, CLIPTextModel, CLIPTokenizer) whose
-weights are seeded noise. It is saved in the ordinary diffusers folder layout and the
-server loads it back with ``from_pretrained`` exactly like a real checkpoint, plus a
-separate 9-channel inpainting UNet in ``unet_inpaint/`` (real inpaint checkpoints have
-such a UNet; it cannot share weights with the 4-channel one).
+No weights can be downloaded here, so tests, the demo and the benchmarks run on *real*
+diffusers pipelines whose weights are seeded noise: ``StableDiffusionPipeline`` (UNet,
+four-block ``AutoencoderKL`` so the VAE scale factor is 8 like real SD, CLIP text encoder),
+``StableDiffusionXLPipeline`` (two CLIP text encoders of different widths, a UNet with
+``text_time`` added conditioning) and ``StableDiffusion3Pipeline`` (MMDiT transformer with
+qk RMS-norm, 16-channel VAE with shift/scale factors, CLIP-L, CLIP-G and T5 encoders).
+They are saved in the diffusers folder layout and the server loads them back with
+``from_pretrained`` exactly like a real checkpoint (``singlefile.py`` writes the original
+single-file layout of each too). The SD folder also holds a separate 9-channel inpainting
+UNet in ``unet_inpaint/``, as real inpaint checkpoints have.
 
-Determinism matters (the lead's ``models build-tiny`` must write the same bytes every
-run): every module is created right after ``torch.manual_seed``, the tokenizer comes
-from a hand-written byte-level vocab and merge list (training one is not reproducible
-across processes), and everything is saved as safetensors.
+Determinism matters (``models build-tiny`` writes the same bytes every run): every module is
+created right after ``torch.manual_seed``, tokenizers come from hand-written vocabularies
+(a byte-level BPE for CLIP, a Unigram list for T5; training one is not reproducible across
+processes), and everything is saved as safetensors.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Words that get whole-word BPE merges, so prompts in tests tokenize to a few ids.
+# Words that get whole-word BPE merges / Unigram pieces, so test prompts tokenize to a few ids.
 _WORDS = (
     "a", "an", "the", "of", "in", "on", "with", "and", "photo", "painting", "style", "cat", "dog",
     "red", "blue", "green", "sky", "snow", "snowman", "man", "woman", "tree", "house", "sea", "sun",
@@ -29,7 +32,7 @@ _WORDS = (
 PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 images, ~0.1 s for 4 steps on 2 CPU cores.
     "tiny": {"unet_channels": (32, 64), "vae_channels": (16, 16, 32, 32), "text_hidden": 32, "sample": 64},
-    # A little wider, for benchmarks that want the UNet to dominate the cost.
+    # A little wider, for benchmarks that want the denoiser to dominate the cost.
     "bench": {"unet_channels": (64, 128), "vae_channels": (32, 32, 64, 64), "text_hidden": 64, "sample": 64},
 }
 
@@ -75,87 +78,188 @@ def build_tokenizer() -> Any:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _unet_config(p: dict[str, Any], in_channels: int) -> dict[str, Any]:
+def build_t5_tokenizer() -> Any:
+    """A T5 (SentencePiece Unigram) tokenizer from a hand-written vocabulary: ids 0-2 are T5's specials."""
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [(f"▁{w}", -1.0 - i / 100) for i, w in enumerate(_WORDS)]
+    symbols = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-"
+    pieces += [(c, -5.0 - i / 100) for i, c in enumerate(symbols)]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=128)
+
+
+def _preset(preset: str) -> dict[str, Any]:
+    from services.diffusion.modelload import prepare_libraries
+
+    prepare_libraries()
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[preset]
+
+
+def _seeded(seed: int, make: Any) -> Any:
+    import torch
+
+    torch.manual_seed(seed)
+    return make()
+
+
+def _vae(p: dict[str, Any], latent_channels: int, **extra: Any) -> Any:
+    from diffusers import AutoencoderKL
+
+    vc = p["vae_channels"]
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * len(vc),
+        up_block_types=("UpDecoderBlock2D",) * len(vc), block_out_channels=vc, latent_channels=latent_channels,
+        layers_per_block=1, norm_num_groups=min(16, vc[0]), sample_size=p["sample"], **extra)
+
+
+def _clip(tokenizer: Any, hidden: int, with_projection: bool) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
+def _unet_config(p: dict[str, Any], in_channels: int, cross: int, **extra: Any) -> dict[str, Any]:
     ch = p["unet_channels"]
     return dict(
-        sample_size=p["sample"] // 8,
-        in_channels=in_channels,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=ch,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=p["text_hidden"],
-        attention_head_dim=8,
-        norm_num_groups=min(32, ch[0]),
-    )
+        sample_size=p["sample"] // 8, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=ch, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross, attention_head_dim=8,
+        norm_num_groups=min(32, ch[0]), **extra)
+
+
+def _finish(out: Path, family: str, preset: str) -> Path:
+    (out / "unfragile_tiny.json").write_text(
+        json.dumps({"family": family, "preset": preset, "builder": __name__}, indent=2) + "\n")
+    return out
 
 
 def build_tiny_sd(out: Path, preset: str = "tiny") -> Path:
-    """Write a tiny SD checkpoint (diffusers layout + ``unet_inpaint/``) to ``out``.
-
-    Same bytes on every run. Returns ``out``.
-    """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    p = PRESETS[preset]
-    out = Path(out)
+    """A tiny SD 1.x checkpoint (diffusers layout + ``unet_inpaint/``) in ``out``; same bytes every run."""
+    p, out = _preset(preset), Path(out)  # first: prepares the libraries
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**_unet_config(p, 4))
-    torch.manual_seed(1)
-    vc = p["vae_channels"]
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(vc),
-        up_block_types=("UpDecoderBlock2D",) * len(vc),
-        block_out_channels=vc,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=min(16, vc[0]),
-        sample_size=p["sample"],
-    )
-    torch.manual_seed(2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=p["text_hidden"],
-            intermediate_size=p["text_hidden"] * 2,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=p["text_hidden"],
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
-    )
+    unet = _seeded(0, lambda: UNet2DConditionModel(**_unet_config(p, 4, p["text_hidden"])))
+    vae = _seeded(1, lambda: _vae(p, 4))
+    text_encoder = _seeded(2, lambda: _clip(tokenizer, p["text_hidden"], with_projection=False))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-    )
+        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
     pipe.save_pretrained(out, safe_serialization=True)
-    torch.manual_seed(3)
-    UNet2DConditionModel(**_unet_config(p, 9)).save_pretrained(out / "unet_inpaint", safe_serialization=True)
-    (out / "unfragile_tiny.json").write_text(json.dumps({"preset": preset, "builder": __name__}, indent=2) + "\n")
-    return out
+    inpaint = _seeded(3, lambda: UNet2DConditionModel(**_unet_config(p, 9, p["text_hidden"])))
+    inpaint.save_pretrained(out / "unet_inpaint", safe_serialization=True)
+    return _finish(out, "sd", preset)
+
+
+def _sdxl_parts(p: dict[str, Any]) -> dict[str, Any]:
+    """Text encoders of different widths (like CLIP-L 768 / OpenCLIP bigG 1280), VAE, scheduler."""
+    from diffusers import EulerDiscreteScheduler
+
+    tokenizer = build_tokenizer()
+    hidden, hidden_2 = p["text_hidden"], p["text_hidden"] * 3 // 2
+    return dict(
+        tokenizer=tokenizer, tokenizer_2=tokenizer,
+        text_encoder=_seeded(2, lambda: _clip(tokenizer, hidden, with_projection=False)),
+        text_encoder_2=_seeded(4, lambda: _clip(tokenizer, hidden_2, with_projection=True)),
+        vae=_seeded(1, lambda: _vae(p, 4, scaling_factor=0.13025)),
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1, timestep_spacing="leading"))
+
+
+def build_tiny_sdxl(out: Path, preset: str = "tiny") -> Path:
+    """A tiny SDXL base checkpoint in ``out``: two text encoders, ``add_time_ids`` conditioning."""
+    p, out = _preset(preset), Path(out)  # first: prepares the libraries
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    out.mkdir(parents=True, exist_ok=True)
+    parts = _sdxl_parts(p)
+    hidden_2 = parts["text_encoder_2"].config.hidden_size
+    unet = _seeded(0, lambda: UNet2DConditionModel(**_unet_config(
+        p, 4, p["text_hidden"] + hidden_2, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + hidden_2)))
+    StableDiffusionXLPipeline(unet=unet, add_watermarker=False, **parts).save_pretrained(out, safe_serialization=True)
+    return _finish(out, "sdxl", preset)
+
+
+def build_tiny_sdxl_refiner(out: Path, preset: str = "tiny") -> Path:
+    """A tiny SDXL refiner (second text encoder only, aesthetic-score conditioning) matching the tiny base."""
+    p, out = _preset(preset), Path(out)  # first: prepares the libraries
+    from diffusers import StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    out.mkdir(parents=True, exist_ok=True)
+    parts = _sdxl_parts(p)
+    hidden_2 = parts["text_encoder_2"].config.hidden_size
+    unet = _seeded(5, lambda: UNet2DConditionModel(**_unet_config(
+        p, 4, hidden_2, use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=5 * 8 + hidden_2)))
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        unet=unet, vae=parts["vae"], text_encoder=None, tokenizer=None, text_encoder_2=parts["text_encoder_2"],
+        tokenizer_2=parts["tokenizer_2"], scheduler=parts["scheduler"], requires_aesthetics_score=True,
+        add_watermarker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return _finish(out, "sdxl-refiner", preset)
+
+
+def _t5(tokenizer: Any, d_model: int) -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=16, d_ff=d_model * 2, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0))
+
+
+def build_tiny_sd3(out: Path, preset: str = "tiny") -> Path:
+    """A tiny SD 3.5-style checkpoint in ``out``: MMDiT, 16 latent channels, CLIP-L + CLIP-G + T5."""
+    p, out = _preset(preset), Path(out)  # first: prepares the libraries
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    out.mkdir(parents=True, exist_ok=True)
+    clip_tok, t5_tok = build_tokenizer(), build_t5_tokenizer()
+    hidden, hidden_g = p["text_hidden"], p["text_hidden"] * 3 // 2
+    clip_l = _seeded(2, lambda: _clip(clip_tok, hidden, with_projection=True))
+    with torch.no_grad():  # the SD 3 single-file layout stores no CLIP-L projection: diffusers assumes identity
+        clip_l.text_projection.weight.copy_(torch.eye(hidden))
+    clip_g = _seeded(4, lambda: _clip(clip_tok, hidden_g, with_projection=True))
+    t5 = _seeded(6, lambda: _t5(t5_tok, 3 * hidden))
+    inner = p["unet_channels"][0]
+    transformer = _seeded(0, lambda: SD3Transformer2DModel(
+        sample_size=p["sample"] // 8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+        attention_head_dim=16, num_attention_heads=inner // 16, joint_attention_dim=3 * hidden,
+        caption_projection_dim=inner, pooled_projection_dim=hidden + hidden_g, pos_embed_max_size=64,
+        qk_norm="rms_norm"))
+    vae = _seeded(1, lambda: _vae(p, 16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                                  use_post_quant_conv=False))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
+        text_encoder=clip_l, tokenizer=clip_tok, text_encoder_2=clip_g, tokenizer_2=clip_tok,
+        text_encoder_3=t5, tokenizer_3=t5_tok)
+    pipe.save_pretrained(out, safe_serialization=True)
+    return _finish(out, "sd3", preset)
+
+
+BUILDERS = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
+
+
+def build_tiny(family: str, out: Path, preset: str = "tiny") -> Path:
+    """The tiny checkpoint of ``family`` ("sd", "sdxl" or "sd3") in ``out``."""
+    if family not in BUILDERS:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(BUILDERS)}")
+    return BUILDERS[family](out, preset=preset)
 
 
 def main() -> None:  # pragma: no cover - convenience entry point
     import sys
 
-    print(build_tiny_sd(Path(sys.argv[1] if len(sys.argv) > 1 else ".models/tiny-sd")))
+    family = sys.argv[2] if len(sys.argv) > 2 else "sd"
+    print(build_tiny(family, Path(sys.argv[1] if len(sys.argv) > 1 else f".models/tiny-{family}")))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,43 +1,28 @@
-"""Domain objects of the Diffusion service, with protobuf conversion and validation.
+"""Requests of the Diffusion service: protobuf in, validated domain objects out.
 
-Everything a client can get wrong is checked here, once, with a message that says how
-to fix it (``InvalidArgument``). The engine and runner then trust these objects.
+Everything a client can get wrong in a request is checked here, once, with a message that
+says how to fix it (``InvalidArgument``); what depends on the served model (the family's
+schedulers, its adapters) is checked when the engine accepts the job. The engine and
+runner then trust these objects. What goes back to clients lives in ``events.py``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from common.errors import InvalidArgument
-from services.core.images import decode_image, encode_png
+from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from services.core.images import decode_image
+from services.diffusion.families import SCHEDULER_ALIASES, SCHEDULER_NAMES
 from services.diffusion.settings import Limits
-from unfragile.common.v1 import common_pb2 as cpb
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
-
-# Canonical scheduler names and the spellings clients may use for them.
-SCHEDULERS: dict[str, str] = {
-    "ddim": "ddim",
-    "euler": "euler",
-    "euler-a": "euler-a",
-    "euler_a": "euler-a",
-    "euler-ancestral": "euler-a",
-    "dpm++": "dpm++",
-    "dpmpp": "dpm++",
-    "dpm++2m": "dpm++",
-    "dpm++ 2m": "dpm++",
-}
-SCHEDULER_NAMES = ("ddim", "euler", "euler-a", "dpm++")
 
 # Adapter names become folder names and peft module keys: no dots, no separators.
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-MODES = ("txt2img", "img2img", "inpaint", "style")
-
 
 def check_adapter_name(name: str, field_name: str = "adapter name") -> str:
     if not ADAPTER_NAME.match(name or ""):
@@ -49,10 +34,14 @@ def check_adapter_name(name: str, field_name: str = "adapter name") -> str:
 
 
 def normalise_scheduler(name: str) -> str:
-    key = (name or "ddim").strip().lower()
-    if key not in SCHEDULERS:
-        raise InvalidArgument(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULER_NAMES)}")
-    return SCHEDULERS[key]
+    """The canonical name of a known scheduler ("" stays "": the served family's default)."""
+    key = (name or "").strip().lower()
+    if not key:
+        return ""
+    if key not in SCHEDULER_ALIASES:
+        raise InvalidArgument(f"unknown scheduler {name!r}; use one of {', '.join(SCHEDULER_NAMES)} (which ones a "
+                              f"model runs depends on its family: see ModelInfo details['schedulers'])")
+    return SCHEDULER_ALIASES[key]
 
 
 def check_side(value: int, what: str, limits: Limits) -> int:
@@ -64,7 +53,7 @@ def check_side(value: int, what: str, limits: Limits) -> int:
     return value
 
 
-def _fraction(value: float, what: str, default: float, low_open: bool = True) -> float:
+def _fraction(value: float | None, what: str, default: float, low_open: bool = True) -> float:
     v = default if value is None else float(value)
     ok = (0.0 < v <= 1.0) if low_open else (0.0 <= v <= 1.0)
     if not ok:
@@ -98,7 +87,7 @@ class GenerationParams:
     height: int = 0
     steps: int = 20
     guidance_scale: float = 7.5
-    scheduler: str = "ddim"
+    scheduler: str = ""  # "" until the engine resolves the family default
     seed: int | None = None
     num_images: int = 1
     adapters: tuple[AdapterSpec, ...] = ()
@@ -253,116 +242,7 @@ def _check_runs_a_step(steps: int, strength: float) -> None:
 
 
 def _replace(params: GenerationParams, **changes: Any) -> GenerationParams:
-    from dataclasses import replace
-
     return replace(params, **changes)
-
-
-# ----------------------------------------------------------------------------- events
-
-
-def job_status_pb(job_id: str, state: int, position: int = 0, message: str = "") -> cpb.JobStatus:
-    return cpb.JobStatus(job_id=job_id, state=state, queue_position=position, message=message)
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    state: int  # common JobState value
-    position: int = 0
-    message: str = ""
-
-    def to_pb(self, job_id: str) -> pb.GenerateEvent:
-        return pb.GenerateEvent(job_id=job_id, status=job_status_pb(job_id, self.state, self.position, self.message))
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    step: int
-    total: int
-    elapsed_ms: float
-    eta_ms: float
-
-    def to_pb(self, job_id: str) -> pb.GenerateEvent:
-        return pb.GenerateEvent(job_id=job_id, progress=pb.StepProgress(
-            step=self.step, total_steps=self.total, elapsed_ms=self.elapsed_ms, eta_ms=self.eta_ms))
-
-
-@dataclass(frozen=True)
-class PreviewEvent:
-    """A preview; PNG-encoded in ``to_pb`` on the RPC's thread, not on the denoising worker."""
-
-    step: int
-    index: int
-    image: Image.Image
-
-    def to_pb(self, job_id: str) -> pb.GenerateEvent:
-        return pb.GenerateEvent(job_id=job_id, preview=pb.Preview(
-            step=self.step, index=self.index, image=cpb.Image(data=encode_png(self.image), mime_type="image/png")))
-
-
-@dataclass(frozen=True)
-class OutputImage:
-    """A finished image; PNG-encoded in ``to_pb`` on the RPC's thread so the worker moves on."""
-
-    image: Image.Image
-    seed: int
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class ResultEvent:
-    images: tuple[OutputImage, ...]
-    queue_ms: float
-    inference_ms: float
-    total_ms: float
-    first_preview_ms: float
-    batch_images: int
-    steps: int
-    scheduler: str
-
-    def to_pb(self, job_id: str) -> pb.GenerateEvent:
-        return pb.GenerateEvent(job_id=job_id, result=pb.GeneratedImages(
-            images=[pb.GeneratedImage(image=cpb.Image(data=encode_png(i.image), mime_type="image/png"), seed=i.seed,
-                                      width=i.width, height=i.height) for i in self.images],
-            timings=cpb.Timings(queue_ms=self.queue_ms, inference_ms=self.inference_ms, total_ms=self.total_ms,
-                                first_token_ms=self.first_preview_ms),
-            batch_images=self.batch_images, steps=self.steps, scheduler=self.scheduler))
-
-
-GenerateEventT = StatusEvent | ProgressEvent | PreviewEvent | ResultEvent
-
-
-# ----------------------------------------------------------------------------- jobs
-
-
-@dataclass(frozen=True)
-class JobSnapshot:
-    """A job's state at one moment, for WatchJob / CancelJob / StartFineTune."""
-
-    job_id: str
-    kind: str
-    state: int
-    position: int = 0
-    message: str = ""
-    step: int = 0
-    total_steps: int = 0
-    loss: float = 0.0
-    elapsed_ms: float = 0.0
-    eta_ms: float = 0.0
-    adapter_name: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in (cpb.JOB_STATE_SUCCEEDED, cpb.JOB_STATE_FAILED, cpb.JOB_STATE_CANCELLED)
-
-    def status_pb(self) -> cpb.JobStatus:
-        return job_status_pb(self.job_id, self.state, self.position, self.message)
-
-    def to_pb(self) -> pb.JobEvent:
-        return pb.JobEvent(status=self.status_pb(), kind=self.kind, step=self.step, total_steps=self.total_steps,
-                           loss=self.loss, elapsed_ms=self.elapsed_ms, eta_ms=self.eta_ms,
-                           adapter_name=self.adapter_name)
 
 
 def job_id_from_pb(job_id: str) -> str:
@@ -422,8 +302,6 @@ class FineTuneRequest:
 
 def confined_folder(root: Path | None, relative: str) -> Path:
     """Resolve ``relative`` inside ``root``; refuse absolute paths, '..' and escaping links."""
-    from common.errors import FailedPrecondition, NotFound, PermissionDenied
-
     if root is None:
         raise FailedPrecondition("server-side data folders are disabled; set data_root on the server "
                                  "(UNFRAGILE_DIFFUSION_DATA_ROOT) or upload examples instead")
@@ -437,22 +315,3 @@ def confined_folder(root: Path | None, relative: str) -> Path:
     if not target.is_dir():
         raise NotFound(f"data_folder {relative!r} does not exist under the data root")
     return target
-
-
-@dataclass(frozen=True)
-class AdapterInfo:
-    name: str
-    size_bytes: int
-    rank: int
-    steps: int
-    final_loss: float
-    created_at: str
-    base_model: str
-
-    def to_pb(self) -> pb.Adapter:
-        return pb.Adapter(name=self.name, size_bytes=self.size_bytes, rank=self.rank, steps=self.steps,
-                          final_loss=self.final_loss, created_at=self.created_at, base_model=self.base_model)
-
-
-def png_of(img: Image.Image) -> bytes:
-    return encode_png(img)

@@ -81,3 +81,87 @@ def png(img: Image.Image) -> bytes:
 
 def decode(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data))
+
+
+# ----------------------------------------------------------------------------- every family, both formats
+FAMILIES = ("sd", "sdxl", "sd3")
+FORMATS = ("folder", "single-file")
+FAMILY_FORMATS = [pytest.param(f, fmt, id=f"{f}-{fmt}") for f in FAMILIES for fmt in FORMATS]
+TITLES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "Stable Diffusion XL", "sd3": "Stable Diffusion 3"}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny checkpoint folder of each family (built once per session)."""
+    from services.diffusion.tiny import build_tiny_sd3, build_tiny_sdxl
+
+    root = tmp_path_factory.mktemp("families")
+    return {"sd": tiny_sd, "sdxl": build_tiny_sdxl(root / "tiny-sdxl"), "sd3": build_tiny_sd3(root / "tiny-sd3")}
+
+
+@pytest.fixture(scope="session")
+def single_files(tiny_models: dict[str, Path],
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """Each tiny model as one .safetensors file in its original layout, plus a weight-free config folder."""
+    from services.diffusion.singlefile import copy_configs, export_single_file
+
+    root = tmp_path_factory.mktemp("single-files")
+    return {f: (export_single_file(folder, root / f"tiny-{f}.safetensors"), copy_configs(folder, root / f"{f}-config"))
+            for f, folder in tiny_models.items()}
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Community LoRA files of every family in both layouts (one SDXL file without trainer metadata)."""
+    from tests.diffusion.lora_files import write_lora
+
+    root = tmp_path_factory.mktemp("loras")
+    for family, folder in tiny_models.items():
+        for seed, layout in enumerate(("diffusers", "kohya")):
+            write_lora(folder, family, root / f"{family}-{layout}.safetensors", layout, seed=seed)
+    write_lora(tiny_models["sdxl"], "sdxl", root / "sdxl plain.v2.safetensors", "kohya", rank=2, seed=7,
+               metadata=False)
+    return root
+
+
+class FamilyServers:
+    """One server per (family, format), started on first use; all share one adapters dir and lora_dir."""
+
+    def __init__(self, models: dict[str, Path], files: dict[str, tuple[Path, Path]], adapters: Path,
+                 loras: Path) -> None:
+        self.models, self.files, self.adapters, self.loras = models, files, adapters, loras
+        self.running: dict[tuple[str, str], tuple[RunningServer, grpc.Channel]] = {}
+
+    def settings(self, family: str, fmt: str, **kw: object) -> Settings:
+        if fmt == "folder":
+            return make_settings(self.models[family], self.adapters, metrics_port=-1, lora_dir=self.loras, **kw)
+        file, config = self.files[family]
+        return make_settings(file, self.adapters, metrics_port=-1, lora_dir=self.loras, single_file_config=config,
+                             **kw)
+
+    def stub(self, family: str, fmt: str = "folder") -> pb_grpc.DiffusionStub:
+        if (family, fmt) not in self.running:
+            server = start(self.settings(family, fmt))
+            self.running[(family, fmt)] = (server, channel(server.address))
+        return pb_grpc.DiffusionStub(self.running[(family, fmt)][1])
+
+    def close(self) -> None:
+        for server, ch in self.running.values():
+            ch.close()
+            server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def family_servers(tiny_models: dict[str, Path], single_files: dict[str, tuple[Path, Path]], lora_dir: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[FamilyServers]:
+    servers = FamilyServers(tiny_models, single_files, tmp_path_factory.mktemp("family-adapters"), lora_dir)
+    yield servers
+    servers.close()
+
+
+def events_of(call: object, request: object, timeout: float = 60) -> list[pb.GenerateEvent]:
+    return list(call(request, timeout=timeout))  # type: ignore[operator]
+
+
+def kinds(events: list[pb.GenerateEvent], kind: str) -> list[object]:
+    return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]

@@ -81,7 +81,7 @@ def test_finetune_and_jobs_reject(stub) -> None:
         (pb.StartFineTuneRequest(adapter_name="ok", data_folder="missing"), NOT_FOUND, "does not exist"),
     ]
     for req, code, words in cases:
-        err = _err(lambda: stub.StartFineTune(req, timeout=30))
+        err = _err(lambda req=req: stub.StartFineTune(req, timeout=30))
         assert err.code() == code, (words, err.details())
         assert words in err.details()
     assert _err(lambda: stub.CancelJob(pb.CancelJobRequest(job_id="nope"), timeout=10)).code() == NOT_FOUND

@@ -55,6 +55,7 @@ def test_model_info(stub, tiny_sd) -> None:
     assert info.details["vae_scale_factor"] == "8"
     assert info.details["native_size"] == "64"
     assert info.details["inpaint"] == "9-channel inpaint UNet"
+    assert info.details["family"] == "sd" and info.details["format"] == "diffusers folder"
 
 
 def test_tiny_builder_is_deterministic(tiny_sd, tmp_path) -> None:

@@ -20,7 +20,8 @@ def _pixels(img: pb.GeneratedImage) -> np.ndarray:
 
 
 def _start_blocker(stub) -> tuple[object, str]:
-    stream = stub.TextToImage(pb.TextToImageRequest(params=params(steps=150, seed=99, width=256, height=256)), timeout=120)
+    stream = stub.TextToImage(pb.TextToImageRequest(params=params(steps=150, seed=99, width=256, height=256)),
+                              timeout=120)
     for ev in stream:
         if ev.WhichOneof("event") == "progress":
             return stream, ev.job_id

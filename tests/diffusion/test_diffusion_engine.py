@@ -14,10 +14,10 @@ from PIL import Image
 
 from common.errors import Cancelled, ResourceExhausted, UnfragileError
 from services.core.cancel import CancelToken
-from services.diffusion.engine import Engine, EngineConfig, GenJob
+from services.diffusion.engine import Engine, EngineConfig, GenJob, Interrupted
+from services.diffusion.events import ResultEvent, StatusEvent
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRegistry
-from services.diffusion.runner import Interrupted
-from services.diffusion.types import GenerateRequest, GenerationParams, ResultEvent, StatusEvent
+from services.diffusion.types import GenerateRequest, GenerationParams
 
 
 class OutOfMemoryError(RuntimeError):
@@ -33,11 +33,14 @@ class FakeRunner:
         self.hold.set()
         self.log = log if log is not None else []
 
-    def native_size(self) -> int:
-        return 64
+    def prepare(self, request: GenerateRequest) -> GenerateRequest:
+        return request
 
-    def check_adapters(self, adapters: Any) -> None:
-        pass
+    def list_adapters(self) -> list[Any]:
+        return []
+
+    def facts(self) -> Any:
+        raise NotImplementedError
 
     def preview(self, latents: Any, mode: str) -> list[Image.Image]:
         return [Image.new("RGB", (8, 8))] * len(latents)

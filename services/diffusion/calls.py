@@ -1,0 +1,114 @@
+"""One pipeline call per batch, per mode: the arguments each diffusers pipeline takes.
+
+Every image of the batch gets its own prompt, negative prompt and ``torch.Generator``
+(on CPU, so the noise is the same on any device). TextToImage on SDXL with a refiner
+runs the base on the first part of the schedule (``denoising_end``) and the refiner on
+the rest (``denoising_start``) on the same latents, with one continuous progress count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from services.diffusion.engine import BatchItem
+
+if TYPE_CHECKING:
+    from services.diffusion.runner import DiffusersRunner
+
+Callback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
+Inputs = list[tuple[Image.Image, Image.Image]]  # (input image, mask) per image; the mask only for inpaint
+
+
+def _common(items: Sequence[BatchItem], callback: Callback) -> dict[str, Any]:
+    import torch
+
+    p = items[0].request.params
+    prompts, negatives, gens = [], [], []
+    for it in items:
+        for seed in it.seeds:
+            prompts.append(it.request.params.prompt)
+            negatives.append(it.request.params.negative_prompt)
+            gens.append(torch.Generator("cpu").manual_seed(seed % 2**64))
+    return dict(prompt=prompts, negative_prompt=negatives, num_inference_steps=p.steps,
+                guidance_scale=p.guidance_scale, generator=gens, callback_on_step_end=callback,
+                callback_on_step_end_tensor_inputs=["latents"])
+
+
+def pipeline_call(runner: DiffusersRunner, pipe: Any, items: Sequence[BatchItem], inputs: Inputs,
+                  callback: Callback) -> list[Image.Image]:
+    """Run ``pipe`` once for the whole batch; PIL images in batch order (inpaint: unmasked pixels restored)."""
+    import torch
+
+    first = items[0].request
+    p, mode = first.params, first.mode
+    common = _common(items, callback)
+    if runner.family.key == "sd3":
+        common["max_sequence_length"] = runner.load_config.t5_max_tokens
+    if mode == "txt2img" and runner.pipes.refiner is not None:
+        return _with_refiner(runner, pipe, common, p.height, p.width)
+    if mode == "txt2img":
+        out = pipe(height=p.height, width=p.width, output_type="pil", **common)
+    elif mode == "img2img":
+        out = pipe(image=[img for img, _ in inputs], strength=first.strength, output_type="pil", **common)
+    elif mode == "style":
+        latents = []
+        for it in items:
+            c, s = runner.encode_latents([it.request.image, it.request.style_image]).chunk(2)
+            latents.extend([adain_blend(c, s, it.request.style_weight)] * len(it.seeds))
+        out = pipe(image=torch.cat(latents), strength=first.strength, output_type="pil", **common)
+    else:  # inpaint
+        out = pipe(image=[img for img, _ in inputs], mask_image=[mask for _, mask in inputs], height=p.height,
+                   width=p.width, strength=first.strength, output_type="pil", **common)
+        return [restore_unmasked(orig, img, mask) for (orig, mask), img in zip(inputs, out.images)]
+    return list(out.images)
+
+
+def adain_blend(content: Any, style: Any, weight: float) -> Any:
+    """Latent-space style blend, exactly as documented on StyleTransferRequest.
+
+    Per channel: a = (c - mean c) / std c * std s + mean s; result (1-w) c + w a.
+    """
+    dims = (-2, -1)
+    c_mean, c_std = content.mean(dims, keepdim=True), content.std(dims, keepdim=True) + 1e-5
+    s_mean, s_std = style.mean(dims, keepdim=True), style.std(dims, keepdim=True)
+    adain = (content - c_mean) / c_std * s_std + s_mean
+    return (1.0 - weight) * content + weight * adain
+
+
+def restore_unmasked(original: Image.Image, generated: Image.Image, mask: Image.Image) -> Image.Image:
+    """Copy original pixels back wherever the mask is black, so they are byte-exact."""
+    import numpy as np
+
+    orig = np.asarray(original.convert("RGB"))
+    gen = np.asarray(generated.convert("RGB").resize(original.size))
+    keep = np.asarray(mask.convert("L")) < 128
+    out = np.where(keep[..., None], orig, gen)
+    return Image.fromarray(out.astype(np.uint8), "RGB")
+
+
+def _with_refiner(runner: DiffusersRunner, base: Any, common: dict[str, Any], height: int,
+                  width: int) -> list[Image.Image]:
+    """SDXL base then refiner on one schedule; progress counts both parts as one run of ``steps``."""
+    split = 1.0 - runner.load_config.refiner_fraction
+    total = common["num_inference_steps"]
+    report = common["callback_on_step_end"]
+    done = [0]
+
+    def counted(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        done[0] += 1
+        return report(_Total(total), done[0] - 1, t, kwargs)
+
+    common = common | {"callback_on_step_end": counted}
+    latents = base(height=height, width=width, denoising_end=split, output_type="latent", **common).images
+    out = runner.pipes.refiner(image=latents, denoising_start=split, output_type="pil", **common)
+    return list(out.images)
+
+
+class _Total:
+    """Stands in for the pipeline in the step callback: reports the steps of base + refiner."""
+
+    def __init__(self, total: int) -> None:
+        self.num_timesteps = total
