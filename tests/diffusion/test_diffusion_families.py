@@ -41,6 +41,7 @@ def test_model_info_reports_the_family(family_servers, family, fmt) -> None:
     assert d["latent_channels"] == LATENT_CHANNELS[family] and d["text_encoders"] == TEXT_ENCODERS[family]
     assert d["default_scheduler"] == DEFAULT_SCHEDULER[family] == d["schedulers"].split(",")[0]
     assert info.parameters > 100_000
+    assert d["test_model"] == "true", "a tiny test model says so in either format (probe pages rely on it)"
 
 
 @pytest.mark.parametrize("family, fmt", FAMILY_FORMATS)
