@@ -8,11 +8,12 @@ operator how to provide it, instead of hanging on a download.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from common.errors import ModelUnavailable
 
 
-def pretrained_source(model: str | Path) -> tuple[str, dict[str, object]]:
+def pretrained_source(model: str | Path) -> tuple[str, dict[str, Any]]:
     """Return (path_or_id, extra from_pretrained kwargs) for ``model``.
 
     A folder is used as is. A hub id is loaded with ``local_files_only=True`` when it is

@@ -88,9 +88,9 @@ def build_vocab() -> list[tuple[str, float]]:
 
 def build_processor() -> Any:
     """Kosmos2Processor = square-resizing CLIP image processor + in-code XLM-R tokenizer."""
-    from transformers import CLIPImageProcessorPil, Kosmos2Processor, XLMRobertaTokenizerFast
+    from transformers import CLIPImageProcessorPil, Kosmos2Processor, XLMRobertaTokenizer
 
-    tokenizer = XLMRobertaTokenizerFast(vocab=build_vocab())
+    tokenizer = XLMRobertaTokenizer(vocab=build_vocab())  # the fast (tokenizers) class in transformers 5
     # Real Kosmos-2 resizes to a square 224x224 (no crop): boxes then cover the whole image.
     image_processor = CLIPImageProcessorPil(
         size={"height": 224, "width": 224}, do_center_crop=False, crop_size={"height": 224, "width": 224}
