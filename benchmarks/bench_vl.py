@@ -22,6 +22,9 @@ extraction) with no gRPC, queue or scheduler.
 - ``vl.cache.ttft_repeated_image_over_new_image``: streaming TTFT when the image was
   seen before (image features and the image-prefix KV cache hit) / TTFT for new
   images. Target <= 0.5 (not from the issue: shows what the caches buy).
+- ``vl.embed.throughput_16_over_1``: Embed requests/s with 16 concurrent clients (their
+  requests combined into one model batch) / requests/s with 1 client, one short text
+  per request (the MatchGraph search's query), every core for torch. Target >= 3.
 - ``vl.int8.size_over_fp32`` and ``vl.int8.latency_over_fp32``: dynamic int8 (torch.ao)
   serialized weights size and in-process caption p50, each / fp32. Targets <= 0.5 and <= 1.0.
 """
@@ -46,6 +49,7 @@ from benchmarks.common import Result
 PREFIX = "vl."
 NEW_TOKENS = 24
 ROUNDS = 2
+EMBED_ROUNDS = 3
 # Completion tokens of every served Caption: the in-process baseline always decodes
 # NEW_TOKENS steps, so a served request stopping early at </s> would flatter the ratios.
 TOKEN_COUNTS: list[int] = []
@@ -232,6 +236,58 @@ def _throughput(stub: Any, pb: Any, imgs: list[bytes], clients: int, per_client:
     return clients * per_client / (time.perf_counter() - t)
 
 
+def _embed_rate(stub: Any, reqs: list[Any], clients: int) -> float:
+    """Embed requests/s of ``clients`` threads sending ``reqs`` (split evenly), each waiting for its answer."""
+    per = len(reqs) // clients
+    barrier = threading.Barrier(clients)
+
+    def worker(c: int) -> None:
+        barrier.wait()
+        for req in reqs[c * per:(c + 1) * per]:
+            stub.Embed(req, timeout=600)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    return clients * per / (time.perf_counter() - t)
+
+
+def _embed_throughput(threads: int) -> Result:
+    """Embed requests/s at 16 concurrent clients / at 1 client, on one server, rounds interleaved.
+
+    Each request embeds one short text, a different one each time: what the MatchGraph's
+    search sends for every query. (Image rows batch far less well on a CPU: the vision
+    encoder and the 67-position image pass are compute-bound already at batch 1.)
+    """
+    from services.core.client import channel
+    from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
+    from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc
+
+    n1, n16, done = 16, 128, {"one": [0, 0.0], "sixteen": [0, 0.0]}
+    reqs = [pb.EmbedRequest(texts=[f"a photo of item {i} on a table"]) for i in range(20 + EMBED_ROUNDS * (n1 + n16))]
+    proc, address = _serve_subprocess(threads)
+    try:
+        with channel(address) as ch:
+            stub = pb_grpc.VisionLanguageStub(ch)
+            _embed_rate(stub, reqs[:16], 16)  # warm both paths
+            _embed_rate(stub, reqs[16:20], 1)
+            for rnd in range(EMBED_ROUNDS):
+                base = 20 + rnd * (n1 + n16)
+                done["one"][0] += n1
+                done["one"][1] += n1 / _embed_rate(stub, reqs[base:base + n1], 1)
+                done["sixteen"][0] += n16
+                done["sixteen"][1] += n16 / _embed_rate(stub, reqs[base + n1:base + n1 + n16], 16)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    one, sixteen = (done[k][0] / done[k][1] for k in ("one", "sixteen"))
+    return Result("vl.embed.throughput_16_over_1", sixteen / one, 3.0, "higher", "ratio",
+                  "Embed requests/s of 1 client calling in a row",
+                  f"{EMBED_ROUNDS} interleaved rounds, one new text per request: 16 clients {sixteen:.1f} req/s, "
+                  f"1 client {one:.1f} req/s; concurrent requests share one model batch (max_embed_batch_size 64); "
+                  f"{threads} torch threads")
+
+
 def _state_bytes(model: Any) -> int:
     import torch
 
@@ -349,6 +405,7 @@ def run() -> list[Result]:
     results.append(_cache_ttft(dict(port=0, metrics_port=-1, model=str(MODEL_DIR), threads=threads),
                                imgs[186:], 8))
     results.extend(_int8(MODEL_DIR, threads, imgs[180:], 5))
+    results.append(_embed_throughput(os.cpu_count() or 2))
     note = (f"bench Kosmos-2 {params / 1e6:.1f} M params, {threads} torch thread(s) unless said otherwise; "
             f"served completions "
             f"{min(TOKEN_COUNTS)}-{max(TOKEN_COUNTS)} tokens")

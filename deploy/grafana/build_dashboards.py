@@ -111,11 +111,14 @@ VISIONLANGUAGE = [
         Panel("Queue depth", "Work waiting in the queue and sequences in the running decode batch, all "
               "replicas. The HPA scales on the waiting count.",
               [(f"sum({VL}num_requests_waiting)", "waiting"), (f"sum({VL}num_requests_running)", "running")]),
-        Panel("Batch size", "Sequences per decode step (continuous batching) and per prefill: mean and p95.",
+        Panel("Batch size", "Sequences per decode step (continuous batching) and per prefill: mean and p95; "
+              "Embed/Similarity requests combined per model batch: mean.",
               [(f"sum(rate({VL}batch_size_sum[{RI}])) / sum(rate({VL}batch_size_count[{RI}]))", "decode mean"),
                (_q(0.95, VL + "batch_size"), "decode p95"),
                (f"sum(rate({VL}prefill_batch_size_sum[{RI}])) / sum(rate({VL}prefill_batch_size_count[{RI}]))",
-                "prefill mean")]),
+                "prefill mean"),
+               (f"sum(rate({VL}embed_batch_requests_sum[{RI}])) / sum(rate({VL}embed_batch_requests_count[{RI}]))",
+                "embed requests mean")]),
         Panel("Tokens per second", "Generated and prompt (prefilled) tokens per second.",
               [(f"sum(rate({VL}generation_tokens_total[{RI}]))", "generated"),
                (f"sum(rate({VL}prompt_tokens_total[{RI}]))", "prompt")], "short"),

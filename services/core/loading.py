@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from common.errors import ModelUnavailable
 
@@ -44,7 +45,7 @@ def test_model_details(model: str | Path) -> dict[str, str]:
     return {TEST_MODEL_DETAIL: "true", TEST_PRESET_DETAIL: preset}
 
 
-def pretrained_source(model: str | Path) -> tuple[str, dict[str, object]]:
+def pretrained_source(model: str | Path) -> tuple[str, dict[str, Any]]:
     """Return (path_or_id, extra from_pretrained kwargs) for ``model``.
 
     A folder is used as is. A hub id is loaded with ``local_files_only=True`` when it is

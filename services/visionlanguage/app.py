@@ -17,7 +17,7 @@ from services.visionlanguage.types import Limits
 from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from services.visionlanguage.runner import ModelRunner
+    from services.visionlanguage.batch import ModelRunner
 
 log = logging.getLogger(__name__)
 FULL_NAME = full_name("visionlanguage")

@@ -34,3 +34,5 @@ PREFIX_CACHE = Counter(_P + "prefix_cache_total", "Image-prefix KV cache lookups
 FINISHED = Counter(_P + "request_success_total", "Finished sequences by finish reason (length, eos, stop, "
                    "cancelled, error).", ["finish_reason"])
 REJECTED = Counter(_P + "requests_rejected_total", "Requests refused because the queue was full.")
+EMBED_BATCH = Histogram(_P + "embed_batch_requests", "Embed and Similarity requests combined into one model batch.",
+                        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))

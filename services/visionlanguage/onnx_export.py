@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,10 +20,10 @@ from common.errors import InvalidArgument
 class ImageFeatureModule(nn.Module):
     """pixel_values -> post-layernorm -> L2 normalise -> projection (64 latent slots)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Any) -> None:  # a Kosmos2ForConditionalGeneration
         super().__init__()
-        self.vision_model = model.vision_model
-        self.projection = model.image_to_text_projection
+        self.vision_model: Any = model.vision_model
+        self.projection: Any = model.image_to_text_projection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.vision_model(pixel_values=pixel_values)[0]

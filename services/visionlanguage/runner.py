@@ -1,7 +1,8 @@
 """Kosmos-2 model execution: loading, image features, batched prefill/decode, embeddings.
 
-The runner knows tensors, not requests or queues. The engine (engine.py) decides which
-sequences run together; the runner executes one step for whatever batch it is given:
+The runner knows tensors, not requests or queues (the data it exchanges with the engine
+is in batch.py). The engine decides which sequences run together; the runner executes
+one step for whatever batch it is given:
 
 - ``prefill`` runs new prompts (left padded) and returns a ``DecodeBatch`` holding their
   KV cache, attention mask and next position ids;
@@ -18,10 +19,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,119 +29,19 @@ from torch import nn
 from common.errors import InvalidArgument, ModelUnavailable
 from services.core.loading import pretrained_source, test_model_details
 from services.core.modelinfo import ModelInfo
+from services.visionlanguage import batch as batching
+from services.visionlanguage.batch import (
+    DecodeBatch,
+    ImageFeatures,
+    ImagePrefix,
+    PrefillItem,
+    PromptIds,
+    StepOutput,
+)
+from services.visionlanguage.quantize import quantize_model
 from services.visionlanguage.types import ImageInput, Sampling
 
 log = logging.getLogger(__name__)
-
-NUM_IMAGE_SLOTS = 64
-
-
-@dataclass
-class PromptIds:
-    """Token ids of '<s><image>[64 slots]</image> prompt' and where the prompt text starts."""
-
-    ids: list[int]
-    image_mask: list[int]
-    tail_start: int  # index of the first token after </image>
-
-
-@dataclass
-class ImageFeatures:
-    """Projected image features (the 64 slot embeddings) and slot->patch attention."""
-
-    embeds: torch.Tensor  # [64, D]
-    slot_to_patch: torch.Tensor | None  # [64, patches] (rows sum to 1), when computed
-
-
-@dataclass
-class ImagePrefix:
-    """KV cache of '<s><image>[64 slots]</image>' for one image: per layer [heads, 67, head_dim].
-
-    Every prompt starts with this prefix and it depends on the image only, so it is
-    computed once per image and reused (prefix caching): a prefill then runs only the
-    few prompt tokens after it.
-    """
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
-
-
-@dataclass
-class PrefillItem:
-    prompt: PromptIds
-    features: ImageFeatures
-    prefix: ImagePrefix | None = None  # when set, only prompt.ids[tail_start:] are run
-
-
-@dataclass
-class DecodeBatch:
-    """Running batch state: KV cache + mask + next positions, one row per sequence."""
-
-    keys: list[torch.Tensor]  # per layer [B, H, L, d]
-    values: list[torch.Tensor]
-    mask: torch.Tensor  # [B, L] long, 1 = real position
-    next_pos: torch.Tensor  # [B] long
-
-    @property
-    def size(self) -> int:
-        return int(self.mask.shape[0])
-
-
-@dataclass
-class StepOutput:
-    logits: torch.Tensor  # [B, V] float32, on the CPU (per-request generators are CPU generators)
-    # [B, kv_len] mean self-attention of the newest query over all positions (layers+heads), when asked.
-    attention: torch.Tensor | None = None
-
-
-class ModelRunner(Protocol):
-    """What the engine needs from model execution (tests may substitute a fake)."""
-
-    model_id: str
-    eos_id: int
-    max_context: int
-
-    def info(self) -> ModelInfo: ...
-    def prompt_ids(self, prompt: str) -> PromptIds: ...
-    def image_features(self, images: list[ImageInput], with_attention: bool = False) -> list[ImageFeatures]: ...
-    def prefixes_from(self, batch: DecodeBatch, items: list[PrefillItem]) -> list[ImagePrefix]: ...
-    def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]: ...
-    def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput: ...
-    def merge(self, a: DecodeBatch, b: DecodeBatch) -> DecodeBatch: ...
-    def select(self, batch: DecodeBatch, rows: list[int]) -> DecodeBatch: ...
-    def decode_text(self, ids: list[int]) -> str: ...
-    def token_strings(self, ids: list[int]) -> list[str]: ...
-    def tokenize(self, text: str) -> list[int]: ...
-    def beam_search(self, item: PrefillItem, sampling: Sampling, should_stop: Any) -> list[int]: ...
-    def embed_images(self, feats: list[ImageFeatures]) -> torch.Tensor: ...
-    def embed_texts(self, texts: list[str]) -> torch.Tensor: ...
-
-
-def sample_next(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None) -> int:
-    """Pick the next token from one row of logits: greedy, or temperature/top-k/top-p sampling.
-
-    Sampling draws from the request's own generator, exactly once per step, so the
-    result does not depend on what else was in the batch.
-    """
-    if s.greedy:
-        return int(torch.argmax(logits).item())
-    x = logits.float() / s.temperature
-    if s.top_k > 0 and s.top_k < x.numel():
-        kth = torch.topk(x, s.top_k).values[-1]
-        x = torch.where(x < kth, torch.full_like(x, float("-inf")), x)
-    if s.top_p < 1.0:
-        sorted_x, order = torch.sort(x, descending=True)
-        probs = torch.softmax(sorted_x, dim=-1)
-        cum = torch.cumsum(probs, dim=-1)
-        remove = cum - probs > s.top_p  # keep the smallest prefix with mass >= top_p
-        sorted_x = sorted_x.masked_fill(remove, float("-inf"))
-        x = torch.full_like(x, float("-inf")).scatter(0, order, sorted_x)
-    probs = torch.softmax(x, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
 class Kosmos2Runner:
@@ -157,15 +57,19 @@ class Kosmos2Runner:
         self.model_id = str(model_source)
         try:
             self.processor = AutoProcessor.from_pretrained(source, **extra)
-            model = Kosmos2ForConditionalGeneration.from_pretrained(  # safetensors only: never unpickle weights
+            # transformers models are typed loosely (``to`` is a wrapped function, submodules come from
+            # nn.Module.__getattr__): the model is handled as Any.
+            model: Any = Kosmos2ForConditionalGeneration.from_pretrained(  # safetensors only: never unpickle weights
                 source, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True, **extra)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"could not load Kosmos-2 from {self.model_id!r}: {exc}") from None
         self.device, self.dtype = device, dtype
         model = model.to(device).eval()
-        self.quantization = ""
+        self.parameters = sum(p.numel() for p in model.parameters())  # before quantization packs Linear weights
+        self.quantization = quantize
         if quantize:
-            model = self._quantize(model, quantize)
+            model = quantize_model(model, quantize, device)
+            self.dtype = torch.float32
         self.model = model
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -187,23 +91,6 @@ class Kosmos2Runner:
         self._boi = self.tokenizer.convert_tokens_to_ids("<image>")
         self._eoi = self.tokenizer.convert_tokens_to_ids("</image>")
         self._attn_impl = attn_implementation
-        self.parameters = sum(p.numel() for p in model.parameters())
-        if self.quantization:  # quantized Linear weights are packed, not parameters
-            self.parameters = self._param_count_before_quant
-
-    def _quantize(self, model: nn.Module, kind: str) -> nn.Module:
-        if kind != "int8":
-            raise InvalidArgument(f"quantize={kind!r} is not supported; use '' or 'int8'")
-        if self.device.type != "cpu":
-            raise InvalidArgument("int8 dynamic quantization runs on CPU only; set device=cpu or quantize=''")
-        self._param_count_before_quant = sum(p.numel() for p in model.parameters())
-        model = model.float()
-        self.dtype = torch.float32
-        with warnings.catch_warnings():  # torch.ao's dynamic quantization is deprecated (torchao), still works
-            warnings.simplefilter("ignore")
-            quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-        self.quantization = "int8"
-        return quantized
 
     # ---- facts -----------------------------------------------------------------------------------
     def info(self) -> ModelInfo:
@@ -322,19 +209,7 @@ class Kosmos2Runner:
         return [ImagePrefix([k[i].clone() for k in keys], [v[i].clone() for v in values]) for i in range(n)]
 
     def prefixes_from(self, batch: DecodeBatch, items: list[PrefillItem]) -> list[ImagePrefix]:
-        """The image-prefix KV of each row of a batch that ``prefill`` just built from whole prompts.
-
-        Causal attention makes the prefix positions' keys and values independent of the
-        prompt after them, so they can be cut out of the full prefill and reused.
-        """
-        n = batch.mask.shape[1]
-        out = []
-        for row, it in enumerate(items):
-            pad = n - len(it.prompt.ids)  # left padding of this row
-            end = pad + it.prompt.tail_start
-            out.append(ImagePrefix([k[row, :, pad:end].clone() for k in batch.keys],
-                                   [v[row, :, pad:end].clone() for v in batch.values]))
-        return out
+        return batching.prefixes_from(batch, items)
 
     @torch.inference_mode()
     def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]:
@@ -359,11 +234,11 @@ class Kosmos2Runner:
         mask = [[1] * plen + [0] * (n - len(t)) + [1] * len(t) for t in tails]
         pos = [[self.pad_id] * (n - len(t)) + list(range(self.pad_id + 1 + plen, self.pad_id + 1 + plen + len(t)))
                for t in tails]
-        layers = len(items[0].prefix.keys)  # type: ignore[union-attr]
+        prefixes = [it.prefix for it in items if it.prefix is not None]
+        assert len(prefixes) == len(items), "only called when every item has its image prefix"
         cache = DynamicCache(ddp_cache_data=[
-            (torch.stack([it.prefix.keys[i] for it in items]),  # type: ignore[union-attr]
-             torch.stack([it.prefix.values[i] for it in items]))  # type: ignore[union-attr]
-            for i in range(layers)], config=self.text_cfg)
+            (torch.stack([p.keys[i] for p in prefixes]), torch.stack([p.values[i] for p in prefixes]))
+            for i in range(len(prefixes[0].keys))], config=self.text_cfg)
         attn = torch.tensor(mask, device=dev)
         with self._eager(with_attention):
             out = self.model.text_model(
@@ -419,33 +294,13 @@ class Kosmos2Runner:
         return StepOutput(out.logits[:, -1, :].float().cpu(), self._attention_summary(out) if with_attention else None)
 
     def merge(self, a: DecodeBatch, b: DecodeBatch) -> DecodeBatch:
-        """Stack two batches, left-padding the shorter cache (padding is masked out)."""
-        la, lb = a.mask.shape[1], b.mask.shape[1]
-        n = max(la, lb)
-
-        def pad_kv(t: torch.Tensor, length: int) -> torch.Tensor:
-            return nn.functional.pad(t, (0, 0, n - length, 0)) if length < n else t
-
-        def pad_mask(m: torch.Tensor, length: int) -> torch.Tensor:
-            return nn.functional.pad(m, (n - length, 0)) if length < n else m
-
-        keys = [torch.cat([pad_kv(x, la), pad_kv(y, lb)]) for x, y in zip(a.keys, b.keys)]
-        values = [torch.cat([pad_kv(x, la), pad_kv(y, lb)]) for x, y in zip(a.values, b.values)]
-        return DecodeBatch(keys, values, torch.cat([pad_mask(a.mask, la), pad_mask(b.mask, lb)]),
-                           torch.cat([a.next_pos, b.next_pos]))
+        return batching.merge(a, b)
 
     def select(self, batch: DecodeBatch, rows: list[int]) -> DecodeBatch:
-        """Keep ``rows`` and drop columns that are padding in every kept row."""
-        idx = torch.tensor(rows, device=batch.mask.device)
-        mask = batch.mask.index_select(0, idx)
-        real = mask.sum(0) > 0
-        first = int(torch.nonzero(real)[0].item()) if bool(real.any()) else mask.shape[1]
-        keys = [k.index_select(0, idx)[:, :, first:] for k in batch.keys]
-        values = [v.index_select(0, idx)[:, :, first:] for v in batch.values]
-        return DecodeBatch(keys, values, mask[:, first:], batch.next_pos.index_select(0, idx))
+        return batching.select(batch, rows)
 
     @torch.inference_mode()
-    def beam_search(self, item: PrefillItem, sampling: Sampling, should_stop: Any) -> list[int]:
+    def beam_search(self, item: PrefillItem, sampling: Sampling, should_stop: Callable[[], bool]) -> list[int]:
         """Beam search through transformers' generate (one sequence, not batched)."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 

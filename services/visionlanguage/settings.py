@@ -21,6 +21,9 @@ class EngineConfig(BaseModel):
                                                              "requests before starting (Triton's knob).")
     max_queue_size: int = Field(64, ge=1, description="Waiting work items beyond which requests get "
                                                       "RESOURCE_EXHAUSTED with a retry-after-ms hint.")
+    max_embed_batch_size: int = Field(64, ge=1, description="Most images plus texts embedded in one model batch: "
+                                                             "queued Embed/Similarity requests are combined up to "
+                                                             "it (a larger request runs alone).")
     feature_cache_size: int = Field(256, ge=0, description="Images whose projected features are kept (LRU by "
                                                            "content hash); 0 disables the cache.")
     prefix_cache_size: int = Field(32, ge=0, description="Images whose prompt-prefix KV cache ('<s><image>[64 "

@@ -93,9 +93,10 @@ def build_processor(vocab: list[tuple[str, float]] | None = None) -> Any:
 
     ``vocab`` replaces the hand-written vocabulary (e.g. one padded to a real checkpoint's size).
     """
-    from transformers import CLIPImageProcessorPil, Kosmos2Processor, XLMRobertaTokenizerFast
+    from transformers import CLIPImageProcessorPil, Kosmos2Processor, XLMRobertaTokenizer
 
-    tokenizer = XLMRobertaTokenizerFast(vocab=build_vocab() if vocab is None else vocab)
+    # XLMRobertaTokenizer is the fast (tokenizers) class in transformers 5.
+    tokenizer = XLMRobertaTokenizer(vocab=build_vocab() if vocab is None else vocab)
     # Real Kosmos-2 resizes to a square 224x224 (no crop): boxes then cover the whole image.
     image_processor = CLIPImageProcessorPil(
         size={"height": 224, "width": 224}, do_center_crop=False, crop_size={"height": 224, "width": 224}

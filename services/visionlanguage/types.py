@@ -1,4 +1,4 @@
-"""Domain objects of the VisionLanguage service, with protobuf conversion and validation.
+"""Requests of the VisionLanguage service, validated on their way in from protobuf.
 
 Every request is validated here (``from_pb``) before it reaches the engine, so the
 engine and runner only see well-formed requests and every client mistake becomes
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from PIL import Image as PILImage
+from pydantic import ConfigDict
 
 from common.errors import InvalidArgument, NotFound
-from services.core.images import decode_image, encode_png
+from services.core.images import decode_image
 from services.visionlanguage import grounding as g
 from services.visionlanguage.prompts import GROUNDING, TEMPLATES
 from services.visionlanguage.settings import RequestLimits
@@ -37,11 +38,12 @@ MODES = {
     pb.CAPTION_MODE_QUESTION: "question",
     pb.CAPTION_MODE_PHRASES: "phrases",
 }
-FINISH = {"length": pb.FINISH_REASON_LENGTH, "eos": pb.FINISH_REASON_EOS, "stop": pb.FINISH_REASON_STOP_SEQUENCE}
 
 
-class Limits(RequestLimits, frozen=True):
+class Limits(RequestLimits):
     """The request limits plus the served model's id: what validation needs."""
+
+    model_config = ConfigDict(frozen=True)
 
     model_id: str
 
@@ -192,68 +194,6 @@ def build_prompts(mode: str, prompt: str, phrases: Sequence[str], language: str,
     return tuple(out)
 
 
-@dataclass
-class Timing:
-    queue_ms: float = 0.0
-    inference_ms: float = 0.0
-    total_ms: float = 0.0
-    first_token_ms: float = 0.0
-
-    def to_pb(self) -> common_pb2.Timings:
-        return common_pb2.Timings(queue_ms=self.queue_ms, inference_ms=self.inference_ms, total_ms=self.total_ms,
-                                  first_token_ms=self.first_token_ms)
-
-
-def box_pb(box: g.NormBox, width: int, height: int) -> common_pb2.Box:
-    px = box.to_pixels(width, height)
-    return common_pb2.Box(x_min=box.x_min, y_min=box.y_min, x_max=box.x_max, y_max=box.y_max,
-                          x_min_px=px[0], y_min_px=px[1], x_max_px=px[2], y_max_px=px[3])
-
-
-@dataclass
-class CaptionResult:
-    text: str
-    completion: str
-    raw_text: str
-    entities: list[g.GroundedEntity]
-    finish_reason: str
-    language: str
-    seed: int
-    prompt: str
-    prompt_tokens: int
-    token_ids: list[int]
-    width: int
-    height: int
-    timing: Timing = field(default_factory=Timing)
-
-    def to_pb(self) -> pb.CaptionResponse:
-        return pb.CaptionResponse(
-            text=self.text, completion=self.completion, raw_text=self.raw_text,
-            entities=[pb.Entity(phrase=e.phrase, start=e.start, end=e.end,
-                                boxes=[box_pb(b, self.width, self.height) for b in e.boxes]) for e in self.entities],
-            finish_reason=FINISH.get(self.finish_reason, pb.FINISH_REASON_UNSPECIFIED), language=self.language,
-            seed=self.seed, usage=common_pb2.Usage(prompt_tokens=self.prompt_tokens,
-                                                   completion_tokens=len(self.token_ids), images=1),
-            timings=self.timing.to_pb(), token_ids=self.token_ids, prompt=self.prompt)
-
-
-@dataclass
-class CaptionEvent:
-    """One streamed event: a queue position, new text, or the final result."""
-
-    queue_position: int = 0
-    delta: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    final: CaptionResult | None = None
-
-    def to_pb(self, index: int) -> pb.CaptionChunk:
-        chunk = pb.CaptionChunk(index=index, queue_position=self.queue_position, delta=self.delta,
-                                token_ids=self.token_ids)
-        if self.final is not None:
-            chunk.final.CopyFrom(self.final.to_pb())
-        return chunk
-
-
 def _texts(texts: Sequence[str], name: str, allow_empty_list: bool) -> tuple[str, ...]:
     if len(texts) > MAX_EMBED_ITEMS:
         raise InvalidArgument(f"at most {MAX_EMBED_ITEMS} {name}, got {len(texts)}")
@@ -288,24 +228,6 @@ class EmbedRequest:
         return cls(_images(req.images, limits, True), _texts(req.texts, "texts", True))
 
 
-POOLING = ("text-decoder last hidden state (after the final layer norm), mean over the 64 image slots "
-           "of '<s><image>[slots]</image>' (images) or over the tokens of '<s> text' without <s> (texts), "
-           "then L2-normalised")
-
-
-@dataclass
-class EmbedResult:
-    image_vectors: list[list[float]]
-    text_vectors: list[list[float]]
-    dim: int
-    timing: Timing = field(default_factory=Timing)
-
-    def to_pb(self) -> pb.EmbedResponse:
-        return pb.EmbedResponse(image_embeddings=[pb.Embedding(values=v) for v in self.image_vectors],
-                                text_embeddings=[pb.Embedding(values=v) for v in self.text_vectors],
-                                dim=self.dim, pooling=POOLING, timings=self.timing.to_pb())
-
-
 @dataclass(frozen=True)
 class SimilarityRequest:
     images: tuple[ImageInput, ...]
@@ -315,21 +237,6 @@ class SimilarityRequest:
     def from_pb(cls, req: pb.SimilarityRequest, limits: Limits) -> SimilarityRequest:
         check_model(req.model, limits)
         return cls(_images(req.images, limits, False), _texts(req.texts, "texts", False))
-
-
-CLIP_SCORE_WEIGHT = 2.5
-
-
-@dataclass
-class SimilarityResult:
-    cosine: list[list[float]]
-    timing: Timing = field(default_factory=Timing)
-
-    def to_pb(self) -> pb.SimilarityResponse:
-        flat = [c for row in self.cosine for c in row]
-        return pb.SimilarityResponse(rows=len(self.cosine), cols=len(self.cosine[0]) if self.cosine else 0,
-                                     cosine=flat, clip_score=[CLIP_SCORE_WEIGHT * max(c, 0.0) for c in flat],
-                                     timings=self.timing.to_pb())
 
 
 @dataclass(frozen=True)
@@ -353,29 +260,6 @@ class TokenizeRequest:
         return cls(image, req.text, boxes, tuple(req.location_tokens))
 
 
-@dataclass
-class TokenizeResult:
-    request: TokenizeRequest
-    token_ids: list[int]
-    tokens: list[str]
-
-    def to_pb(self) -> pb.TokenizeResponse:
-        img = self.request.image
-        w, h = (img.width, img.height) if img is not None else (0, 0)
-        resp = pb.TokenizeResponse(token_ids=self.token_ids, tokens=self.tokens, location_grid=g.LOCATION_GRID,
-                                   image_width=w, image_height=h)
-        if img is not None:
-            resp.patch_grid.CopyFrom(pb.PatchGrid(rows=g.PATCH_GRID, cols=g.PATCH_GRID, patch_size=g.PATCH_SIZE,
-                                                  count=g.PATCH_GRID * g.PATCH_GRID, image_size=g.IMAGE_SIZE))
-        for box in self.request.boxes:
-            text, ul, lr = g.box_to_tokens(box)
-            resp.box_tokens.append(pb.LocationTokens(text=text, upper_left=ul, lower_right=lr,
-                                                     box=box_pb(g.cells_to_box(ul, lr), w, h)))
-        for s in self.request.location_tokens:
-            resp.boxes.append(box_pb(g.tokens_to_box(s), w, h))
-        return resp
-
-
 @dataclass(frozen=True)
 class AttentionMapRequest:
     caption: CaptionRequest
@@ -391,24 +275,3 @@ class AttentionMapRequest:
         if len(cap.prompts) != 1:
             raise InvalidArgument("AttentionMap explains one sequence: send exactly one phrase in PHRASES mode")
         return cls(cap, req.per_token_overlays)
-
-
-@dataclass
-class AttentionMapResult:
-    caption: CaptionResult
-    grid: int
-    tokens: list[tuple[int, str, list[float]]]
-    overlay: PILImage.Image
-    token_overlays: list[PILImage.Image] | None = None
-
-    def to_pb(self) -> pb.AttentionMapResponse:
-        resp = pb.AttentionMapResponse(caption=self.caption.to_pb(), grid_rows=self.grid, grid_cols=self.grid,
-                                       overlay=common_pb2.Image(data=encode_png(self.overlay), mime_type="image/png"))
-        for i, (tid, tok, weights) in enumerate(self.tokens):
-            ta = pb.TokenAttention(token_id=tid, token=tok, weights=weights)
-            if self.token_overlays is not None:
-                ta.overlay.CopyFrom(common_pb2.Image(data=encode_png(self.token_overlays[i]), mime_type="image/png"))
-            resp.tokens.append(ta)
-        return resp
-
-

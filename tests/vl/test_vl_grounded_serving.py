@@ -16,7 +16,8 @@ import torch
 from services.core.client import channel as make_channel
 from services.core.server import start_server
 from services.visionlanguage.app import Settings, build_service
-from services.visionlanguage.runner import DecodeBatch, Kosmos2Runner, PrefillItem, StepOutput
+from services.visionlanguage.batch import DecodeBatch, PrefillItem, StepOutput
+from services.visionlanguage.runner import Kosmos2Runner
 from tests.vl.vlhelpers import caption_request, png
 from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
 from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc

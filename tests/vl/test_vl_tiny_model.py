@@ -48,7 +48,7 @@ def test_uncached_hub_id_fails_fast_with_instructions(tmp_path: Path) -> None:
 
 
 def test_prefill_on_cached_image_prefix_equals_full_prefill(tiny_model: Path) -> None:
-    from services.visionlanguage.runner import PrefillItem
+    from services.visionlanguage.batch import PrefillItem
     from services.visionlanguage.types import ImageInput
 
     runner = Kosmos2Runner(tiny_model, torch.device("cpu"), torch.float32)
