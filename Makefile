@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 MODELS_DIR ?= .models
 
-.PHONY: setup protos run test bench clean models
+.PHONY: setup protos run test bench bench-peers clean models
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks.run
+
+# unfragile beside LitServe and PyTriton (their pinned venvs are built under .peers/ on first use)
+bench-peers: setup
+	$(PY) -m benchmarks.run --only bench_peers
 
 clean:
 	rm -rf unfragile build *.egg-info
