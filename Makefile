@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 MODELS_DIR ?= .models
 
-.PHONY: setup protos run test lint bench bench-gpu clean models
+.PHONY: setup protos run test lint bench bench-peers bench-gpu clean models
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: setup
 # installs what is missing itself (a CUDA torch in $(VENV)); GPU_CHECK_ARGS="--device cpu --quick" smoke-runs it.
 bench-gpu:
 	VENV=$(VENV) benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
+
+# unfragile beside LitServe and PyTriton (their pinned venvs are built under .peers/ on first use)
+bench-peers: setup
+	$(PY) -m benchmarks.run --only bench_peers
 
 clean:
 	rm -rf unfragile build *.egg-info

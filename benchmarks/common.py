@@ -32,11 +32,15 @@ class Result:
     unit: str  # "ratio", "events/s", "ms", "MB", ...
     baseline: str  # what value was divided by (or "absolute")
     notes: str = ""
+    # Why the measured ratio does not count (e.g. two servers did not do the same work); "" = valid.
+    void: str = ""
     device: str = field(default_factory=device_description)
     date: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     @property
     def met(self) -> bool:
+        if self.void:
+            return False
         return self.value <= self.target if self.better == "lower" else self.value >= self.target
 
     def as_dict(self) -> dict[str, object]:

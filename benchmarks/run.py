@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from benchmarks.common import Result
@@ -32,9 +33,10 @@ def write(results: list[dict[str, object]], path: Path = HERE / "results.json") 
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        met = f"**void**: {r['void']}" if r.get("void") else ("yes" if r["met"] else "**no**")
         lines.append(
             f"| {r['name']} | {float(r['value']):.4g} | {float(r['target']):.4g} | {r['better']} | "
-            f"{'yes' if r['met'] else '**no**'} | {r['unit']} | {r['baseline']} | {r['device']} | {r['date']} | "
+            f"{met} | {r['unit']} | {r['baseline']} | {r['device']} | {r['date']} | "
             f"{r.get('notes', '')} |"
         )
     (path.parent / "RESULTS.md").write_text("\n".join(lines) + "\n")
@@ -60,16 +62,24 @@ def main(argv: list[str] | None = None) -> None:
         modules = [m for m in modules if m in args.only]
     fresh: list[Result] = []
     ran_prefixes: set[str] = set()
+    failed: list[str] = []
     for name in modules:
         mod = importlib.import_module(f"benchmarks.{name}")
         print(f"== {name}", file=sys.stderr, flush=True)
-        got = mod.run()
+        try:
+            got = mod.run()
+        except Exception:  # noqa: BLE001 - one failing module must not lose the others' results
+            traceback.print_exc()
+            failed.append(name)
+            continue
         for r in got:
-            print(f"  {r.name} = {r.value:.4g} (target {r.target}, {'met' if r.met else 'NOT met'})",
-                  file=sys.stderr, flush=True)
+            state = f"VOID: {r.void}" if r.void else ("met" if r.met else "NOT met")
+            print(f"  {r.name} = {r.value:.4g} (target {r.target}, {state})", file=sys.stderr, flush=True)
         fresh.extend(got)
         ran_prefixes.add(getattr(mod, "PREFIX", ""))
     merge(fresh, ran_prefixes)
+    if failed:
+        sys.exit(f"benchmark modules failed (their previous entries are kept): {', '.join(failed)}")
 
 
 if __name__ == "__main__":
