@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_vl import _images as noise_images
-from benchmarks.bench_vl import _stream_ttft
+from benchmarks.bench_vl import _stream_ttft, noise_images
 from benchmarks.common import Result, device_description
 from benchmarks.gpu.real_models import KOSMOS2_QUICK, KOSMOS2_REAL, SD15_QUICK, SD15_REAL, build_kosmos2, build_sd
 from benchmarks.gpu.serving import Server
