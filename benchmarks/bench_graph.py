@@ -28,8 +28,12 @@ edges). On that state:
   Both storage entries use a smaller catalogue (``STORE_MODELS``) and take the best of two
   rounds per backend, interleaved.
 
-Sizes can be scaled down with UNFRAGILE_BENCH_GRAPH_SCALE (e.g. 0.1) for a quick look;
-this is read here only because benchmarks are not services.
+- ``graph.readers.*``: one writer and readers on PostgreSQL against the single SQLite process,
+  and the refresh at 10 M co-match edges (``benchmarks/graph_scaleout.py`` says how each is made).
+
+Sizes can be scaled down with UNFRAGILE_BENCH_GRAPH_SCALE (e.g. 0.1) for a quick look, and the
+10 M-edge graph with UNFRAGILE_BENCH_GRAPH_BIG_SCALE (e.g. 0.1: 1 M edges); these are read here
+only because benchmarks are not services.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -178,16 +183,129 @@ def storage_results() -> list[Result]:
     ]
 
 
-def run() -> list[Result]:
+def _ingest_and_refresh(engine: Engine, rng: np.random.Generator) -> tuple[list[Result], int]:
+    """``graph.ingest.events_per_s`` and ``graph.refresh.rebuild_over_incremental``; returns them and the edges."""
+    ingest_s, ingest_cpu, n_events = 0.0, 0.0, 0
+    while n_events < N_EVENTS:  # build ~1M edges through record_events in 10k batches
+        batch = _events(rng, BATCH, n_events)
+        t, c = time.perf_counter(), time.process_time()
+        engine.record_events(batch)
+        ingest_s += time.perf_counter() - t
+        ingest_cpu += time.process_time() - c
+        n_events += len(batch)
+    _log(f"ingested {n_events} events in {ingest_s:.1f} s")
+    t = time.perf_counter()
+    engine.refresh_graph()  # what the first read after the burst pays: merge deltas + warm PageRank
+    first_read = time.perf_counter() - t
+    edges = int(engine.graph.w.nnz // 2)
+    results = [Result("graph.ingest.events_per_s", n_events / ingest_s, 50_000, "higher", "events/s",
+                      "absolute", f"{n_events} events x 3 models in batches of {BATCH} into SQLite (WAL) "
+                      f"with the per-model counters and the in-memory graph delta; "
+                      f"{N_MODELS} models, {edges} edges at the end; process CPU {n_events / ingest_cpu:,.0f} "
+                      f"events/s; the first read after the burst then took {first_read:.1f} s (merge + "
+                      f"PageRank); {_load()}")]
+    # -- incremental refresh after 10k new events vs nx rebuild + nx.pagerank
+    new, first = engine.store.record_events(_events(rng, BATCH, n_events))  # the write is common to both
+    gc.collect()
+    t = time.perf_counter()
+    engine.graph.version = first + len(new) - 1
+    engine.counts.apply_ids([(e.matched, e.compared, e.clicked) for e in new], engine.catalogue.pos)
+    iters = engine.graph.refresh()
+    midrank_percentile(np.where(engine.graph.degree() > 0, engine.graph.pr, 0.0))
+    incremental = time.perf_counter() - t
+    engine.checkpoints.save_pagerank()
+    gc.collect()
+    rebuild = _rebuild_baseline(engine)
+    _log(f"refresh: incremental {incremental:.2f} s, rebuild {rebuild:.2f} s")
+    results.append(Result("graph.refresh.rebuild_over_incremental", rebuild / incremental, 5.0, "higher", "ratio",
+                          "nx.Graph rebuild + nx.pagerank (default tol) from scratch",
+                          f"{N_MODELS} models, {engine.graph.w.nnz // 2} edges, batch of {BATCH} events: "
+                          f"incremental {incremental * 1000:.0f} ms ({iters} warm PageRank iterations to L1 "
+                          f"< {CONFIG.pagerank.tol:g}, + percentiles), rebuild {rebuild * 1000:.0f} ms; {_load()}"))
+    return results, edges
+
+
+def _serve_and_rank(settings: Any) -> tuple[Any, float, list[tuple[str, float]]]:
+    """A server started on ``settings`` (running), the seconds it took to SERVING, and its top-100 ranks."""
     import grpc
 
-    from graph.store import SqliteStore
     from services.core.server import start_server
-    from services.matchgraph.app import Settings, build_service
+    from services.matchgraph.app import build_engine, build_service
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
+    gc.collect()
+    t = time.perf_counter()
+    running = start_server(settings, build_service(settings, build_engine(settings)))
+    seconds = time.perf_counter() - t
+    with grpc.insecure_channel(running.address) as ch:
+        ranks = [(m.id, m.scores.rank.value) for m in pb_grpc.MatchGraphStub(ch).Rank(pb.RankRequest(limit=100)).models]
+    return running, seconds, ranks
+
+
+def _compare_p99(running: Any, rng: np.random.Generator) -> tuple[list[float], int]:
+    import grpc
+
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(running.address) as ch:
+        stub = pb_grpc.MatchGraphStub(ch)
+        pairs = [(f"m{int(a)}", f"m{int(b)}") for a, b in rng.integers(0, N_MODELS, size=(50, 2)) if a != b]
+        for a, b in pairs:  # warm: first Compare of a pair computes its robustness curves
+            stub.Compare(pb.CompareRequest(a=a, b=b))
+        lat = []
+        for k in range(200):
+            a, b = pairs[k % len(pairs)]
+            t = time.perf_counter()
+            stub.Compare(pb.CompareRequest(a=a, b=b))
+            lat.append(time.perf_counter() - t)
+    return lat, len(pairs)
+
+
+def _compare_and_restarts(path: Path, ranks_orig: list[tuple[str, float]], edges: int,
+                          rng: np.random.Generator) -> list[Result]:
+    """``graph.compare.p99_ms`` on a server started after an unclean stop, and the two restart timings."""
+    from services.matchgraph.app import Settings
+
+    settings = Settings(port=0, metrics_port=-1, db_url=f"sqlite:///{path}", bootstrap_rounds=CONFIG.bootstrap_rounds,
+                        graph_bootstrap_rounds=CONFIG.graph_bootstrap_rounds,
+                        graph_bootstrap_tol=CONFIG.graph_bootstrap_tol)
+    running, restart_s, ranks_before = _serve_and_rank(settings)
+    _log(f"restart after unclean stop: {restart_s:.1f} s")
+    try:
+        lat, n_pairs = _compare_p99(running, rng)
+    finally:
+        running.stop(0)
+    results = [Result("graph.compare.p99_ms", percentile(lat, 99) * 1000, 5.0, "lower", "ms", "absolute",
+                      f"over gRPC, {N_MODELS} models / {edges} edges, 200 calls over {n_pairs} warm pairs; "
+                      f"p50 {percentile(lat, 50) * 1000:.2f} ms; {_load()}")]
+    # -- restart: the server above started on the state the ingest left; do it once more and compare ranks
+    running, restart2, ranks_after = _serve_and_rank(settings)
+    running.stop(0)
+    same = ranks_after == ranks_before == ranks_orig
+    results.append(Result("graph.restart.seconds", restart2, 30.0, "lower", "s", "absolute",
+                          f"after a clean stop (SIGTERM drain checkpoints): open DB -> SERVING with {edges} edges, "
+                          f"{N_MODELS} models (graph rebuilt, PageRank and its bootstrap loaded, all scores and "
+                          f"intervals computed); top-100 ranks identical to those served before both "
+                          f"restarts: {same}; {_load()}"))
+    results.append(Result("graph.restart_after_crash.seconds", restart_s, 30.0, "lower", "s", "absolute",
+                          f"after an unclean stop: as above, plus replaying the events since the last checkpoint "
+                          f"(every {CONFIG.checkpoint_every_events:,} events) and recomputing the PageRank "
+                          f"bootstrap; {_load()}"))
+    if not same:
+        for r in results[-2:]:
+            r.value = float("inf")
+    return results
+
+
+def run() -> list[Result]:
+    from benchmarks.graph_scaleout import big_refresh_results, readers_results
+    from graph.store import SqliteStore
+
     results: list[Result] = storage_results()
+    results += readers_results(_models, _events)
+    results += big_refresh_results(CONFIG)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.db"
@@ -195,111 +313,12 @@ def run() -> list[Result]:
         store.bulk_insert_models(_models(rng))
         engine = Engine(store, CONFIG)
         engine.load()
-
-        # -- ingest: build ~1M edges through record_events in 10k batches
-        ingest_s, ingest_cpu, n_events = 0.0, 0.0, 0
-        while n_events < N_EVENTS:
-            batch = _events(rng, BATCH, n_events)
-            t, c = time.perf_counter(), time.process_time()
-            engine.record_events(batch)
-            ingest_s += time.perf_counter() - t
-            ingest_cpu += time.process_time() - c
-            n_events += len(batch)
-        _log(f"ingested {n_events} events in {ingest_s:.1f} s")
-        t = time.perf_counter()
-        engine.refresh_graph()  # what the first read after the burst pays: merge deltas + warm PageRank
-        first_read = time.perf_counter() - t
-        edges = engine.graph.w.nnz // 2
-        results.append(Result("graph.ingest.events_per_s", n_events / ingest_s, 50_000, "higher", "events/s",
-                              "absolute", f"{n_events} events x 3 models in batches of {BATCH} into SQLite (WAL) "
-                              f"with the per-model counters and the in-memory graph delta; "
-                              f"{N_MODELS} models, {edges} edges at the end; process CPU {n_events / ingest_cpu:,.0f} "
-                              f"events/s; the first read after the burst then took {first_read:.1f} s (merge + "
-                              f"PageRank); {_load()}"))
-
-        # -- incremental refresh after 10k new events vs nx rebuild + nx.pagerank
-        batch = _events(rng, BATCH, n_events)
-        new, first = engine.store.record_events(batch)  # the SQLite write is common to both paths
-        n_events += BATCH
-        gc.collect()
-        t = time.perf_counter()
-        engine.graph.version = first + len(new) - 1
-        engine.counts.apply_ids([(e.matched, e.compared, e.clicked) for e in new], engine.catalogue.pos)
-        iters = engine.graph.refresh()
-        midrank_percentile(np.where(engine.graph.degree() > 0, engine.graph.pr, 0.0))
-        incremental = time.perf_counter() - t
-        engine.checkpoints.save_pagerank()
-        gc.collect()
-        rebuild = _rebuild_baseline(engine)
-        _log(f"refresh: incremental {incremental:.2f} s, rebuild {rebuild:.2f} s")
-        results.append(Result("graph.refresh.rebuild_over_incremental", rebuild / incremental, 5.0, "higher", "ratio",
-                              "nx.Graph rebuild + nx.pagerank (default tol) from scratch",
-                              f"{N_MODELS} models, {engine.graph.w.nnz // 2} edges, batch of {BATCH} events: "
-                              f"incremental {incremental * 1000:.0f} ms ({iters} warm PageRank iterations to L1 "
-                              f"< {CONFIG.pagerank.tol:g}, + percentiles), rebuild {rebuild * 1000:.0f} ms; {_load()}"))
-
-        # -- the ranks served before any restart, to check the restarts against
-        ranks_orig = [(i, c.rank.value) for i, _n, c in engine.rank("", 100, 0)[0]]
-        # -- Compare p99 over gRPC from warm state, on a server started after an unclean stop
-        engine.store.close()
-        settings = Settings(port=0, metrics_port=-1, db_url=f"sqlite:///{path}",
-                            bootstrap_rounds=CONFIG.bootstrap_rounds,
-                            graph_bootstrap_rounds=CONFIG.graph_bootstrap_rounds,
-                            graph_bootstrap_tol=CONFIG.graph_bootstrap_tol)
+        got, edges = _ingest_and_refresh(engine, rng)
+        results += got
+        ranks_orig = [(i, c.rank.value) for i, _n, c in engine.rank("", 100, 0)[0]]  # before any restart
+        engine.store.close()  # an unclean stop: no shutdown checkpoint
         del engine
-        gc.collect()
-        t = time.perf_counter()
-        from services.matchgraph.app import build_engine
-
-        eng2 = build_engine(settings)
-        running = start_server(settings, build_service(settings, eng2))
-        restart_s = time.perf_counter() - t
-        _log(f"restart after unclean stop: {restart_s:.1f} s")
-        try:
-            ch = grpc.insecure_channel(running.address)
-            stub = pb_grpc.MatchGraphStub(ch)
-            ranks_before = [(m.id, m.scores.rank.value) for m in stub.Rank(pb.RankRequest(limit=100)).models]
-            pairs = [(f"m{int(a)}", f"m{int(b)}") for a, b in rng.integers(0, N_MODELS, size=(50, 2)) if a != b]
-            for a, b in pairs:  # warm: first Compare of a pair computes its robustness curves
-                stub.Compare(pb.CompareRequest(a=a, b=b))
-            lat = []
-            for k in range(200):
-                a, b = pairs[k % len(pairs)]
-                t = time.perf_counter()
-                stub.Compare(pb.CompareRequest(a=a, b=b))
-                lat.append(time.perf_counter() - t)
-            ch.close()
-        finally:
-            running.stop(0)
-        results.append(Result("graph.compare.p99_ms", percentile(lat, 99) * 1000, 5.0, "lower", "ms", "absolute",
-                              f"over gRPC, {N_MODELS} models / {edges} edges, 200 calls over {len(pairs)} warm pairs; "
-                              f"p50 {percentile(lat, 50) * 1000:.2f} ms; {_load()}"))
-
-        # -- restart: the server above started on the state the ingest left; do it once more and compare ranks
-        gc.collect()
-        t = time.perf_counter()
-        eng3 = build_engine(settings)
-        running = start_server(settings, build_service(settings, eng3))
-        restart2 = time.perf_counter() - t
-        try:
-            ch = grpc.insecure_channel(running.address)
-            ranks_after = [(m.id, m.scores.rank.value) for m in
-                           pb_grpc.MatchGraphStub(ch).Rank(pb.RankRequest(limit=100)).models]
-            ch.close()
-        finally:
-            running.stop(0)
-        same = ranks_after == ranks_before == ranks_orig
-        results.append(Result("graph.restart.seconds", restart2, 30.0, "lower", "s", "absolute",
-                              f"after a clean stop (SIGTERM drain checkpoints): open DB -> SERVING with {edges} edges, "
-                              f"{N_MODELS} models (graph rebuilt, PageRank and its bootstrap loaded, all scores and "
-                              f"intervals computed); top-100 ranks identical to those served before both restarts: {same}; {_load()}"))
-        results.append(Result("graph.restart_after_crash.seconds", restart_s, 30.0, "lower", "s", "absolute",
-                              f"after an unclean stop: as above, plus replaying the events since the last checkpoint "
-                              f"(every {CONFIG.checkpoint_every_events:,} events) and recomputing the PageRank "
-                              f"bootstrap; {_load()}"))
-        if not same:
-            for r in results[-2:]:
-                r.value = float("inf")
+        results += _compare_and_restarts(path, ranks_orig, edges, rng)
     return results
 
 

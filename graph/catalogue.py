@@ -35,12 +35,11 @@ class Catalogue:
     def load(self) -> list[int]:
         """Read the maps from the store; returns the store nodes in graph order."""
         with self.lock:
-            nodes = self.store.model_nodes()
-            self.ids = [m for _n, m in nodes]
+            nodes, aliases, names = self.store.model_nodes(), self.store.aliases(), self.store.names()
+            self.ids = [m for _n, m in nodes]  # assigned only once everything was read: all or nothing
             self.pos = {m: i for i, m in enumerate(self.ids)}
             self.node_of = {m: n for n, m in nodes}
-            self.alias = self.store.aliases()
-            self.names = self.store.names()
+            self.alias, self.names = aliases, names
             self.version += 1
             return [n for n, _m in nodes]
 

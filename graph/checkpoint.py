@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from graph.counts import MatchCounts, PageRankBootstrap
-from graph.store import Store
+from graph.store import StateRow, Store
 
 COMATCH, PAGERANK, BOOTSTRAP = "comatch", "pagerank", "mg_bootstrap"
 
@@ -56,51 +56,63 @@ class Checkpoints:
         self.store.save_state({PAGERANK: (g.version, g.pr.astype(np.float64).tobytes())})
 
     # ------------------------------------------------------------------ the restart path
-    def load(self, nodes: list[int], pos: Mapping[str, int]) -> int:
-        """Rebuild the counts from the newest checkpoint plus the events after it; returns the events replayed.
+    def load(self, nodes: list[int], pos: Mapping[str, int], until_seq: int) -> int:
+        """Rebuild the counts from the newest checkpoint plus the events after it, up to ``until_seq``;
+        returns the events replayed.
 
         ``nodes`` are the store nodes in graph order and ``pos`` the dense index of each model id
-        (``Catalogue.load``). Afterwards the graph's version is the store's and PageRank is the
+        (``Catalogue.load``). Afterwards the graph's version is ``until_seq`` and PageRank is the
         persisted vector when it belongs to exactly that version.
         """
         with self.lock:
-            since = self.restore(nodes)
-            replayed = self.replay(since, pos)
-            self.counts.graph.version = self.store.graph_version()
+            since = self.restore(nodes, until_seq)
+            replayed = self.replay(since, pos, until_seq)
+            self.counts.graph.version = until_seq
             self.version = since
             self.adopt_pagerank()
             return replayed
 
-    def restore(self, nodes: list[int]) -> int:
-        """Load the newest checkpoint into the counts (empty when there is none); returns its version."""
+    def restore(self, nodes: list[int], until_seq: int) -> int:
+        """Load the newest checkpoint into the counts; returns its version. Empty (version 0) when there is
+        none, or when it covers more than ``until_seq`` events or models that ``nodes`` lacks (a reader
+        loading an older snapshot than the writer's last checkpoint)."""
         stats = np.zeros((len(nodes), 3), dtype=np.int64)
         z = np.zeros(0, dtype=np.int64)
         edges, since = (z, z, z), 0
         snap = self.store.load_state(COMATCH)
-        if snap is not None:
+        if snap is not None and snap[0] <= until_seq:
             arrays = np.load(io.BytesIO(snap[1]))
-            edges, since = (arrays["a"], arrays["b"], arrays["c"]), snap[0]
-            rows = np.searchsorted(np.array(nodes, dtype=np.int64), arrays["sn"])  # nodes ascend
-            stats[rows] = np.column_stack([arrays["sm"], arrays["sc"], arrays["sk"]])
+            known = np.array(nodes, dtype=np.int64)  # nodes ascend
+            if np.isin(arrays["sn"], known).all() and np.isin(arrays["a"], known).all() \
+                    and np.isin(arrays["b"], known).all():
+                edges, since = (arrays["a"], arrays["b"], arrays["c"]), snap[0]
+                stats[np.searchsorted(known, arrays["sn"])] = np.column_stack([arrays["sm"], arrays["sc"],
+                                                                                arrays["sk"]])
         self.counts.load(nodes, edges, since, stats)
         return since
 
-    def replay(self, after_seq: int, pos: Mapping[str, int]) -> int:
-        """Apply the stored events with seq > ``after_seq`` to the counts; returns how many."""
+    def replay(self, after_seq: int, pos: Mapping[str, int], until_seq: int | None = None) -> int:
+        """Apply the stored events with ``after_seq`` < seq <= ``until_seq`` (no bound when None) to the
+        counts; returns how many. The graph's version follows each chunk applied, so a replay that the
+        database interrupts (Unavailable) resumes where it stopped instead of counting a chunk twice."""
         replayed = 0
-        for rows in self.store.iter_events(after_seq=after_seq):
+        for last, rows in self.store.iter_event_chunks(after_seq=after_seq, until_seq=until_seq):
             self.counts.apply_ids([(m.split(), cp.split(), k.split()) for m, cp, k in rows], pos)
+            self.counts.graph.version = last
             replayed += len(rows)
         return replayed
 
-    def adopt_pagerank(self) -> None:
-        """Take the persisted PageRank vector if it was computed for exactly this graph."""
+    def adopt_pagerank(self, row: StateRow | None = None) -> bool:
+        """Take the persisted PageRank vector (``row``, else the stored one) if it was computed for exactly this
+        graph; returns whether it did."""
         g = self.counts.graph
-        saved = self.store.load_state(PAGERANK)
-        if saved is not None and saved[0] == g.version:
-            vec = np.frombuffer(saved[1], dtype=np.float64)
+        saved = row if row is not None else self.store.load_snapshot(PAGERANK)
+        if saved is not None and saved.seq == g.version:
+            vec = np.frombuffer(saved.data, dtype=np.float64)
             if vec.shape[0] == len(g.nodes):
                 g.set_pagerank(vec)
+                return True
+        return False
 
     def adopt_bootstrap(self) -> None:
         """Take the persisted PageRank bootstrap replicates if they belong to the graph as it is now."""

@@ -69,4 +69,4 @@ class Comparer:
         return pages.Comparison(
             rec_a, rec_b, ca, cb, rank_res, dims, pages.feature_rows(rec_a, rec_b, ca, cb),
             headline(rec_a.name, rec_b.name, rank_res), tuple(sentences),
-            self.counts.graph.version, pages.freshness_note(*self.store.probe_freshness()), basis)
+            self.counts.graph.version, pages.freshness_note(*self.prober.freshness()), basis)

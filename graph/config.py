@@ -51,3 +51,20 @@ class EngineConfig(BaseModel):
     @property
     def pagerank(self) -> PageRankParams:
         return PageRankParams(self.pagerank_damping, self.pagerank_tol)
+
+
+class FollowConfig(BaseModel):
+    """How a writer publishes snapshots and how readers follow them (one writer, many readers)."""
+
+    max_staleness_s: float = Field(
+        10.0, gt=0, description="Reader: answers from a snapshot more than this many seconds behind the store say so "
+        "(stale_seconds in the answer, stale in GetSnapshot).")
+    follow_wait_s: float = Field(
+        1.0, gt=0, description="Reader: longest wait for a change notice before checking the store anyway (LISTEN "
+        "wakes it at once; without LISTEN it polls every change_poll_interval_s).")
+    publish_min_interval_s: float = Field(
+        0.05, ge=0, description="Writer: least time between two snapshot publications (a burst of writes is "
+        "published once).")
+    publish_check_s: float = Field(
+        1.0, gt=0, description="Writer: how often it checks, when idle, that the store holds nothing it has not "
+        "applied (e.g. a batch committed just before the database connection dropped) and publishes it.")

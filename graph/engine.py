@@ -9,7 +9,11 @@ The parts share the store (the truth), one lock, and the state derived from the 
 - ``Ingest`` (ingest.py): RecordMatches. ``Scorer`` (scoring.py): sub-scores, UnfragileRank, Rank.
 - ``Explainer`` (explain.py): GetModel. ``Comparer`` (compare.py) with ``Robustness`` (robustness.py):
   Compare. ``Prober`` (probing.py): RunProbes. ``Searcher`` (search.py): Search.
+- ``Sync`` (sync.py): what the in-memory state reflects (``synced``, behind every snapshot id) and
+  the replay of writes this process did not apply itself.
 
+An engine built with ``writes_refused`` (a reader) never writes to the store: write calls
+answer FailedPrecondition with that message, and PageRank and checkpoints stay in memory.
 No gRPC here.
 """
 
@@ -19,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from common.errors import FailedPrecondition
 from graph.catalogue import Catalogue
 from graph.checkpoint import Checkpoints
 from graph.compare import Comparer, CompareResult
@@ -31,28 +36,31 @@ from graph.probing import Prober
 from graph.rank import Score, ScoreCard
 from graph.records import MatchEvent, ModelRecord
 from graph.robustness import Robustness
-from graph.scoring import Scorer, ScoreState
+from graph.scoring import Scorer, ScoreState, snapshot_id
 from graph.search import Embedder, Searcher, SearchResult
-from graph.store import Store
+from graph.store import DataVersions, Store
+from graph.sync import Lag, Sync
 
 
 class Engine:
     """Catalogue, events, graph and scores behind the MatchGraph RPCs."""
 
     def __init__(self, store: Store, config: EngineConfig | None = None, embedder: Embedder | None = None,
-                 probe_backend: ProbeBackend | None = None) -> None:
+                 probe_backend: ProbeBackend | None = None, writes_refused: str = "") -> None:
         self.store = store
         self.config = config or EngineConfig()
+        self.writes_refused = writes_refused
         self.lock = threading.RLock()
         self.catalogue = Catalogue(store, self.lock)
         self.counts = MatchCounts(self.config.pagerank)
         self.graph = self.counts.graph
         self.bootstrap = PageRankBootstrap(self.graph, self.config)
         self.checkpoints = Checkpoints(store, self.counts, self.bootstrap, self.lock)
-        self.ingest = Ingest(store, self.catalogue, self.counts, self.checkpoints, self.config, self.lock)
         self.scorer = Scorer(store, self.catalogue, self.counts, self.bootstrap, self.config, self.lock,
-                             self.refresh_graph)
-        self.prober = Prober(store, self.catalogue, self.scorer, probe_backend, self.config, self.lock)
+                             self.refresh_graph, lambda: self.sync.synced)
+        self.sync = Sync(store, self.catalogue, self.counts, self.checkpoints, self.scorer, self.lock)
+        self.ingest = Ingest(store, self.catalogue, self.counts, self.checkpoints, self.config, self.lock, self.sync)
+        self.prober = Prober(store, self.catalogue, self.scorer, probe_backend, self.config, self.lock, self.sync)
         self.explainer = Explainer(store, self.catalogue, self.counts, self.scorer, self.prober, self.config)
         self.robustness = Robustness(store, self.catalogue, self.counts, self.config)
         self.comparer = Comparer(store, self.catalogue, self.counts, self.scorer, self.robustness, self.prober,
@@ -60,42 +68,51 @@ class Engine:
         self.searcher = Searcher(store, embedder, self.config.rrf_k)
         # e.g. a metrics hook: (PageRank iterations, seconds) of each rank refresh that ran
         self.on_refresh: Callable[[int, float], None] | None = None
+        self.on_write: Callable[[], None] | None = None  # e.g. wakes the writer's publisher
+        self.lag_source: Callable[[], Lag] | None = None  # a reader's follower says how far behind it is
 
     # ------------------------------------------------------------------ lifecycle
-    def load(self) -> None:
+    def load(self, target: DataVersions | None = None) -> None:
         """(Re)build everything derived from the store: what a restart does.
 
         Loads the last checkpoint of the co-match counts, replays the events stored after
-        it, and adopts the persisted PageRank vector if it belongs to exactly this graph
-        version (else recomputes it). The result equals a recount from all events.
+        it (up to ``target.seq``; default: the store's versions now), and adopts the persisted
+        PageRank vector if it belongs to exactly this graph version (else recomputes it). The
+        result equals a recount from all events.
         """
         with self.lock:
-            nodes = self.catalogue.load()
-            if self.checkpoints.load(nodes, self.catalogue.pos):
+            target = target or self.store.data_versions()
+            self.sync.synced = DataVersions(0, 0, 0, 0)
+            nodes, catalogue = self.sync.read_catalogue()
+            if self.checkpoints.load(nodes, self.catalogue.pos, target.seq) and not self.writes_refused:
                 self.checkpoints.save()
+            self.sync.synced = target._replace(catalogue=catalogue)
             self.refresh_graph()
             self.checkpoints.adopt_bootstrap()
-            self.scorer.invalidate()
+            self.scorer.probes_changed()
 
     def checkpoint(self) -> None:
         """Persist the derived counts (and current PageRank bootstrap replicates) for a fast restart."""
-        self.checkpoints.save()
+        if not self.writes_refused:
+            self.checkpoints.save()
 
-    def refresh_graph(self) -> int:
-        """Bring PageRank up to date (warm start) and persist it with its graph version."""
+    def refresh_graph(self, persist: bool = True) -> int:
+        """Bring PageRank up to date (warm start); a writing engine persists it with its graph version."""
         with self.lock:
             started = time.perf_counter()
             iterations = self.graph.refresh()
             if iterations:
-                self.checkpoints.save_pagerank()
+                if persist and not self.writes_refused:
+                    self.checkpoints.save_pagerank()
                 if self.on_refresh is not None:
                     self.on_refresh(iterations, time.perf_counter() - started)
             return iterations
 
     def close(self) -> None:
         """Refresh and persist PageRank, checkpoint the counts, then close: a restart serves identical ranks."""
-        self.refresh_graph()
-        self.checkpoint()
+        if not self.writes_refused:
+            self.refresh_graph()
+            self.checkpoint()
         self.store.close()
 
     def state(self) -> ScoreState:
@@ -106,6 +123,22 @@ class Engine:
     def graph_version(self) -> int:
         """Seq of the last event the in-memory graph reflects."""
         return self.graph.version
+
+    def snapshot(self) -> int:
+        """The snapshot id the next GetModel/Rank/Compare/Search answer carries (no score is computed)."""
+        return snapshot_id(self.sync.synced, self.config)
+
+    def lag(self) -> Lag:
+        """How far behind the store this process's answers are (a writer's are never behind)."""
+        if self.lag_source is not None:
+            return self.lag_source()
+        seq = self.graph.version
+        return Lag(store_seq=seq)
+
+    def stale_seconds(self) -> float:
+        """0 for a current answer; else how many seconds behind the store it is (past max_staleness_s)."""
+        lag = self.lag()
+        return lag.seconds if lag.stale else 0.0
 
     def model_count(self) -> int:
         return len(self.graph.nodes)
@@ -120,20 +153,33 @@ class Engine:
         return self.prober.backend is not None
 
     # ------------------------------------------------------------------ the RPCs
+    def _writable(self) -> None:
+        if self.writes_refused:
+            raise FailedPrecondition(self.writes_refused)
+
+    def _wrote(self) -> None:
+        if self.on_write is not None:
+            self.on_write()
+
     def upsert(self, record: ModelRecord) -> tuple[ModelRecord, bool]:
+        self._writable()
         with self.lock:
             created, node = self.catalogue.upsert(record)
             if created:
                 self.counts.add_model(node)
+            self.sync.note_catalogue()
             self.scorer.invalidate()
+        self._wrote()
         return self.catalogue.stored(record.id), created
 
     def record_events(self, events: list[MatchEvent]) -> IngestResult:
+        self._writable()
         with self.lock:
             result = self.ingest.record_events(events)
             if result.inserted:
                 self.scorer.invalidate()
-            return result
+        self._wrote()
+        return result
 
     def get(self, name: str, explain: bool) -> tuple[ModelRecord, ScoreCard, list[EvidenceRow], int]:
         return self.explainer.get(name, explain)
@@ -149,7 +195,11 @@ class Engine:
 
     def run_probes(self, models: list[str], max_prompts: int, seed: int,
                    check_cancel: Callable[[], None] = lambda: None) -> tuple[ProbeRun, dict[str, Score]]:
-        return self.prober.run(models, max_prompts, seed, check_cancel)
+        self._writable()
+        try:
+            return self.prober.run(models, max_prompts, seed, check_cancel)
+        finally:
+            self._wrote()
 
 
-__all__ = ["CompareResult", "Engine", "EngineConfig", "EvidenceRow", "IngestResult"]
+__all__ = ["CompareResult", "Engine", "EngineConfig", "EvidenceRow", "IngestResult", "Lag"]

@@ -3,6 +3,11 @@
 The store is the source of truth and does the idempotency (a UNIQUE event id); only the
 events it reports as new reach ``MatchCounts.apply``, so a replayed batch changes nothing.
 A checkpoint is written every ``checkpoint_every_events`` new events.
+
+When the store numbers a batch past the graph's version + 1, events were committed that
+the graph never applied: a batch whose reply was lost after its COMMIT (the database
+connection dropped in between; the client saw UNAVAILABLE and its retry counts those
+events as duplicates). That gap is replayed from the store before the new batch is applied.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from graph.config import EngineConfig
 from graph.counts import MatchCounts
 from graph.records import MatchEvent
 from graph.store import Store
+from graph.sync import Sync
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,14 @@ class Ingest:
     """Takes batches of match events into the store and the in-memory counts."""
 
     def __init__(self, store: Store, catalogue: Catalogue, counts: MatchCounts, checkpoints: Checkpoints,
-                 config: EngineConfig, lock: threading.RLock) -> None:
+                 config: EngineConfig, lock: threading.RLock, sync: Sync) -> None:
         self.store = store
         self.catalogue = catalogue
         self.counts = counts
         self.checkpoints = checkpoints
         self.config = config
         self.lock = lock
+        self.sync = sync
 
     def record_events(self, events: list[MatchEvent]) -> IngestResult:
         """Validate, resolve names, store (idempotent), and update the graph incrementally."""
@@ -48,6 +55,8 @@ class Ingest:
             resolved, groups = self._resolve(events)
             new, first = self.store.record_events(resolved, unique_ids=True)
             g = self.counts.graph
+            if first - 1 > g.version:  # committed before, never applied here: replay the gap first
+                self.sync.replay_until(first - 1)
             if new:
                 if len(new) != len(resolved):  # some were replays: keep the groups of the new ones only
                     fresh = {id(e) for e in new}
@@ -58,6 +67,7 @@ class Ingest:
                 self.counts.apply(groups, compared, clicked, first + len(new) - 1)
                 if g.version - self.checkpoints.version >= self.config.checkpoint_every_events:
                     self.checkpoints.save()
+            self.sync.note(seq=g.version)
             return IngestResult(len(events), len(new), len(events) - len(new), g.version)
 
     def _resolve(self, events: list[MatchEvent]) -> tuple[list[MatchEvent], list[tuple[int, ...]]]:

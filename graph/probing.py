@@ -18,9 +18,13 @@ from graph.config import EngineConfig
 from graph.probes import PROBE_PROMPTS, ProbeBackend, ProbeBasis, ProbeRun, ServedModel, run_probes
 from graph.rank import Score
 from graph.scoring import Scorer
-from graph.store import Store
+from graph.store import KEPT_STATE, Store
+from graph.sync import Sync
 
-BASIS_KEY = "probe_basis"  # stored beside the runs: [{"run_id", "model", "served": ServedModel fields}]
+# Stored beside the runs as a graph_state row that is source data, not derived state (seq 0; kept by
+# delete_state): [{"run_id", "model", "served": ServedModel fields}]
+BASIS_KEY = "probe_basis"
+assert BASIS_KEY in KEPT_STATE
 Recorded = dict[tuple[str, str], ServedModel]  # (run id, model id) -> what served it
 
 
@@ -28,8 +32,9 @@ class Prober:
     """Runs live quality probes against the models this deployment serves."""
 
     def __init__(self, store: Store, catalogue: Catalogue, scorer: Scorer, backend: ProbeBackend | None,
-                 config: EngineConfig, lock: threading.RLock) -> None:
+                 config: EngineConfig, lock: threading.RLock, sync: Sync) -> None:
         self.store = store
+        self.sync = sync
         self.catalogue = catalogue
         self.scorer = scorer
         self.backend = backend
@@ -37,6 +42,7 @@ class Prober:
         self.lock = lock
         # (probe version, recorded basis, runs with outcomes per model), read once per probe version
         self._recorded: tuple[int, Recorded, dict[str, set[str]]] | None = None
+        self._freshness: tuple[int, tuple[int, int, str]] | None = None  # (probe version, probe_freshness)
 
     def run(self, models: list[str], max_prompts: int, seed: int,
             check_cancel: Callable[[], None] = lambda: None) -> tuple[ProbeRun, dict[str, Score]]:
@@ -50,10 +56,13 @@ class Prober:
             run = run_probes(self.backend, served, prompts, seed, self.config.probe_tie_margin, check_cancel)
         except UnfragileError as exc:  # a model service down or too slow: record it, pages say quality is stale
             self.store.record_probe_failure(exc.message)
+            self.sync.note_probes()
+            self.scorer.probes_changed()
             raise
         if run.results:
             self._record_basis(run)  # before the run itself: a run is never stored without its basis
             self.store.add_probe_run(run.run_id, seed, list(prompts), list(run.results), list(run.outcomes))
+            self.sync.note_probes()
             self.scorer.probes_changed()
         st = self.scorer.state()
         probed = sorted({r.model_id for r in run.results})
@@ -72,6 +81,13 @@ class Prober:
         if not served:
             raise FailedPrecondition("no served models to probe: set serving_endpoint on a model record")
         return served
+
+    def freshness(self) -> tuple[int, int, str]:
+        """``Store.probe_freshness``, read once per probe version (every run and failed attempt bumps it)."""
+        version = self.scorer.probe_version
+        if self._freshness is None or self._freshness[0] != version:
+            self._freshness = (version, self.store.probe_freshness())
+        return self._freshness[1]
 
     def quality_basis(self, model_ids: Iterable[str]) -> tuple[ProbeBasis, ...]:
         """What the stored probe outcomes of each model ran on, one row per distinct served model."""
@@ -99,7 +115,7 @@ class Prober:
         saved = self.store.load_state(BASIS_KEY)
         previous = json.loads(saved[1]) if saved is not None else []
         everything = previous + entries
-        self.store.save_state({BASIS_KEY: (len(everything), json.dumps(everything).encode())})
+        self.store.save_state({BASIS_KEY: (0, json.dumps(everything).encode())})
         self._recorded = None
 
     def _load_basis(self) -> tuple[Recorded, dict[str, set[str]]]:

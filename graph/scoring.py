@@ -21,7 +21,7 @@ from graph.catalogue import Catalogue
 from graph.config import EngineConfig
 from graph.counts import MatchCounts, PageRankBootstrap
 from graph.rank import DIMENSIONS, DimensionScores, ScoreCard
-from graph.store import Store
+from graph.store import DataVersions, Store
 
 # kinds, X (models x kinds: mean log1p value, 0 = none), each kind's column sorted
 SignalMatrix = tuple[list[str], np.ndarray, list[np.ndarray]]
@@ -44,7 +44,8 @@ class Scorer:
     """Computes and caches the ``ScoreState``; ``invalidate`` after any change to its inputs."""
 
     def __init__(self, store: Store, catalogue: Catalogue, counts: MatchCounts, bootstrap: PageRankBootstrap,
-                 config: EngineConfig, lock: threading.RLock, refresh_graph: Callable[[], int]) -> None:
+                 config: EngineConfig, lock: threading.RLock, refresh_graph: Callable[[], int],
+                 versions: Callable[[], DataVersions]) -> None:
         self.store = store
         self.catalogue = catalogue
         self.counts = counts
@@ -52,6 +53,7 @@ class Scorer:
         self.config = config
         self.lock = lock
         self.refresh_graph = refresh_graph  # brings PageRank up to date before scores are read
+        self.versions = versions  # what the in-memory state reflects (``Sync.synced``)
         self.probe_version = 0
         self._state: ScoreState | None = None
         self._signal_cache: dict[str, tuple[tuple[int, int], DimensionScores]] = {}
@@ -171,7 +173,15 @@ class Scorer:
         return self._id_rank
 
     def _snapshot(self) -> int:
-        """An id (< 2^53, exact in JSON numbers) of the stored data and the settings the scores come from."""
-        seq, cat, runs = self.store.data_versions()
-        digest = hashlib.blake2b(f"{seq}:{cat}:{runs}:{self.config!r}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") >> 11
+        return snapshot_id(self.versions(), self.config)
+
+
+def snapshot_id(versions: DataVersions, config: EngineConfig) -> int:
+    """An id (< 2^53, exact in JSON numbers) of the stored data and the settings the scores come from.
+
+    It depends on the data versions alone (no score is computed), so it is cheap to ask for; every
+    process that reflects the same versions with the same settings gives the same id.
+    """
+    seq, cat, runs, failed = versions
+    digest = hashlib.blake2b(f"{seq}:{cat}:{runs}:{failed}:{config!r}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 11

@@ -101,9 +101,14 @@ def up(
     models_dir: Path = typer.Option(Path(".models"), help="where the tiny models live (built if missing)"),
     data_dir: Path = typer.Option(Path("var"), help="databases and fine-tuned adapters"),
     host: str = typer.Option("127.0.0.1"),
+    graph_db_url: str = typer.Option("", help="MatchGraph database ('' = an SQLite file in --data-dir), "
+                                     "e.g. postgresql://user@host:5432/matchgraph"),
+    graph_readers: int = typer.Option(0, min=0, help="run the MatchGraph as one writer plus this many readers "
+                                      "(needs a --graph-db-url every process can open: PostgreSQL)"),
 ) -> None:
     """Start all three services and the web gateway on localhost (each its own process) until Ctrl-C."""
-    stack = Stack(host=host, models_dir=models_dir, data_dir=data_dir)
+    stack = Stack(host=host, models_dir=models_dir, data_dir=data_dir, graph_db_url=graph_db_url,
+                  graph_readers=graph_readers)
     build_tiny(models_dir)
     _run_stack(stack, lambda: None)
 

@@ -2,6 +2,11 @@
 
 Processes, not threads: a crash or a SIGTERM drain in one service must not take the
 others down, and each gets its own Python (torch, diffusers) memory and GIL.
+
+With ``graph_readers`` > 0 the MatchGraph runs scaled out: ``matchgraph`` is the writer and
+``matchgraph-reader-1..N`` are readers of the same database (``graph_db_url``, normally
+PostgreSQL); the gateway sends reads to the readers (round robin) and the recorded searches
+to the writer.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from services.core.settings import ListenerSettings
 # The HTTP gateway in front of MatchGraph (search pages, JSON); not a gRPC service.
 GATEWAY = "gateway"
 SERVICES = GRPC_SERVICES
+READER = "matchgraph-reader-"  # + 1..N: the MatchGraph readers of a scaled-out stack
+READER_PORT_STEP = 10  # default ports of reader i: the MatchGraph's + 10 * i (50063, 9113, ...)
 
 
 def settings_class(name: str) -> type[ListenerSettings]:
@@ -32,7 +39,11 @@ def settings_class(name: str) -> type[ListenerSettings]:
 
 
 def default_ports(name: str) -> tuple[int, int]:
-    """(port, metrics port) defaults of ``name``, read from its Settings."""
+    """(port, metrics port) defaults of ``name``, read from its Settings (readers: offset from the MatchGraph's)."""
+    if name.startswith(READER):
+        port, mport = default_ports("matchgraph")
+        step = READER_PORT_STEP * int(name.removeprefix(READER))
+        return port + step, mport + step
     fields = settings_class(name).model_fields
     return int(fields["port"].default), int(fields["metrics_port"].default)
 
@@ -53,6 +64,39 @@ class Stack:
     ports: dict[str, tuple[int, int]] = field(
         default_factory=lambda: {name: default_ports(name) for name in (*SERVICES, GATEWAY)})
     procs: list[StackProcess] = field(default_factory=list)
+    graph_db_url: str = ""  # "" = an SQLite file in data_dir
+    graph_readers: int = 0  # > 0: the MatchGraph is one writer plus this many readers
+
+    @property
+    def readers(self) -> list[str]:
+        return [f"{READER}{i}" for i in range(1, self.graph_readers + 1)]
+
+    def _expand(self, names: list[str]) -> list[str]:
+        """``names`` with the readers after the MatchGraph (its writer) when the stack is scaled out."""
+        out = []
+        for name in names:
+            out.append(name)
+            if name == "matchgraph":
+                out += self.readers
+        for name in out:
+            self.ports.setdefault(name, default_ports(name))
+        return out
+
+    def _graph_command(self, name: str) -> list[str]:
+        db_url = self.graph_db_url or f"sqlite:///{self.data_dir / 'matchgraph.db'}"
+        cmd = ["--set", f"db_url={db_url}"]
+        # the model services this stack has ports for: Search embeds with VisionLanguage, probes use both
+        used = ("visionlanguage",) if name.startswith(READER) else ("visionlanguage", "diffusion")
+        cmd += [arg for svc in used if svc in self.ports for arg in ("--set", f"{svc}_target={self.target(svc)}")]
+        if name.startswith(READER):
+            return [*cmd, "--set", "role=reader", "--set", f"writer_address={self.target('matchgraph')}"]
+        return [*cmd, "--set", "role=writer"] if self.graph_readers else cmd
+
+    def graph_read_target(self) -> str:
+        """Where the gateway sends reads: the MatchGraph, or every reader (round robin)."""
+        if not self.graph_readers:
+            return self.target("matchgraph")
+        return "ipv4:" + ",".join(self.target(r) for r in self.readers)
 
     @staticmethod
     def free_ports(names: list[str] | None = None) -> dict[str, tuple[int, int]]:
@@ -86,24 +130,25 @@ class Stack:
 
     def _command(self, name: str) -> list[str]:
         port, mport = self.ports[name]
-        cmd = [sys.executable, "-m", "services.cli", "serve", name, "--host", self.host,
+        service = "matchgraph" if name.startswith(READER) else name
+        cmd = [sys.executable, "-m", "services.cli", "serve", service, "--host", self.host,
                "--port", str(port), "--metrics-port", str(mport)]
         if name in ("visionlanguage", "diffusion"):
             cmd += ["--set", f"models_dir={self.models_dir}"]
         if name == "diffusion":
             cmd += ["--set", f"adapters_dir={self.data_dir / 'adapters'}"]
-        if name == "matchgraph":
-            cmd += ["--set", f"db_url=sqlite:///{self.data_dir / 'matchgraph.db'}",
-                    "--set", f"visionlanguage_target={self.target('visionlanguage')}",
-                    "--set", f"diffusion_target={self.target('diffusion')}"]
+        if service == "matchgraph":
+            cmd += self._graph_command(name)
         if name == GATEWAY:
-            cmd += ["--set", f"matchgraph_target={self.target('matchgraph')}"]
+            cmd += ["--set", f"matchgraph_target={self.graph_read_target()}"]
+            if self.graph_readers:
+                cmd += ["--set", f"matchgraph_writer_target={self.target('matchgraph')}"]
         return cmd
 
     def start(self, names: list[str] | None = None, timeout: float = 300.0) -> None:
         """Start each service as a child process and wait until all report SERVING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for name in names or [*SERVICES, GATEWAY]:
+        for name in self._expand(names or [*SERVICES, GATEWAY]):
             proc = subprocess.Popen(self._command(name), env=os.environ.copy())
             self.procs.append(StackProcess(name, self.target(name), self.metrics_url(name), proc))
         deadline = time.monotonic() + timeout
@@ -118,7 +163,8 @@ class Stack:
                     raise RuntimeError(f"{p.name} exited with code {p.proc.returncode} before serving; "
                                        f"its log is above")
                 try:
-                    wait_for_serving(p.target, full_name(p.name), timeout=1.0)
+                    service = "matchgraph" if p.name.startswith(READER) else p.name
+                    wait_for_serving(p.target, full_name(service), timeout=1.0)
                     break
                 except TimeoutError:
                     if time.monotonic() > deadline:

@@ -66,6 +66,15 @@ def pg_server():
         server.destroy()
 
 
+@pytest.fixture(scope="session")
+def pg_standby(pg_server):
+    """A hot standby of ``pg_server`` (``pg_basebackup -R``), streaming: databases created on the primary
+    later appear on it too. Tests that pause its replay resume it before they end."""
+    standby = pg_server.standby()
+    yield standby
+    standby.sql("SELECT pg_wal_replay_resume()")
+
+
 class GraphDatabases:
     """Fresh databases for one test on one backend: files under tmp_path, or PostgreSQL databases
     cloned from the schema template (CREATE DATABASE ... TEMPLATE: cheap) and dropped afterwards."""

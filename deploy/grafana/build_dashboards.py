@@ -192,6 +192,21 @@ MATCHGRAPH = [
               [(_q(0.95, "unfragile_grpc_request_duration_seconds", "method",
                    'service="matchgraph", method=~"Compare|Rank|GetModel|Search"'), "{{method}}")], "s"),
     ]),
+    Row("Writer and readers", [
+        Panel("Reader lag (events)", "Committed match events a process does not serve yet (0 on the writer and "
+              "on a single process).", [(f"max by (instance) ({GR}reader_lag_events)", "{{instance}}")], width=8),
+        Panel("Reader lag (seconds) and stale readers", "How old the oldest commit a process does not serve yet is "
+              "(with a standby's replay delay); stale = 1 past max_staleness_s, when answers say they are stale.",
+              [(f"max by (instance) ({GR}reader_lag_seconds)", "{{instance}} lag"),
+               (f"max by (instance) ({GR}reader_stale)", "{{instance}} stale")], "s", width=8),
+        Panel("Snapshot served", "The writer's publication each process serves: caught-up readers draw its line.",
+              [(f"max by (instance) ({GR}snapshot_version)", "{{instance}}")], width=8),
+        Panel("Notify to visible", "Readers: a committed change first seen (notice or poll) -> served, p50/p99.",
+              [(_q(q, GR + "notify_to_visible_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.99)], "s"),
+        Panel("Database pool saturation", "PostgreSQL connections per process: open, checked out, and calls "
+              "waiting for one (> 0: saturated; raise pg_pool_max_size or add readers). 0 on SQLite (no pool).",
+              [(f"sum by (instance) ({GR}db_pool_{k})", "{{instance}} " + k) for k in ("size", "in_use", "waiting")]),
+    ]),
     Row("Probes and search", [
         Panel("Probe runs by result", "Probe runs (Kosmos-2 / Stable Diffusion called for quality evidence) "
               "per second, by trigger (rpc, schedule) and result (ok, error).",

@@ -13,22 +13,23 @@ from __future__ import annotations
 
 from graph.store.base import (
     CHANGE_CHANNEL,
-    STOP_WORDS,
+    KEPT_STATE,
+    STATE_CHANNEL,
+    DataVersions,
+    Heads,
+    PoolStats,
     ProbeOutcomeRow,
     ProbeResultRow,
     StateRow,
     Store,
     StoreConfig,
-    normalise_query,
-    record_from_json,
-    record_to_json,
-    search_words,
 )
+from graph.store.rows import STOP_WORDS, normalise_query, record_from_json, record_to_json, search_words
 from graph.store.sqlite import SqliteStore
 
-__all__ = ["CHANGE_CHANNEL", "STOP_WORDS", "ProbeOutcomeRow", "ProbeResultRow", "SqliteStore", "StateRow", "Store",
-           "StoreConfig", "normalise_query", "open_store", "parse_db_url", "record_from_json", "record_to_json",
-           "search_words", "sqlite_url"]
+__all__ = ["CHANGE_CHANNEL", "KEPT_STATE", "STATE_CHANNEL", "STOP_WORDS", "DataVersions", "Heads", "PoolStats",
+           "ProbeOutcomeRow", "ProbeResultRow", "SqliteStore", "StateRow", "Store", "StoreConfig", "normalise_query",
+           "open_store", "parse_db_url", "record_from_json", "record_to_json", "search_words", "sqlite_url"]
 
 
 def sqlite_url(path: object) -> str:

@@ -17,42 +17,49 @@ yields the same matrix, bit for bit, on either backend.
 from __future__ import annotations
 
 import itertools
-import json
-import re
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
-from graph.records import (
-    Capability,
-    MatchEvent,
-    ModelRecord,
-    Pricing,
-    PricingPlan,
-    QualityEvidence,
-    Signal,
-)
+from graph.records import MatchEvent, ModelRecord
 
 SCHEMA_VERSION = 2
 CHANGE_CHANNEL = "matchgraph"  # PostgreSQL NOTIFY channel; the payload is the newest committed event seq
+STATE_CHANNEL = "matchgraph_state"  # NOTIFY channel of save_state; the payload is the new snapshot version
+# graph_state rows that hold source data rather than state derived from events (e.g. what each
+# probe run ran on): ``delete_state()`` keeps them, and their ``seq`` is 0 (they cover no event).
+KEPT_STATE = frozenset({"probe_basis"})
+Row = tuple[Any, ...]
 
-# PostgreSQL's English stop words (tsearch_data/english.stop): dropped from queries on both
-# backends, so "draw a picture" does not match every document that contains "a".
-STOP_WORDS = frozenset("""
-i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers
-herself it its itself they them their theirs themselves what which who whom this that these those am is are
-was were be been being have has had having do does did doing a an the and but if or because as until while
-of at by for with about against between into through during before after above below to from up down in out
-on off over under again further then once here there when where why how all any both each few more most
-other some such no nor not only own same so than too very s t can will just don should now
-""".split())
-_WORD = re.compile(r"\w+", re.UNICODE)
-MAX_QUERY_WORDS = 32
+
+class DataVersions(NamedTuple):
+    """What every score depends on, as counters that only grow: equal versions, equal numbers."""
+
+    seq: int  # the last committed event
+    catalogue: int  # catalogue changes (upserts, bulk inserts)
+    probe_runs: int  # probe runs stored
+    probe_failure_ms: int  # when the latest probe attempt failed (0 = never); pages say so
+
+
+class Heads(NamedTuple):
+    """The newest committed event seq and snapshot version: what a reader waits on."""
+
+    seq: int
+    state: int
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """Connections of a pooled store: open, checked out, and callers waiting for one."""
+
+    size: int
+    in_use: int
+    waiting: int
 
 
 class StoreConfig(BaseModel):
@@ -68,80 +75,8 @@ class StoreConfig(BaseModel):
         "down) a call answers UNAVAILABLE with a retry hint instead of hanging.")
     pg_connect_timeout_s: int = Field(3, ge=1, description="PostgreSQL: timeout of each connection attempt.")
     change_poll_interval_s: float = Field(
-        0.2, gt=0, description="Polling period of wait_for_change when no LISTEN connection can be used "
-        "(SQLite, or PostgreSQL hot standbys and outages).")
-
-
-def normalise_query(text: str) -> str:
-    """Queries that differ only in case or spacing are the same query node."""
-    return " ".join(text.lower().split())
-
-
-def search_words(text: str) -> list[str]:
-    """The words of a free-text query that search uses: lower case, stop words dropped."""
-    return [w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS][:MAX_QUERY_WORDS]
-
-
-def record_to_json(record: ModelRecord) -> str:
-    return json.dumps(asdict(record), sort_keys=True)
-
-
-def record_from_json(text: str) -> ModelRecord:
-    d = json.loads(text)
-    return ModelRecord(
-        id=d["id"],
-        name=d["name"],
-        type=d["type"],
-        aliases=tuple(d["aliases"]),
-        pricing=Pricing(d["pricing"]["tier"], tuple(PricingPlan(**p) for p in d["pricing"]["plans"])),
-        adoption=tuple(Signal(**s) for s in d["adoption"]),
-        ecosystem=tuple(Signal(**s) for s in d["ecosystem"]),
-        serving_endpoint=d["serving_endpoint"],
-        version=d["version"],
-        capabilities=tuple(Capability(**c) for c in d["capabilities"]),
-        external_quality=tuple(QualityEvidence(**q) for q in d["external_quality"]),
-    )
-
-
-def search_doc_rows(record: ModelRecord) -> list[tuple[str, str, str, str]]:
-    """(model_id, capability, title, body) of a record's search documents: its names, then each capability."""
-    docs = [(record.id, "", record.name, " ".join((record.id, record.name, *record.aliases)))]
-    docs += [(record.id, c.title, c.title, " ".join((c.description, c.unique, c.vs_alternatives)))
-             for c in record.capabilities]
-    return docs
-
-
-def signal_rows_of(record: ModelRecord) -> list[tuple[str, str, str, float, str, str]]:
-    """(model_id, dimension, kind, value, source, observed_at) of a record's signals."""
-    return [(record.id, dim, s.kind, s.value, s.source, s.observed_at)
-            for dim, sigs in (("adoption", record.adoption), ("ecosystem", record.ecosystem)) for s in sigs]
-
-
-def event_row(e: MatchEvent, now_ms: int) -> tuple[str, str, str, str, str, int]:
-    """(event_id, query, matched, compared, clicked, ts_ms) as stored (id lists space-separated)."""
-    return (e.event_id, e.query, " ".join(e.matched), " ".join(e.compared), " ".join(e.clicked),
-            e.timestamp_ms or now_ms)
-
-
-def unique_events(events: list[MatchEvent]) -> list[MatchEvent]:
-    """``events`` without repeats of an event id (the first one counts)."""
-    seen: set[str] = set()
-    out = []
-    for e in events:
-        if e.event_id not in seen:
-            seen.add(e.event_id)
-            out.append(e)
-    return out
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def chunks(items: Iterable, n: int) -> Iterator[list]:
-    it = iter(items)
-    while chunk := list(itertools.islice(it, n)):
-        yield chunk
+        0.2, gt=0, description="Polling period of the waits for new events and snapshots when no LISTEN "
+        "connection can be used (SQLite, or PostgreSQL hot standbys and outages).")
 
 
 @dataclass(frozen=True)
@@ -285,18 +220,26 @@ class Store(ABC):
         """The seq of the last committed event: the match graph's version."""
 
     @abstractmethod
-    def iter_events(self, after_seq: int = 0, batch: int = 50_000) -> Iterator[list[tuple[str, str, str]]]:
-        """(matched, compared, clicked) of the events with seq > ``after_seq``, in seq order, in chunks."""
+    def iter_event_chunks(self, after_seq: int = 0, batch: int = 50_000,
+                          until_seq: int | None = None) -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
+        """(seq of its last event, [(matched, compared, clicked), ...]) per chunk of the events with
+        ``after_seq`` < seq <= ``until_seq`` (no upper bound when None), in seq order."""
+
+    def iter_events(self, after_seq: int = 0, batch: int = 50_000,
+                    until_seq: int | None = None) -> Iterator[list[tuple[str, str, str]]]:
+        """``iter_event_chunks`` without the seqs."""
+        for _last, rows in self.iter_event_chunks(after_seq, batch, until_seq):
+            yield rows
 
     @abstractmethod
     def events_with(self, model_id: str, limit: int = 100_000) -> list[tuple[str, str, str]]:
         """(event_id, query, matched) of the most recent events that matched ``model_id``."""
 
-    def recount_from_events(self) -> tuple[Counter, Counter]:
+    def recount_from_events(self) -> tuple[Counter[tuple[int, ...]], Counter[int]]:
         """Re-derive (co-match pair counts by node, matched counts by node) from the events alone."""
         node_of = {i: n for n, i in self.model_nodes()}
-        pairs: Counter = Counter()
-        matched: Counter = Counter()
+        pairs: Counter[tuple[int, ...]] = Counter()
+        matched: Counter[int] = Counter()
         for rows in self.iter_events():
             for m, _c, _k in rows:
                 nodes = sorted(node_of[x] for x in m.split())
@@ -316,6 +259,29 @@ class Store(ABC):
             time.sleep(min(self.poll_interval_s, remaining))
 
     poll_interval_s: float = 0.2
+
+    @abstractmethod
+    def heads(self) -> Heads:
+        """The newest committed event seq and snapshot version, read together."""
+
+    def wait_for_news(self, seen: Heads, timeout: float) -> Heads:
+        """Block until an event or a snapshot newer than ``seen`` is committed, or ``timeout`` passes;
+        returns the newest heads. This base version polls every ``change_poll_interval_s``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            heads = self.heads()
+            remaining = deadline - time.monotonic()
+            if heads.seq > seen.seq or heads.state > seen.state or remaining <= 0:
+                return heads
+            time.sleep(min(self.poll_interval_s, remaining))
+
+    def replica_delay_s(self) -> float:
+        """Seconds a read-only replica is behind its primary (0 on a primary or when caught up)."""
+        return 0.0
+
+    def pool_stats(self) -> PoolStats | None:
+        """Connection pool occupancy, or None for a store without a pool (SQLite: one connection)."""
+        return None
 
     # ------------------------------------------------------------------ probes
     @abstractmethod
@@ -345,6 +311,11 @@ class Store(ABC):
     @abstractmethod
     def load_snapshot(self, key: str) -> StateRow | None: ...
 
+    def load_snapshots(self, keys: Iterable[str]) -> dict[str, StateRow]:
+        """The rows of ``keys`` that exist, read together (one statement: rows saved by one save_state
+        are seen together or not at all)."""
+        return {k: row for k in keys if (row := self.load_snapshot(k)) is not None}
+
     def load_state(self, key: str) -> tuple[int, bytes] | None:
         """(event seq covered, bytes) of ``key``, or None."""
         row = self.load_snapshot(key)
@@ -356,27 +327,28 @@ class Store(ABC):
 
     @abstractmethod
     def delete_state(self, keys: Iterable[str] | None = None) -> None:
-        """Drop derived-state rows (all when ``keys`` is None): the next load replays every event."""
+        """Drop derived-state rows (every one but ``KEPT_STATE`` when ``keys`` is None): the next load
+        replays every event."""
 
     @abstractmethod
-    def data_versions(self) -> tuple[int, int, int]:
-        """(last event seq, catalogue change count, probe runs): what every score depends on."""
+    def data_versions(self) -> DataVersions:
+        """What every score depends on, read together (see ``DataVersions``)."""
 
     # ------------------------------------------------------------------ copying between stores
     @abstractmethod
-    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[tuple]]:
+    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[Row]]:
         """Rows of a ``PORTABLE`` table (its columns, in insertion order), in chunks."""
 
     @abstractmethod
-    def replace_rows(self, table: str, rows: Iterable[tuple]) -> None:
+    def replace_rows(self, table: str, rows: Iterable[Row]) -> None:
         """Replace every row of a ``PORTABLE`` table by ``rows`` in one transaction."""
 
     @abstractmethod
-    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[tuple]]:
+    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[Row]]:
         """Full event rows (``EVENT_COLUMNS``) with seq > ``after_seq``, in seq order, in chunks."""
 
     @abstractmethod
-    def append_event_rows(self, rows: list[tuple]) -> int:
+    def append_event_rows(self, rows: list[Row]) -> int:
         """Insert full event rows keeping their seqs (ignoring stored event ids); returns rows inserted."""
 
     @abstractmethod

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from common.errors import FailedPrecondition
-from graph.store.base import LOCAL_META, PORTABLE, Store
+from graph.store.base import LOCAL_META, PORTABLE, Row, Store
 
 # Copy order: the derived-state snapshots last (see the module docstring).
 TABLE_ORDER = ("models", "aliases", "signals", "capabilities", "external_quality", "search_docs", "probe_runs",
@@ -43,7 +43,7 @@ def _check_prefix(src: Store, dst: Store) -> int:
     return head
 
 
-def _rows(src: Store, table: str, counted: dict[str, int]) -> Iterator[tuple]:
+def _rows(src: Store, table: str, counted: dict[str, int]) -> Iterator[Row]:
     counted[table] = 0
     for chunk in src.read_rows(table):
         for row in chunk:

@@ -1,15 +1,7 @@
-"""PostgreSQL plumbing for ``PgStore``: the schema, error mapping, and the change listener.
-
-The listener holds one dedicated connection (outside the pool) that ``LISTEN``s on the
-``matchgraph`` channel; writers send ``NOTIFY matchgraph, '<seq>'`` once per committed
-ingest batch. Where LISTEN cannot work (a hot standby, the server down) it says so and
-``wait_for_change`` polls instead; after an outage it reconnects by itself.
-"""
+"""PostgreSQL plumbing for ``PgStore``: the schema, the statements of its hot paths, and error mapping."""
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -18,9 +10,7 @@ import psycopg
 import psycopg_pool
 
 from common.errors import FailedPrecondition, Unavailable
-from graph.store.base import CHANGE_CHANNEL, SCHEMA_VERSION
-
-log = logging.getLogger(__name__)
+from graph.store.base import SCHEMA_VERSION
 
 SCHEMA_LOCK = 0x6D67_7363  # advisory lock keys: schema creation ("mgsc") and event seq assignment ("mgev")
 EVENTS_LOCK = 0x6D67_6576
@@ -61,6 +51,32 @@ INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}'), ('c
   ('state_seq', '0') ON CONFLICT (key) DO NOTHING;
 """
 
+STAGE = ("CREATE TEMP TABLE IF NOT EXISTS events_in (ord INTEGER, event_id TEXT, query TEXT, matched TEXT, "
+          "compared TEXT, clicked TEXT, ts_ms BIGINT) ON COMMIT DELETE ROWS")
+# The stored-already test is a per-row probe of the event_id index (a scalar subquery, never
+# flattened into a hash anti-join that would scan every stored event per batch).
+MOVE = ("INSERT INTO events (seq, event_id, query, matched, compared, clicked, ts_ms) "
+         "SELECT %s + row_number() OVER (ORDER BY s.ord), s.event_id, s.query, s.matched, s.compared, s.clicked, "
+         "s.ts_ms FROM events_in s WHERE (SELECT e.seq FROM events e WHERE e.event_id = s.event_id) IS NULL "
+         "ORDER BY s.ord ON CONFLICT (event_id) DO NOTHING")
+RANK_WEIGHTS = "{0.1, 0.2, 0.2, 1.0}"  # D, C, B (body), A (title): title 5x body, as FTS5's bm25(5, 1)
+SEARCH = (f"WITH q AS (SELECT websearch_to_tsquery('english', %s) AS q), "
+           f"top AS (SELECT d.id, d.model_id, d.capability, d.body, ts_rank_cd('{RANK_WEIGHTS}', d.tsv, q.q, 1) AS r "
+           f"FROM search_docs d, q WHERE d.tsv @@ q.q ORDER BY r DESC, d.id LIMIT %s) "
+           f"SELECT top.model_id, top.capability, -top.r, ts_headline('english', top.body, q.q, "
+           f"'StartSel=[, StopSel=], MaxWords=12, MinWords=4, MaxFragments=1, FragmentDelimiter=…') "
+           f"FROM top, q ORDER BY top.r DESC, top.id")
+
+
+HEADS = ("SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), "
+         "(SELECT value::bigint FROM meta WHERE key = 'state_seq')")
+DATA_VERSIONS = ("SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT value::bigint FROM meta "
+                 "WHERE key = 'catalog_seq'), (SELECT COUNT(*) FROM probe_runs), "
+                 "(SELECT value FROM meta WHERE key = 'last_probe_failure')")
+# On a hot standby with WAL received but not replayed (e.g. replay paused): how old its newest data is.
+REPLICA_DELAY = ("SELECT CASE WHEN pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn() THEN "
+                 "COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) ELSE 0 END")
+
 # Insertion order of each table when copying it out (the order scoring reads rows in).
 ORDER_BY = {"models": "node", "aliases": "alias", "signals": "rid", "capabilities": "model_id, position",
             "external_quality": "rid", "search_docs": "id", "probe_runs": "started_ms, run_id",
@@ -98,73 +114,3 @@ def translate_errors(place: str, timeout_s: float) -> Iterator[None]:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise Unavailable(f"the MatchGraph database {place} is unavailable ({first}); retry shortly",
                           retry_after_s=RETRY_AFTER_S) from None
-
-
-class ChangeListener:
-    """A background LISTEN on the change channel; ``latest`` is the newest seq announced."""
-
-    def __init__(self, conninfo: str, connect_timeout_s: int) -> None:
-        self.conninfo = conninfo
-        self.connect_timeout_s = connect_timeout_s
-        self.cond = threading.Condition()
-        self.latest = 0
-        self.state = "idle"  # idle | listening | down | unsupported
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def listening(self) -> bool:
-        return self.state == "listening"
-
-    def start(self) -> None:
-        """Start listening (once) and wait until the first LISTEN attempt has succeeded or failed."""
-        with self.cond:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="matchgraph-listen", daemon=True)
-                self._thread.start()
-        self._ready.wait(self.connect_timeout_s + 1)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-
-    def _set_state(self, state: str) -> None:
-        with self.cond:
-            self.state = state
-            self.cond.notify_all()
-
-    def _run(self) -> None:
-        backoff = 0.1
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout_s) as conn:
-                    conn.execute(f"LISTEN {CHANGE_CHANNEL}")
-                    self._set_state("listening")
-                    self._ready.set()
-                    backoff = 0.1
-                    while not self._stop.is_set():
-                        for n in conn.notifies(timeout=0.5):
-                            self._announce(n.payload)
-            except psycopg.OperationalError as exc:
-                log.warning("change listener disconnected (%s); polling until it reconnects", exc)
-                self._set_state("down")
-                self._ready.set()
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except psycopg.Error as exc:  # e.g. LISTEN on a hot standby: polling only, for good
-                log.info("LISTEN not available (%s); waiting for changes by polling", exc)
-                self._set_state("unsupported")
-                self._ready.set()
-                return
-        self._set_state("idle")
-
-    def _announce(self, payload: str) -> None:
-        try:
-            seq = int(payload)
-        except ValueError:
-            return
-        with self.cond:
-            self.latest = max(self.latest, seq)
-            self.cond.notify_all()

@@ -24,13 +24,36 @@ from graph.records import MatchEvent, ModelRecord
 from graph.store.base import (
     CHANGE_CHANNEL,
     EVENT_COLUMNS,
-    LOCAL_META,
+    KEPT_STATE,
     PORTABLE,
+    STATE_CHANNEL,
+    DataVersions,
+    Heads,
+    PoolStats,
     ProbeOutcomeRow,
     ProbeResultRow,
+    Row,
     StateRow,
     Store,
     StoreConfig,
+)
+from graph.store.pg_copy import append_events, copy_rows, read_table, replace_table
+from graph.store.pg_listen import ChangeListener
+from graph.store.pg_support import (
+    DATA_VERSIONS,
+    EVENTS_LOCK,
+    HEADS,
+    MOVE,
+    REPLICA_DELAY,
+    SCHEMA,
+    SCHEMA_LOCK,
+    SEARCH,
+    STAGE,
+    redact,
+    translate_errors,
+    where,
+)
+from graph.store.rows import (
     chunks,
     event_row,
     now_ms,
@@ -41,33 +64,6 @@ from graph.store.base import (
     signal_rows_of,
     unique_events,
 )
-from graph.store.pg_support import (
-    EVENTS_LOCK,
-    IDENTITY,
-    ORDER_BY,
-    SCHEMA,
-    SCHEMA_LOCK,
-    ChangeListener,
-    redact,
-    translate_errors,
-    where,
-)
-
-_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS events_in (ord INTEGER, event_id TEXT, query TEXT, matched TEXT, "
-          "compared TEXT, clicked TEXT, ts_ms BIGINT) ON COMMIT DELETE ROWS")
-# The stored-already test is a per-row probe of the event_id index (a scalar subquery, never
-# flattened into a hash anti-join that would scan every stored event per batch).
-_MOVE = ("INSERT INTO events (seq, event_id, query, matched, compared, clicked, ts_ms) "
-         "SELECT %s + row_number() OVER (ORDER BY s.ord), s.event_id, s.query, s.matched, s.compared, s.clicked, "
-         "s.ts_ms FROM events_in s WHERE (SELECT e.seq FROM events e WHERE e.event_id = s.event_id) IS NULL "
-         "ORDER BY s.ord ON CONFLICT (event_id) DO NOTHING")
-_RANK_WEIGHTS = "{0.1, 0.2, 0.2, 1.0}"  # D, C, B (body), A (title): title 5x body, as FTS5's bm25(5, 1)
-_SEARCH = (f"WITH q AS (SELECT websearch_to_tsquery('english', %s) AS q), "
-           f"top AS (SELECT d.id, d.model_id, d.capability, d.body, ts_rank_cd('{_RANK_WEIGHTS}', d.tsv, q.q, 1) AS r "
-           f"FROM search_docs d, q WHERE d.tsv @@ q.q ORDER BY r DESC, d.id LIMIT %s) "
-           f"SELECT top.model_id, top.capability, -top.r, ts_headline('english', top.body, q.q, "
-           f"'StartSel=[, StopSel=], MaxWords=12, MinWords=4, MaxFragments=1, FragmentDelimiter=…') "
-           f"FROM top, q ORDER BY top.r DESC, top.id")
 
 
 class PgStore(Store):
@@ -87,32 +83,42 @@ class PgStore(Store):
         self.listener = ChangeListener(url, config.pg_connect_timeout_s)
         try:
             with self._conn() as conn:
-                self.read_only = bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
+                row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                self.read_only = bool(row and row[0])
                 if not self.read_only:  # a hot standby serves the primary's schema as it is
                     with conn.transaction():
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                        conn.execute(SCHEMA)  # type: ignore[arg-type]
+                        conn.execute(SCHEMA)
         except BaseException:
             self.pool.close()
             raise
 
     @contextmanager
-    def _conn(self) -> Iterator[psycopg.Connection]:
+    def _conn(self) -> Iterator[psycopg.Connection[Row]]:
         with translate_errors(self.place, self.timeout_s), self.pool.connection() as conn:
             yield conn
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection]:
+    def _tx(self) -> Iterator[psycopg.Connection[Row]]:
         with self._conn() as conn, conn.transaction():
             yield conn
 
-    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _all(self, sql: str, args: Row = ()) -> list[Row]:
         with self._conn() as conn:
-            return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+            return conn.execute(sql, args).fetchall()
 
-    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+    def _one(self, sql: str, args: Row = ()) -> Row | None:
         with self._conn() as conn:
-            return conn.execute(sql, args).fetchone()  # type: ignore[arg-type]
+            return conn.execute(sql, args).fetchone()
+
+    def _row(self, sql: str, args: Row = ()) -> Row:
+        """The first row of a query that always returns one (aggregates, scalar subqueries)."""
+        row = self._one(sql, args)
+        assert row is not None
+        return row
+
+    def _int(self, sql: str, args: Row = ()) -> int:
+        return int(self._row(sql, args)[0])
 
     def close(self) -> None:
         self.listener.close()
@@ -137,7 +143,7 @@ class PgStore(Store):
             assert row is not None
             self._bump(conn, "catalog_seq")
             for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
-                conn.execute(f"DELETE FROM {table} WHERE model_id = %s", (record.id,))  # type: ignore[arg-type]
+                conn.execute(f"DELETE FROM {table} WHERE model_id = %s", (record.id,))
             cur = conn.cursor()
             names = {a.lower() for a in (record.name, *record.aliases)} - {record.id}
             cur.executemany("INSERT INTO aliases (alias, model_id) VALUES (%s, %s) ON CONFLICT (alias) DO UPDATE "
@@ -161,12 +167,12 @@ class PgStore(Store):
             self._bump(conn, "catalog_seq")
             cur = conn.cursor()
             for batch in chunks(records, 10_000):
-                self._copy(cur, "models", ("id", "name", "type", "pricing_tier", "serving_endpoint", "version",
+                copy_rows(cur, "models", ("id", "name", "type", "pricing_tier", "serving_endpoint", "version",
                                            "record", "updated_ms"),
                            [(r.id, r.name, r.type, r.pricing.tier, r.serving_endpoint, r.version, record_to_json(r),
                              now) for r in batch])
-                self._copy(cur, "signals", PORTABLE["signals"], [s for r in batch for s in signal_rows_of(r)])
-                self._copy(cur, "search_docs", ("model_id", "capability", "title", "body"),
+                copy_rows(cur, "signals", PORTABLE["signals"], [s for r in batch for s in signal_rows_of(r)])
+                copy_rows(cur, "search_docs", ("model_id", "capability", "title", "body"),
                            [search_doc_rows(r)[0] for r in batch])
 
     def get_model(self, model_id: str) -> ModelRecord | None:
@@ -177,10 +183,10 @@ class PgStore(Store):
         return [(int(n), i) for n, i in self._all("SELECT node, id FROM models ORDER BY node")]
 
     def aliases(self) -> dict[str, str]:
-        return dict(self._all("SELECT alias, model_id FROM aliases"))  # type: ignore[arg-type]
+        return {str(a): str(m) for a, m in self._all("SELECT alias, model_id FROM aliases")}
 
     def names(self) -> dict[str, str]:
-        return dict(self._all("SELECT id, name FROM models"))  # type: ignore[arg-type]
+        return {str(i): str(n) for i, n in self._all("SELECT id, name FROM models")}
 
     def serving(self) -> list[tuple[str, str, str]]:
         return self._all("SELECT id, serving_endpoint, version FROM models WHERE serving_endpoint <> '' "
@@ -212,7 +218,7 @@ class PgStore(Store):
         words = search_words(text)
         if not words:
             return []
-        return [(m, c, float(s), h) for m, c, s, h in self._all(_SEARCH, (" or ".join(words), limit))]
+        return [(m, c, float(s), h) for m, c, s, h in self._all(SEARCH, (" or ".join(words), limit))]
 
     def search_docs(self) -> list[tuple[int, str, str, str, str]]:
         return self._all("SELECT id, model_id, capability, title, body FROM search_docs ORDER BY id")
@@ -223,13 +229,14 @@ class PgStore(Store):
         now = now_ms()
         with self._tx() as conn:
             cur = conn.cursor()
-            cur.execute(_STAGE)
+            cur.execute(STAGE)
             with cur.copy("COPY events_in (ord, event_id, query, matched, compared, clicked, ts_ms) FROM STDIN") as cp:
                 for i, e in enumerate(unique):
                     cp.write_row((i, *event_row(e, now)))
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))  # held until COMMIT
-            base = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])  # type: ignore[index]
-            inserted = cur.execute(_MOVE, (base,)).rowcount  # type: ignore[arg-type]
+            top = cur.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            base = int(top[0]) if top else 0
+            inserted = cur.execute(MOVE, (base,)).rowcount
             if inserted == len(unique):
                 new = unique
             else:
@@ -240,21 +247,23 @@ class PgStore(Store):
         return new, base + 1
 
     def event_count(self) -> int:
-        return int(self._one("SELECT COUNT(*) FROM events")[0])  # type: ignore[index]
+        return self._int("SELECT COUNT(*) FROM events")
 
     def graph_version(self) -> int:
-        return int(self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0])  # type: ignore[index]
+        return self._int("SELECT COALESCE(MAX(seq), 0) FROM events")
 
-    def iter_events(self, after_seq: int = 0, batch: int = 50_000) -> Iterator[list[tuple[str, str, str]]]:
-        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch):
-            yield [r[1:] for r in rows]
+    def iter_event_chunks(self, after_seq: int = 0, batch: int = 50_000,
+                          until_seq: int | None = None) -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
+        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch, until_seq):
+            yield int(rows[-1][0]), [(r[1], r[2], r[3]) for r in rows]
 
-    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[tuple]]:
+    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[Row]]:
         yield from self._event_chunks(", ".join(EVENT_COLUMNS), after_seq, batch)
 
-    def _event_chunks(self, columns: str, after_seq: int, batch: int) -> Iterator[list[tuple]]:
-        last = after_seq
-        while rows := self._all(f"SELECT {columns} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (last, batch)):
+    def _event_chunks(self, columns: str, after_seq: int, batch: int, until: int | None = None) -> Iterator[list[Row]]:
+        last, top = after_seq, (2**63 - 1) if until is None else until
+        while rows := self._all(f"SELECT {columns} FROM events WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
+                                (last, top, batch)):
             last = rows[-1][0]
             yield rows
 
@@ -262,16 +271,9 @@ class PgStore(Store):
         return self._all("SELECT event_id, query, matched FROM events WHERE ' ' || matched || ' ' LIKE %s "
                          "ORDER BY seq DESC LIMIT %s", (f"% {model_id} %", limit))
 
-    def append_event_rows(self, rows: list[tuple]) -> int:
+    def append_event_rows(self, rows: list[Row]) -> int:
         with self._tx() as conn:
-            cur = conn.cursor()
-            cur.execute("CREATE TEMP TABLE events_copy (LIKE events) ON COMMIT DROP")
-            self._copy(cur, "events_copy", EVENT_COLUMNS, rows)
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
-            n = cur.execute("INSERT INTO events SELECT * FROM events_copy ORDER BY seq ON CONFLICT DO NOTHING").rowcount
-            if n:
-                cur.execute("SELECT pg_notify(%s, (SELECT MAX(seq) FROM events)::text)", (CHANGE_CHANNEL,))
-        return n
+            return append_events(conn.cursor(), rows)
 
     def event_id_at(self, seq: int) -> str | None:
         row = self._one("SELECT event_id FROM events WHERE seq = %s", (seq,))
@@ -279,19 +281,33 @@ class PgStore(Store):
 
     def wait_for_change(self, after_seq: int, timeout: float) -> int:
         """As ``Store.wait_for_change``, woken by NOTIFY; polls while LISTEN is unavailable (standby, outage)."""
-        seq = self.graph_version()
-        if seq > after_seq or timeout <= 0:
-            return seq
+        return self.wait_for_news(Heads(after_seq, 2**63 - 1), timeout).seq
+
+    def wait_for_news(self, seen: Heads, timeout: float) -> Heads:
+        """As ``Store.wait_for_news``, woken by NOTIFY; polls while LISTEN is unavailable (standby, outage)."""
+        heads = self.heads()
+        if heads.seq > seen.seq or heads.state > seen.state or timeout <= 0:
+            return heads
         deadline = time.monotonic() + timeout
         self.listener.start()
-        seq = self.graph_version()  # LISTEN is in place now: a commit after this read will be announced
-        while seq <= after_seq and (remaining := deadline - time.monotonic()) > 0:
-            with self.listener.cond:
-                if self.listener.latest <= after_seq:
-                    self.listener.cond.wait(remaining if self.listener.listening
-                                            else min(remaining, self.poll_interval_s))
-            seq = self.graph_version()
-        return seq
+        heads = self.heads()  # LISTEN is in place: later commits are announced (one racing LISTEN: at timeout)
+        while heads.seq <= seen.seq and heads.state <= seen.state and (left := deadline - time.monotonic()) > 0:
+            self.listener.wait(seen, left, self.poll_interval_s)
+            heads = self.heads()
+        return heads
+
+    def heads(self) -> Heads:
+        row = self._row(HEADS)
+        return Heads(int(row[0]), int(row[1]))
+
+    def replica_delay_s(self) -> float:
+        """On a hot standby with received but unreplayed WAL: seconds since the last transaction it replayed."""
+        return max(0.0, float(self._row(REPLICA_DELAY)[0])) if self.read_only else 0.0
+
+    def pool_stats(self) -> PoolStats:
+        stats = self.pool.get_stats()
+        size = stats.get("pool_size", 0)
+        return PoolStats(size, size - stats.get("pool_available", 0), stats.get("requests_waiting", 0))
 
     # ------------------------------------------------------------------ probes
     def add_probe_run(self, run_id: str, seed: int, prompts: list[str], results: list[ProbeResultRow],
@@ -324,10 +340,10 @@ class PgStore(Store):
                   "SET value = EXCLUDED.value RETURNING key", (value,))
 
     def probe_freshness(self) -> tuple[int, int, str]:
-        last_ok = self._one("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs")[0]  # type: ignore[index]
+        last_ok = self._int("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs")
         row = self._one("SELECT value FROM meta WHERE key = 'last_probe_failure'")
-        failure = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
-        return int(last_ok), int(failure["at_ms"]), str(failure["reason"])
+        failure: dict[str, int | str] = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
+        return last_ok, int(failure["at_ms"]), str(failure["reason"])
 
     # ------------------------------------------------------------------ derived state
     def save_state(self, items: dict[str, tuple[int, bytes]]) -> int:
@@ -338,61 +354,45 @@ class PgStore(Store):
                 "ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, snapshot = EXCLUDED.snapshot, "
                 "saved_ms = EXCLUDED.saved_ms, data = EXCLUDED.data",
                 [(k, v, snapshot, now_ms(), d) for k, (v, d) in items.items()])
+            conn.execute("SELECT pg_notify(%s, %s)", (STATE_CHANNEL, str(snapshot)))
         return snapshot
 
     def load_snapshot(self, key: str) -> StateRow | None:
         row = self._one("SELECT key, version, snapshot, saved_ms, data FROM graph_state WHERE key = %s", (key,))
         return StateRow(row[0], int(row[1]), int(row[2]), int(row[3]), bytes(row[4])) if row else None
 
+    def load_snapshots(self, keys: Iterable[str]) -> dict[str, StateRow]:
+        rows = self._all("SELECT key, version, snapshot, saved_ms, data FROM graph_state WHERE key = ANY(%s)",
+                         (list(keys),))
+        return {r[0]: StateRow(r[0], int(r[1]), int(r[2]), int(r[3]), bytes(r[4])) for r in rows}
+
     def state_version(self) -> int:
-        return int(self._one("SELECT value FROM meta WHERE key = 'state_seq'")[0])  # type: ignore[index]
+        return self._int("SELECT value::bigint FROM meta WHERE key = 'state_seq'")
 
     def delete_state(self, keys: Iterable[str] | None = None) -> None:
         if keys is None:
-            self._all("DELETE FROM graph_state RETURNING key")
+            self._all("DELETE FROM graph_state WHERE NOT (key = ANY(%s)) RETURNING key", (sorted(KEPT_STATE),))
         else:
             self._all("DELETE FROM graph_state WHERE key = ANY(%s) RETURNING key", (list(keys),))
 
-    def data_versions(self) -> tuple[int, int, int]:
-        row = self._one("SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT value::bigint FROM meta "
-                        "WHERE key = 'catalog_seq'), (SELECT COUNT(*) FROM probe_runs)")
-        assert row is not None
-        return int(row[0]), int(row[1]), int(row[2])
+    def data_versions(self) -> DataVersions:
+        row = self._row(DATA_VERSIONS)
+        failure = int(json.loads(row[3])["at_ms"]) if row[3] else 0
+        return DataVersions(int(row[0]), int(row[1]), int(row[2]), failure)
 
     # ------------------------------------------------------------------ copying between stores
-    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[tuple]]:
+    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[Row]]:
         with self._conn() as conn, conn.transaction():  # one snapshot for the whole table
-            cur = conn.cursor(name=f"read_{table}")  # server-side cursor: constant memory
-            cur.execute(f"SELECT {', '.join(PORTABLE[table])} FROM {table} ORDER BY {ORDER_BY[table]}")  # type: ignore[arg-type]
-            while rows := cur.fetchmany(batch):
-                yield rows
+            yield from read_table(conn, table, batch)
 
-    def replace_rows(self, table: str, rows: Iterable[tuple]) -> None:
-        cols = PORTABLE[table]
+    def replace_rows(self, table: str, rows: Iterable[Row]) -> None:
         with self._tx() as conn:
-            cur = conn.cursor()
-            if table == "meta":
-                cur.execute("DELETE FROM meta WHERE NOT (key = ANY(%s))", (sorted(LOCAL_META),))
-                cur.executemany("INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE "
-                                "SET value = EXCLUDED.value", [r for r in rows if r[0] not in LOCAL_META])
-                return
-            cur.execute(f"DELETE FROM {table}")  # type: ignore[arg-type]
-            for batch in chunks(rows, 10_000):
-                self._copy(cur, table, cols, batch)
-            if table in IDENTITY:
-                col = IDENTITY[table]
-                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{col}'), "  # type: ignore[arg-type]
-                            f"GREATEST((SELECT MAX({col}) FROM {table}), 1), (SELECT COUNT(*) > 0 FROM {table}))")
+            replace_table(conn.cursor(), table, rows)
 
     # ------------------------------------------------------------------ helpers
-    @staticmethod
-    def _copy(cur: psycopg.Cursor, table: str, columns: Iterable[str], rows: Iterable[tuple]) -> None:
-        with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:  # type: ignore[arg-type]
-            for row in rows:
-                cp.write_row(row)
 
     @staticmethod
-    def _bump(conn: psycopg.Connection, key: str) -> int:
+    def _bump(conn: psycopg.Connection[Row], key: str) -> int:
         row = conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s RETURNING value::bigint",
                            (key,)).fetchone()
         assert row is not None

@@ -23,13 +23,18 @@ from common.errors import Unavailable
 from graph.records import MatchEvent, ModelRecord
 from graph.store.base import (
     EVENT_COLUMNS,
+    KEPT_STATE,
     PORTABLE,
-    SCHEMA_VERSION,
+    DataVersions,
+    Heads,
     ProbeOutcomeRow,
     ProbeResultRow,
+    Row,
     StateRow,
     Store,
     StoreConfig,
+)
+from graph.store.rows import (
     chunks,
     event_row,
     now_ms,
@@ -40,14 +45,7 @@ from graph.store.base import (
     signal_rows_of,
     unique_events,
 )
-
-_SCHEMA = """
-CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, query TEXT NOT NULL,
-  matched TEXT NOT NULL, compared TEXT NOT NULL, clicked TEXT NOT NULL, ts_ms INTEGER NOT NULL);
-CREATE TABLE graph_state (key TEXT PRIMARY KEY, version INTEGER NOT NULL, data BLOB NOT NULL,
-  snapshot INTEGER NOT NULL DEFAULT 0, saved_ms INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
-"""
+from graph.store.sqlite_schema import create_schema, migrate_schema
 
 
 def fts_query(text: str, op: str = "OR") -> str:
@@ -77,53 +75,9 @@ class SqliteStore(Store):
         self.conn.execute(f"PRAGMA synchronous={config.sqlite_synchronous}")
         self.conn.execute("PRAGMA foreign_keys=OFF")
         self.conn.execute("PRAGMA cache_size=-200000")
-        self._create_schema()
-        self._migrate()
-
-    # ------------------------------------------------------------------ schema
-    def _create_schema(self) -> None:
-        db = self.db
         with self.lock:
-            if "models" in db.table_names():
-                return
-            db["models"].create(
-                {"node": int, "id": str, "name": str, "type": str, "pricing_tier": str,
-                 "serving_endpoint": str, "version": str, "record": str, "updated_ms": int},
-                pk="node", not_null={"id", "name", "record"},
-            )
-            db["models"].create_index(["id"], unique=True)
-            db["aliases"].create({"alias": str, "model_id": str}, pk="alias")
-            db["signals"].create({"model_id": str, "dimension": str, "kind": str, "value": float,
-                                  "source": str, "observed_at": str})
-            db["signals"].create_index(["model_id"])
-            db["capabilities"].create({"model_id": str, "position": int, "title": str, "description": str,
-                                       "unique_note": str, "vs_alternatives": str}, pk=("model_id", "position"))
-            db["external_quality"].create({"model_id": str, "benchmark": str, "score": float, "source": str,
-                                           "observed_at": str})
-            db["external_quality"].create_index(["model_id"])
-            # Search documents: one per model (name + aliases) and one per capability.
-            db["search_docs"].create({"id": int, "model_id": str, "capability": str, "title": str, "body": str},
-                                     pk="id")
-            db["search_docs"].create_index(["model_id"])
-            db["search_docs"].enable_fts(["title", "body"], tokenize="porter", create_triggers=True)
-            self.conn.executescript(_SCHEMA)
-            db["probe_runs"].create({"run_id": str, "started_ms": int, "seed": int, "prompts": str}, pk="run_id")
-            db["probe_results"].create({"run_id": str, "model_id": str, "model_version": str, "prompt": str,
-                                        "score": float, "detail": str})
-            db["probe_outcomes"].create({"run_id": str, "prompt": str, "model_a": str, "model_b": str,
-                                         "version_a": str, "version_b": str, "a_score": float})
-            self.conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-
-    def _migrate(self) -> None:
-        """Rows and columns later versions rely on, added to databases created before them."""
-        with self.lock:
-            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(graph_state)")}
-            for col in ("snapshot", "saved_ms"):
-                if col not in cols:
-                    self.conn.execute(f"ALTER TABLE graph_state ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
-            for key in ("catalog_seq", "state_seq"):
-                self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (key,))
-            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+            create_schema(self.db)
+            migrate_schema(self.conn)
 
     def close(self) -> None:
         with self.lock:
@@ -268,29 +222,27 @@ class SqliteStore(Store):
     def graph_version(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
-    def iter_events(self, after_seq: int = 0, batch: int = 50_000) -> Iterator[list[tuple[str, str, str]]]:
-        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch):
-            yield [r[1:] for r in rows]
+    def iter_event_chunks(self, after_seq: int = 0, batch: int = 50_000,
+                          until_seq: int | None = None) -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
+        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch, until_seq):
+            yield int(rows[-1][0]), [(r[1], r[2], r[3]) for r in rows]
 
-    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[tuple]]:
+    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[Row]]:
         yield from self._event_chunks(", ".join(EVENT_COLUMNS), after_seq, batch)
 
-    def _event_chunks(self, columns: str, after_seq: int, batch: int) -> Iterator[list[tuple]]:
-        last = after_seq
-        while True:
-            rows = self.conn.execute(f"SELECT {columns} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                     (last, batch)).fetchall()
-            if not rows:
-                return
+    def _event_chunks(self, columns: str, after_seq: int, batch: int, until: int | None = None) -> Iterator[list[Row]]:
+        last, top = after_seq, (2**63 - 1) if until is None else until
+        while rows := self.conn.execute(f"SELECT {columns} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq "
+                                        "LIMIT ?", (last, top, batch)).fetchall():
             last = rows[-1][0]
             yield rows
 
     def events_with(self, model_id: str, limit: int = 100_000) -> list[tuple[str, str, str]]:
-        return [tuple(r) for r in self.conn.execute(  # type: ignore[misc]
+        return [(r[0], r[1], r[2]) for r in self.conn.execute(
             "SELECT event_id, query, matched FROM events WHERE ' ' || matched || ' ' LIKE ? "
             "ORDER BY seq DESC LIMIT ?", (f"% {model_id} %", limit))]
 
-    def append_event_rows(self, rows: list[tuple]) -> int:
+    def append_event_rows(self, rows: list[Row]) -> int:
         with self.lock, self._tx():
             before = self.conn.total_changes
             self.conn.executemany(f"INSERT OR IGNORE INTO events ({', '.join(EVENT_COLUMNS)}) "
@@ -321,7 +273,7 @@ class SqliteStore(Store):
 
     def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]:
         sql = "SELECT run_id, model_id, model_version, prompt, score, detail FROM probe_results"
-        args: tuple = ()
+        args: Row = ()
         if run_id is not None:
             sql, args = sql + " WHERE run_id = ?", (run_id,)
         return [ProbeResultRow(*r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
@@ -334,7 +286,7 @@ class SqliteStore(Store):
     def probe_freshness(self) -> tuple[int, int, str]:
         last_ok = self.conn.execute("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs").fetchone()[0]
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'last_probe_failure'").fetchone()
-        failure = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
+        failure: dict[str, int | str] = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
         return int(last_ok), int(failure["at_ms"]), str(failure["reason"])
 
     # ------------------------------------------------------------------ derived state
@@ -351,29 +303,42 @@ class SqliteStore(Store):
                                 (key,)).fetchone()
         return StateRow(row[0], int(row[1]), int(row[2]), int(row[3]), bytes(row[4])) if row else None
 
+    def load_snapshots(self, keys: Iterable[str]) -> dict[str, StateRow]:
+        wanted = list(keys)
+        rows = self.conn.execute(f"SELECT key, version, snapshot, saved_ms, data FROM graph_state WHERE key IN "
+                                 f"({', '.join('?' * len(wanted))})", wanted).fetchall()
+        return {r[0]: StateRow(r[0], int(r[1]), int(r[2]), int(r[3]), bytes(r[4])) for r in rows}
+
     def state_version(self) -> int:
         return int(self.conn.execute("SELECT value FROM meta WHERE key = 'state_seq'").fetchone()[0])
 
     def delete_state(self, keys: Iterable[str] | None = None) -> None:
         with self.lock, self._tx():
             if keys is None:
-                self.conn.execute("DELETE FROM graph_state")
+                kept = sorted(KEPT_STATE)
+                self.conn.execute(f"DELETE FROM graph_state WHERE key NOT IN ({', '.join('?' * len(kept))})", kept)
             else:
                 self.conn.executemany("DELETE FROM graph_state WHERE key = ?", [(k,) for k in keys])
 
-    def data_versions(self) -> tuple[int, int, int]:
-        seq = self.graph_version()
-        cat = int(self.conn.execute("SELECT value FROM meta WHERE key = 'catalog_seq'").fetchone()[0])
-        runs = int(self.conn.execute("SELECT COUNT(*) FROM probe_runs").fetchone()[0])
-        return seq, cat, runs
+    def data_versions(self) -> DataVersions:
+        row = self.conn.execute(
+            "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT value FROM meta WHERE key = 'catalog_seq'), "
+            "(SELECT COUNT(*) FROM probe_runs), (SELECT value FROM meta WHERE key = 'last_probe_failure')").fetchone()
+        failure = int(json.loads(row[3])["at_ms"]) if row[3] else 0
+        return DataVersions(int(row[0]), int(row[1]), int(row[2]), failure)
+
+    def heads(self) -> Heads:
+        row = self.conn.execute("SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), "
+                                "(SELECT value FROM meta WHERE key = 'state_seq')").fetchone()
+        return Heads(int(row[0]), int(row[1]))
 
     # ------------------------------------------------------------------ copying between stores
-    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[tuple]]:
+    def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[Row]]:
         cur = self.conn.execute(f"SELECT {', '.join(PORTABLE[table])} FROM {table} ORDER BY rowid")
         while rows := cur.fetchmany(batch):
             yield [tuple(r) for r in rows]
 
-    def replace_rows(self, table: str, rows: Iterable[tuple]) -> None:
+    def replace_rows(self, table: str, rows: Iterable[Row]) -> None:
         cols = PORTABLE[table]
         with self.lock, self._tx():
             self.conn.execute(f"DELETE FROM {table}" + (" WHERE key != 'schema_version'" if table == "meta" else ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -31,14 +32,23 @@ def channel_credentials(root_ca: Path, client_cert: Path | None = None,
     )
 
 
+def retry_unavailable(service: str, methods: list[str], attempts: int = 3) -> str:
+    """A gRPC service config retrying ``methods`` of ``service`` on UNAVAILABLE (e.g. a replica that died or
+    is draining: with round robin the retry goes to another one). Only for idempotent calls (reads)."""
+    return json.dumps({"methodConfig": [{
+        "name": [{"service": service, "method": m} for m in methods],
+        "retryPolicy": {"maxAttempts": attempts, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
 @overload
 def channel(target: str, max_message_bytes: int = ..., *, root_ca: Path | None = ...,
             client_cert: Path | None = ..., client_key: Path | None = ..., balance: bool = ...,
-            aio: Literal[False] = ...) -> grpc.Channel: ...
+            service_config: str | None = ..., aio: Literal[False] = ...) -> grpc.Channel: ...
 @overload
 def channel(target: str, max_message_bytes: int = ..., *, root_ca: Path | None = ...,
             client_cert: Path | None = ..., client_key: Path | None = ..., balance: bool = ...,
-            aio: Literal[True]) -> grpc.aio.Channel: ...
+            service_config: str | None = ..., aio: Literal[True]) -> grpc.aio.Channel: ...
 def channel(
     target: str,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -47,6 +57,7 @@ def channel(
     client_cert: Path | None = None,
     client_key: Path | None = None,
     balance: bool = False,
+    service_config: str | None = None,
     aio: bool = False,
 ) -> grpc.Channel | grpc.aio.Channel:
     """The one way this project opens a channel: the servers' message limits, TLS when asked.
@@ -55,9 +66,12 @@ def channel(
     ``client_key`` presents a client certificate for mutual TLS. ``balance`` spreads
     stateless calls over every address the target resolves to (round robin); leave it off
     for calls that must reach the same replica (WatchJob/CancelJob of a fine-tune job).
+    ``service_config`` is a gRPC service config (JSON), e.g. ``retry_unavailable(...)``.
     ``aio`` returns a ``grpc.aio`` channel (for asyncio callers such as the gateway).
     """
     options = message_options(max_message_bytes)
+    if service_config is not None:
+        options += [("grpc.service_config", service_config), ("grpc.enable_retries", 1)]
     if balance:
         # With a headless Service (dns:///svc-headless:port) spread calls over every pod the
         # name resolves to; the default pick_first pins one HTTP/2 connection to one pod.

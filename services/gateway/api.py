@@ -33,8 +33,10 @@ def upstream(request: Request) -> MatchGraphAPI:
     return request.app.state.matchgraph  # type: ignore[no-any-return]
 
 
-def json_answer(request: Request, model: BaseModel, snapshot: int | None) -> Response:
-    return caching.conditional(request, model.model_dump_json().encode(), "application/json", snapshot)
+def json_answer(request: Request, model: BaseModel, resp: object) -> Response:
+    """``model`` as JSON with the ETag of ``resp``'s snapshot (and its staleness, if any)."""
+    return caching.conditional(request, model.model_dump_json().encode(), "application/json",
+                               schemas.snapshot_version(resp), stale_seconds=schemas.stale_seconds(resp))
 
 
 router = APIRouter(prefix="/api/v1", tags=["match graph"], responses=PROBLEM_RESPONSES)
@@ -50,7 +52,7 @@ async def search(
     """Free-text search over models and their capabilities (full-text BM25 fused with embeddings
     when the VisionLanguage service is up; `embeddings_used` says which)."""
     resp = await upstream(request).search(q, limit)
-    return json_answer(request, schemas.SearchResults.from_pb(q, resp), schemas.snapshot_version(resp))
+    return json_answer(request, schemas.SearchResults.from_pb(q, resp), resp)
 
 
 @router.get("/rank", response_model=schemas.RankList, summary="Models by UnfragileRank", operation_id="rank")
@@ -63,8 +65,10 @@ async def rank(
 ) -> Response:
     """Models ordered by the lower bound of their UnfragileRank interval: a model with
     little evidence (a wide interval) does not outrank a well-evidenced one by luck."""
+    if (cached := await caching.revalidate(request, upstream(request))) is not None:
+        return cached
     resp = await upstream(request).rank(capability, limit, offset)
-    return json_answer(request, schemas.RankList.from_pb(resp, limit, offset), schemas.snapshot_version(resp))
+    return json_answer(request, schemas.RankList.from_pb(resp, limit, offset), resp)
 
 
 @router.get("/compare", response_model=schemas.Comparison, summary="Compare two models", operation_id="compare")
@@ -78,8 +82,10 @@ async def compare(
 ) -> Response:
     """Two models side by side: per-dimension differences with 95% intervals, robustness
     (records to flip), the feature table, the verdict and the whole page as Markdown."""
+    if (cached := await caching.revalidate(request, upstream(request))) is not None:
+        return cached
     resp = await upstream(request).compare(a, b)
-    return json_answer(request, schemas.Comparison.from_pb(resp), schemas.snapshot_version(resp))
+    return json_answer(request, schemas.Comparison.from_pb(resp), resp)
 
 
 @router.get("/models/{model}", response_model=schemas.ModelDetail, summary="One model with its scores",
@@ -91,8 +97,10 @@ async def model_detail(
 ) -> Response:
     """A model record with its UnfragileRank, sub-scores and intervals; `explain=true`
     adds the evidence rows each number is computed from."""
+    if (cached := await caching.revalidate(request, upstream(request))) is not None:
+        return cached
     resp = await upstream(request).get_model(model, explain)
-    return json_answer(request, schemas.ModelDetail.from_pb(resp), schemas.snapshot_version(resp))
+    return json_answer(request, schemas.ModelDetail.from_pb(resp), resp)
 
 
 class Health(BaseModel):

@@ -37,7 +37,8 @@ def default_upstream(settings: Settings) -> MatchGraphAPI:
     return GrpcMatchGraph(ChannelConfig(
         target=settings.matchgraph_target, timeout_s=settings.rpc_timeout_s, root_ca=settings.matchgraph_root_ca,
         client_cert=settings.matchgraph_client_cert, client_key=settings.matchgraph_client_key,
-        token=settings.matchgraph_token, max_message_bytes=settings.max_message_bytes))
+        token=settings.matchgraph_token, max_message_bytes=settings.max_message_bytes),
+        writer_target=settings.matchgraph_writer_target)
 
 
 def create_app(settings: Settings | None = None,

@@ -61,11 +61,13 @@ env.tests["web_url"] = lambda url: str(url).startswith(("https://", "http://")) 
 
 
 def render(request: Request, template: str, status: int = 200, headers: dict[str, str] | None = None,
-           snapshot: int | None = None, **context: Any) -> Response:
+           answer: object = None, **context: Any) -> Response:
+    """The page; with ``answer`` (the MatchGraph response it shows) an ETag of its snapshot."""
     settings = request.app.state.settings
     html = env.get_template(template).render(request=request, site_name=settings.site_name, **context)
     if status == 200:
-        return caching.conditional(request, html.encode(), "text/html; charset=utf-8", snapshot, headers)
+        return caching.conditional(request, html.encode(), "text/html; charset=utf-8",
+                                   schemas.snapshot_version(answer), headers, schemas.stale_seconds(answer))
     return Response(html, status_code=status, media_type="text/html; charset=utf-8", headers=headers)
 
 
@@ -86,12 +88,21 @@ def recorder(request: Request) -> SearchRecorder | None:
     return getattr(request.app.state, "recorder", None)
 
 
+async def revalidate(request: Request, sid: str = "") -> Response | None:
+    """``caching.revalidate`` for pages, except visits that record a search event (they need the answer)."""
+    if sid and recorder(request) is not None:
+        return None
+    return await caching.revalidate(request, upstream(request))
+
+
 @router.get("/")
 async def home(request: Request) -> Response:
+    if (cached := await revalidate(request)) is not None:
+        return cached
     ranked = await upstream(request).rank("", 10, 0)
     top = schemas.RankList.from_pb(ranked, 10, 0)
     return render(request, "home.html", title="Search the match graph", top=top,
-                  snapshot=schemas.snapshot_version(ranked))
+                  answer=ranked)
 
 
 @router.get("/search")
@@ -108,13 +119,15 @@ async def search_page(request: Request, q: QueryText = "",
     rec = recorder(request)
     sid = rec.start_search(q, list(seen)) if rec is not None else None
     return render(request, "search.html", title=f"Search: {q}", q=q, results=results, sid=sid,
-                  models=list(seen.items()), snapshot=schemas.snapshot_version(resp))
+                  models=list(seen.items()), answer=resp)
 
 
 @router.get("/rank")
 async def rank_page(request: Request, capability: QueryText = "",
                     limit: Annotated[int, Query(ge=1, le=200)] = 50,
                     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0) -> Response:
+    if (cached := await revalidate(request)) is not None:
+        return cached
     resp = await upstream(request).rank(capability, limit, offset)
     ranked = schemas.RankList.from_pb(resp, limit, offset)
     chart = None
@@ -123,11 +136,13 @@ async def rank_page(request: Request, capability: QueryText = "",
                 for m in ranked.models[:20]]
         chart = charts.score_intervals("rank-chart", rows, "UnfragileRank with 95% intervals", 100.0, 1)
     return render(request, "rank.html", title="Rankings", capability=capability, ranked=ranked, chart=chart,
-                  snapshot=schemas.snapshot_version(resp))
+                  answer=resp)
 
 
 @router.get("/models/{model}")
 async def model_page(request: Request, model: ModelPath, sid: Sid = "") -> Response:
+    if (cached := await revalidate(request, sid)) is not None:
+        return cached
     resp = await upstream(request).get_model(model, True)
     if resp.model.id and resp.model.id != model:
         return RedirectResponse(with_sid(f"/models/{quote(resp.model.id, safe='')}", sid), status_code=308)
@@ -146,7 +161,7 @@ async def model_page(request: Request, model: ModelPath, sid: Sid = "") -> Respo
     return render(request, "model.html", title=detail.model.name, d=detail, chart=chart, evidence=evidence, sid=sid,
                   evidence_limit=EVIDENCE_ROWS_SHOWN,
                   others=[m for m in others.models if m.id != detail.model.id],
-                  snapshot=schemas.snapshot_version(resp))
+                  answer=resp)
 
 
 @router.get("/compare")
@@ -189,11 +204,13 @@ async def _compare_any(request: Request, pair: str) -> Any:
 @router.get("/compare/{pair}")
 async def compare_page(request: Request, pair: PairPath, sid: Sid = "") -> Response:
     markdown = pair.endswith(".md")
+    if (cached := await revalidate(request, sid)) is not None:
+        return cached
     resp = await _compare_any(request, pair[:-3] if markdown else pair)
     canonical = compare_path(resp.a.id, resp.b.id)
     if markdown:
         return caching.conditional(request, resp.markdown.encode(), "text/markdown; charset=utf-8",
-                                   schemas.snapshot_version(resp))
+                                   schemas.snapshot_version(resp), stale_seconds=schemas.stale_seconds(resp))
     if request.url.path != canonical:
         return RedirectResponse(with_sid(canonical, sid), status_code=308)
     if (rec := recorder(request)) is not None:
@@ -212,7 +229,7 @@ async def compare_page(request: Request, pair: PairPath, sid: Sid = "") -> Respo
     diff_chart = charts.differences("compare-diffs", c.dimensions, c.a.name, c.b.name)
     frag_chart = charts.fragility("compare-fragility", c.dimensions)
     return render(request, "compare.html", title=f"{c.a.name} vs {c.b.name}", c=c, subs=subs, rank_chart=rank_chart,
-                  diff_chart=diff_chart, frag_chart=frag_chart, snapshot=schemas.snapshot_version(resp),
+                  diff_chart=diff_chart, frag_chart=frag_chart, answer=resp,
                   md_path=canonical + ".md")
 
 

@@ -310,3 +310,11 @@ def snapshot_version(message: object) -> int | None:
     if desc is not None and "snapshot_version" in desc.fields_by_name:
         return int(message.snapshot_version)
     return None
+
+
+def stale_seconds(message: object) -> float:
+    """How far behind the store a MatchGraph reader's answer is (0: current, or a proto without the field)."""
+    desc = getattr(message, "DESCRIPTOR", None)
+    if desc is not None and "stale_seconds" in desc.fields_by_name:
+        return float(message.stale_seconds)  # type: ignore[attr-defined]
+    return 0.0

@@ -1,7 +1,10 @@
 """The gateway's only way to the match graph: async gRPC calls to the MatchGraph service.
 
 One ``grpc.aio`` channel per application, opened in the app's lifespan (it belongs to
-the event loop that serves requests). Every failure leaves here as ``UpstreamError``
+the event loop that serves requests); with a separate writer target (``matchgraph_writer_target``:
+MatchGraph readers take the reads, the writer the recorded searches) a second one for
+writes. Reads spread over every address the read target resolves to (round robin), so a
+headless Service of readers shares the load. Every failure leaves here as ``UpstreamError``
 carrying the gRPC status, so a single handler maps it to an HTTP status.
 """
 
@@ -15,13 +18,15 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
-from services.core.client import DEFAULT_MAX_MESSAGE_BYTES, bearer, channel
+from services.core.client import DEFAULT_MAX_MESSAGE_BYTES, bearer, channel, retry_unavailable
 from services.core.names import full_name
 from services.gateway import metrics
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
 SERVICE_FULL_NAME = full_name("matchgraph")
+# Reads are idempotent: one that meets a MatchGraph replica dying or draining is retried (round robin: on another).
+READ_RETRIES = retry_unavailable(SERVICE_FULL_NAME, ["GetModel", "Rank", "Compare", "Search", "GetSnapshot"])
 
 
 class UpstreamError(Exception):
@@ -42,6 +47,7 @@ class MatchGraphAPI(Protocol):
     async def compare(self, a: str, b: str) -> pb.CompareResponse: ...
     async def get_model(self, model: str, explain: bool) -> pb.GetModelResponse: ...
     async def record_matches(self, events: list[pb.MatchEvent]) -> pb.RecordMatchesResponse: ...
+    async def snapshot(self) -> pb.GetSnapshotResponse: ...
     async def ready(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -68,15 +74,26 @@ class ChannelConfig:
 
 
 class GrpcMatchGraph:
-    """MatchGraphAPI over a real ``grpc.aio`` channel."""
+    """MatchGraphAPI over real ``grpc.aio`` channels: reads to ``cfg.target``, writes to ``writer_target``
+    (the same channel when it is empty or equal)."""
 
-    def __init__(self, cfg: ChannelConfig) -> None:
-        self._channel = channel(cfg.target, cfg.max_message_bytes, root_ca=cfg.root_ca,
-                                client_cert=cfg.client_cert, client_key=cfg.client_key, aio=True)
+    def __init__(self, cfg: ChannelConfig, writer_target: str = "") -> None:
+        self._channel = self._open(cfg, cfg.target, balance=True, service_config=READ_RETRIES)
         self._stub = pb_grpc.MatchGraphStub(self._channel)
+        self._writer_channel = None
+        self._writer_stub = self._stub
+        if writer_target and writer_target != cfg.target:
+            self._writer_channel = self._open(cfg, writer_target, balance=False)
+            self._writer_stub = pb_grpc.MatchGraphStub(self._writer_channel)
         self._timeout = cfg.timeout_s
         self._metadata = bearer(cfg.token) or None
         self.target = cfg.target
+        self.writer_target = writer_target or cfg.target
+
+    @staticmethod
+    def _open(cfg: ChannelConfig, target: str, balance: bool, service_config: str | None = None) -> grpc.aio.Channel:
+        return channel(target, cfg.max_message_bytes, root_ca=cfg.root_ca, client_cert=cfg.client_cert,
+                       client_key=cfg.client_key, balance=balance, service_config=service_config, aio=True)
 
     async def _call(self, name: str, method, request):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
@@ -105,8 +122,12 @@ class GrpcMatchGraph:
 
     async def record_matches(self, events: list[pb.MatchEvent]) -> pb.RecordMatchesResponse:
         """One RecordMatches stream carrying one batch (idempotent by event_id)."""
-        return await self._call("RecordMatches", self._stub.RecordMatches,
+        return await self._call("RecordMatches", self._writer_stub.RecordMatches,
                                 iter([pb.RecordMatchesRequest(events=events)]))
+
+    async def snapshot(self) -> pb.GetSnapshotResponse:
+        """What the next read would be computed from (cheap: nothing is scored upstream)."""
+        return await self._call("GetSnapshot", self._stub.GetSnapshot, pb.GetSnapshotRequest())
 
     async def ready(self) -> bool:
         """True when the MatchGraph health check says SERVING."""
@@ -122,3 +143,5 @@ class GrpcMatchGraph:
 
     async def close(self) -> None:
         await self._channel.close()
+        if self._writer_channel is not None:
+            await self._writer_channel.close()

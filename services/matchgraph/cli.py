@@ -118,6 +118,22 @@ def search(query: str, target: str = TargetOpt, limit: int = typer.Option(10)) -
         typer.echo(f"{h.score:.4f}  {h.name:30s} {h.capability}")
 
 
+@graph_app.command("snapshot")
+def snapshot(target: str = TargetOpt) -> None:
+    """What the server answers from: role, snapshot version, graph version, lag (GetSnapshot)."""
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    try:
+        s = _stub(target).GetSnapshot(pb.GetSnapshotRequest(), timeout=10)
+    except Exception as exc:
+        _fail(exc)
+        return
+    typer.echo(f"role {s.role}, snapshot {s.snapshot_version}, graph version {s.graph_version} "
+               f"(store {s.store_graph_version}), lag {s.lag_events} events / {s.lag_seconds:.1f} s"
+               + (f", STALE (bound {s.max_staleness_s:g} s)" if s.stale else "")
+               + (f", writer {s.writer_address}" if s.writer_address else ""))
+
+
 @graph_app.command("record")
 def record(events_file: Path = typer.Argument(..., help="JSON lines: {event_id, query, matched, compared, clicked}"),
            target: str = TargetOpt, batch: int = typer.Option(5000)) -> None:

@@ -7,6 +7,7 @@ maps them to status codes. Nothing here aborts a context.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -19,9 +20,19 @@ from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
 
+@dataclass(frozen=True)
+class RoleInfo:
+    """What GetSnapshot says about this process besides the engine's state."""
+
+    role: str = "all"
+    writer_address: str = ""
+    max_staleness_s: float = 0.0
+
+
 class MatchGraphServicer(pb_grpc.MatchGraphServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, role: RoleInfo | None = None) -> None:
         self.engine = engine
+        self.role = role or RoleInfo()
 
     def RecordMatches(self, request_iterator: Iterator[pb.RecordMatchesRequest],
                       context: grpc.ServicerContext) -> pb.RecordMatchesResponse:
@@ -42,21 +53,22 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
 
     def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.GetModelResponse:
         req = t.GetModel.from_pb(request)
-        return t.GetModel.to_pb(*self.engine.get(req.model, req.explain))
+        return t.stale(t.GetModel.to_pb(*self.engine.get(req.model, req.explain)), self.engine.stale_seconds())
 
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:
         req = t.RankQuery.from_pb(request)
-        return t.RankQuery.to_pb(*self.engine.rank(req.capability, req.limit, req.offset), req.offset)
+        resp = t.RankQuery.to_pb(*self.engine.rank(req.capability, req.limit, req.offset), req.offset)
+        return t.stale(resp, self.engine.stale_seconds())
 
     def Compare(self, request: pb.CompareRequest, context: grpc.ServicerContext) -> pb.CompareResponse:
         req = t.CompareQuery.from_pb(request)
-        return t.CompareQuery.to_pb(self.engine.compare(req.a, req.b))
+        return t.stale(t.CompareQuery.to_pb(self.engine.compare(req.a, req.b)), self.engine.stale_seconds())
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         req = t.SearchQuery.from_pb(request)
         result, snapshot = self.engine.search(req.query, req.limit)
         metrics.observe_search(result)
-        return t.SearchQuery.to_pb(result, snapshot)
+        return t.stale(t.SearchQuery.to_pb(result, snapshot), self.engine.stale_seconds())
 
     def RunProbes(self, request: pb.RunProbesRequest, context: grpc.ServicerContext) -> pb.RunProbesResponse:
         req = t.ProbeQuery.from_pb(request)
@@ -64,3 +76,6 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
         with metrics.probe_run("rpc"):
             run, quality = self.engine.run_probes(req.models, req.max_prompts, req.seed, token.raise_if_cancelled)
         return t.ProbeQuery.to_pb(run, quality)
+
+    def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.GetSnapshotResponse:
+        return t.snapshot_to_pb(self.engine.snapshot(), self.engine.graph_version(), self.engine.lag(), self.role)

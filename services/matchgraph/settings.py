@@ -1,23 +1,25 @@
 """MatchGraph service settings (environment prefix ``UNFRAGILE_GRAPH_``).
 
-The domain knobs are ``graph.config.EngineConfig``'s and the storage knobs
-``graph.store.StoreConfig``'s, inherited here so each is declared once and keeps its flat
-name (``--set bootstrap_rounds=100``, ``--set sqlite_synchronous=NORMAL``).
+The domain knobs are ``graph.config.EngineConfig``'s, the storage knobs
+``graph.store.StoreConfig``'s and the writer/reader knobs ``graph.config.FollowConfig``'s,
+inherited here so each is declared once and keeps its flat name (``--set
+bootstrap_rounds=100``, ``--set sqlite_synchronous=NORMAL``, ``--set max_staleness_s=5``).
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from graph.config import EngineConfig
+from graph.config import EngineConfig, FollowConfig
 from graph.store import StoreConfig, parse_db_url, sqlite_url
 from services.core.settings import GrpcServerSettings, settings_config
 
 
-class Settings(EngineConfig, StoreConfig, GrpcServerSettings):
+class Settings(EngineConfig, FollowConfig, StoreConfig, GrpcServerSettings):
     """MatchGraph settings (environment prefix ``UNFRAGILE_GRAPH_``)."""
 
     model_config = settings_config("UNFRAGILE_GRAPH_")
@@ -30,6 +32,13 @@ class Settings(EngineConfig, StoreConfig, GrpcServerSettings):
         "for one writer and many readers).")
     db_path: Path | None = Field(
         None, description="Deprecated: an SQLite file path, the same as db_url=sqlite:///<db_path>.")
+    role: Literal["all", "writer", "reader"] = Field(
+        "all", description="all: one process does everything (the default); writer: the one process that takes "
+        "RecordMatches, UpsertModel and RunProbes and publishes snapshots; reader: serves GetModel, Rank, Compare "
+        "and Search from the writer's newest snapshot (any number of them, on PostgreSQL).")
+    writer_address: str = Field(
+        "", description="Reader: host:port of the writer, named in the FAILED_PRECONDITION answer to write RPCs "
+        "('' = not configured).")
     visionlanguage_target: str = Field(
         "", description="host:port of the VisionLanguage service (Embed for search, judge for probes); '' = none.")
     diffusion_target: str = Field("", description="host:port of the Diffusion service (probe images); '' = none.")
@@ -41,6 +50,13 @@ class Settings(EngineConfig, StoreConfig, GrpcServerSettings):
     def _known_backend(cls, value: str) -> str:
         parse_db_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _readers_share_a_server(self) -> Settings:
+        if self.role != "all" and parse_db_url(self.db_url)[1] == ":memory:":
+            raise ValueError(f"role={self.role} needs a database other processes can open: set db_url to "
+                             f"postgresql://... (or an SQLite file for a local reader)")
+        return self
 
     @model_validator(mode="after")
     def _db_path_alias(self) -> Settings:

@@ -8,6 +8,7 @@ chains these around one engine call.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from common.errors import InvalidArgument
 from graph.compare import CompareResult
@@ -25,6 +26,7 @@ from graph.records import (
     Signal,
 )
 from graph.search import SearchResult
+from graph.sync import Lag
 from graph.verdict import A_LEADS, B_LEADS, DimensionResult
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
@@ -34,6 +36,9 @@ _TIER_FROM = {pb.PRICING_TIER_UNSPECIFIED: "unknown", pb.PRICING_TIER_FREE: "fre
               pb.PRICING_TIER_FREEMIUM: "freemium", pb.PRICING_TIER_PAID: "paid"}
 _TIER_TO = {v: k for k, v in _TIER_FROM.items()}
 _OUTCOME_TO = {A_LEADS: pb.OUTCOME_A_LEADS, B_LEADS: pb.OUTCOME_B_LEADS}
+if TYPE_CHECKING:
+    from services.matchgraph.servicer import RoleInfo
+ReadAnswer = TypeVar("ReadAnswer", pb.GetModelResponse, pb.RankResponse, pb.CompareResponse, pb.SearchResponse)
 
 
 # ---------------------------------------------------------------- records
@@ -246,3 +251,19 @@ class ProbeQuery:
                       for o in run.outcomes],
             quality={m: score_to_pb(s) for m, s in quality.items()},
             served=[basis_to_pb(b) for b in run.basis])
+
+
+# ---------------------------------------------------------------- snapshots
+def stale(resp: ReadAnswer, stale_seconds: float) -> ReadAnswer:
+    """A read answer marked with how far behind the store it is (left 0, so unchanged, when current)."""
+    if stale_seconds > 0:
+        resp.stale_seconds = stale_seconds
+    return resp
+
+
+def snapshot_to_pb(snapshot: int, graph_version: int, lag: Lag, role: RoleInfo) -> pb.GetSnapshotResponse:
+    return pb.GetSnapshotResponse(
+        snapshot_version=snapshot, role=role.role, graph_version=graph_version,
+        store_graph_version=max(lag.store_seq, graph_version), lag_events=lag.events, lag_seconds=lag.seconds,
+        stale=lag.stale, max_staleness_s=role.max_staleness_s, writer_address=role.writer_address,
+        publication=lag.publication)

@@ -3,7 +3,8 @@
 Supports what deploy/k8s uses and nothing more: `resources` (files and folders),
 `components`, `namespace`, `labels` (pairs, includeTemplates), `images` (newName/newTag)
 and `patches` with a `path` to a strategic-merge patch (lists of containers, env,
-volumes, volumeMounts, ports, initContainers merged by `name`; `null` deletes a key).
+volumes, volumeMounts, ports, initContainers merged by `name`; `null` deletes a key;
+`$patch: delete` removes the object).
 Anything else raises, so a new kustomize feature in the manifests fails loudly here
 instead of rendering wrongly. When kubectl is installed the tests compare the two.
 """
@@ -38,19 +39,16 @@ def _merge(base: Any, patch: Any, key: str = "") -> Any:
                 out[k] = copy.deepcopy(v)
         return out
     if isinstance(base, list) and isinstance(patch, list) and key in MERGE_BY_NAME:
-        # Like kustomize: items the patch adds come first (in patch order), items it
-        # names that exist are merged in place.
-        out = [copy.deepcopy(item) for item in base]
-        added = []
-        for item in patch:
-            name = item.get("name", item.get("containerPort"))
-            for i, existing in enumerate(out):
-                if existing.get("name", existing.get("containerPort")) == name:
-                    out[i] = _merge(existing, item, key)
-                    break
-            else:
-                added.append(copy.deepcopy(item))
-        return added + out
+        # Like kustomize: the items the patch names come first (in patch order; merged into the
+        # base item of the same name, or added), then the base items it does not name.
+        def ident(item: dict[str, Any]) -> Any:
+            return item.get("name", item.get("containerPort"))
+
+        by_name = {ident(item): item for item in base}
+        named = [_merge(by_name[ident(item)], item, key) if ident(item) in by_name else copy.deepcopy(item)
+                 for item in patch]
+        patched = {ident(item) for item in patch}
+        return named + [copy.deepcopy(item) for item in base if ident(item) not in patched]
     return copy.deepcopy(patch)
 
 
@@ -100,6 +98,9 @@ def render(folder: Path) -> list[dict[str, Any]]:
             if len(matches) != 1:
                 raise ValueError(f"patch {patch['path']}: {doc['kind']}/{doc['metadata']['name']} "
                                  f"matches {len(matches)} resources")
+            if doc.get("$patch") == "delete":
+                del objs[matches[0]]
+                continue
             objs[matches[0]] = _merge(objs[matches[0]], doc)
     for obj in objs:
         if "namespace" in kust and obj["kind"] not in CLUSTER_SCOPED:

@@ -122,6 +122,21 @@ def matchgraph(target: str, phase: int) -> None:
                     lambda: stub.GetModel(pb.GetModelRequest(model="no-such-model"), timeout=30))
 
 
+def wait_for_reader(writer: str, reader: str, timeout: float = 60.0) -> None:
+    """Until the MatchGraph reader serves the writer's snapshot (the gateway's ETags must then hold still)."""
+    import time
+
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+    with channel(writer) as wch, channel(reader) as rch:
+        want = pb_grpc.MatchGraphStub(wch).GetSnapshot(pb.GetSnapshotRequest(), timeout=30).snapshot_version
+        deadline = time.monotonic() + timeout
+        while pb_grpc.MatchGraphStub(rch).GetSnapshot(pb.GetSnapshotRequest(), timeout=30).snapshot_version != want:
+            assert time.monotonic() < deadline, "the MatchGraph reader did not catch up with the writer"
+            time.sleep(0.05)
+
+
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     import urllib.error
     import urllib.request

@@ -1,4 +1,5 @@
-"""The real thing: the three services as processes (as `unfragile up` runs them) on tiny
+"""The real thing: the three services as processes (as `unfragile up --graph-readers 1` runs them:
+the MatchGraph as a writer plus one reader of its SQLite file) on tiny
 models plus the HTTP gateway (the command its image runs), Debian's real `prometheus` on
 loopback scraping them with the project's scrape config and alert rules, real gRPC and
 HTTP traffic (good and bad calls), and then, through
@@ -50,6 +51,7 @@ pytestmark = [
     pytest.mark.timeout(600),
 ]
 SCRAPE_S = 1.0
+READER_1 = "matchgraph-reader-1"
 QUERIES = [*dashboard_queries(), *rule_queries(), *adapter_queries()]
 
 
@@ -100,8 +102,9 @@ class Live:
         raise TimeoutError(f"targets not scraped after {after}: {self.api('targets')['activeTargets']}")
 
 
-def _prometheus_config(metrics_ports: dict[str, int], prom_port: int) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml with loopback targets (only what runs) and 1 s scrapes."""
+def _prometheus_config(metrics_ports: dict[str, list[int]], prom_port: int) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with loopback targets (only what runs; the MatchGraph job also
+    scrapes the reader) and 1 s scrapes."""
     cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     interval = f"{SCRAPE_S:g}s"
     cfg["global"].update(scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval)
@@ -110,7 +113,7 @@ def _prometheus_config(metrics_ports: dict[str, int], prom_port: int) -> dict[st
     for job in cfg["scrape_configs"]:
         name = job["job_name"].removeprefix("unfragile-")
         if name in metrics_ports:
-            job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_ports[name]}"]}]
+            job["static_configs"] = [{"targets": [f"127.0.0.1:{port}" for port in metrics_ports[name]]}]
         elif name == "prometheus":
             job["static_configs"] = [{"targets": [f"127.0.0.1:{prom_port}"]}]
         else:
@@ -153,6 +156,19 @@ def _gateway_command() -> list[str]:
     return [sys.executable, *entry[1:]]
 
 
+def _start_gateway(stack: Any, port: int) -> subprocess.Popen[bytes]:
+    """The gateway as its image runs it: reads from the MatchGraph reader, writes to the writer."""
+    env = {**os.environ, "UNFRAGILE_GATEWAY_HOST": "127.0.0.1", "UNFRAGILE_GATEWAY_PORT": str(port),
+           "UNFRAGILE_GATEWAY_MATCHGRAPH_TARGET": stack.graph_read_target(),
+           "UNFRAGILE_GATEWAY_MATCHGRAPH_WRITER_TARGET": stack.target("matchgraph"),
+           "UNFRAGILE_GATEWAY_GRACE_SECONDS": "5",
+           # opt-in search recording, flushed at once, so its panel has data too
+           "UNFRAGILE_GATEWAY_RECORD_SEARCHES": "true", "UNFRAGILE_GATEWAY_RECORD_FLUSH_S": "0"}
+    gw = subprocess.Popen(_gateway_command(), env=env)
+    _wait_http(f"http://127.0.0.1:{port}/readyz", gw, timeout=60)
+    return gw
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
     from services.stack import Stack
@@ -166,11 +182,14 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     # An empty models folder: each model server builds its tiny model there on first
     # start (the documented default), in parallel, as `unfragile up` on a fresh box does.
     models = tmp / "models"
-    free = iter(_free_ports(2 * len(SERVICES) + 2))
-    ports = {n: (next(free), next(free)) for n in SERVICES}
-    stack = Stack(host="127.0.0.1", models_dir=models, data_dir=tmp / "data", ports=ports)
+    free = iter(_free_ports(2 * len(SERVICES) + 4))
+    ports = {n: (next(free), next(free)) for n in [*SERVICES, READER_1]}
+    stack = Stack(host="127.0.0.1", models_dir=models, data_dir=tmp / "data", ports=ports,
+                  graph_readers=1 if "matchgraph" in running else 0)
     prom_port, gw_port = next(free), next(free)
-    metrics_ports = {n: ports[n][1] for n in running} | ({GATEWAY.name: gw_port} if with_gateway else {})
+    metrics_ports = {n: [ports[n][1]] for n in running} | ({GATEWAY.name: [gw_port]} if with_gateway else {})
+    if stack.graph_readers:
+        metrics_ports["matchgraph"].append(ports[READER_1][1])
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(metrics_ports, prom_port)))
     targets = {n: stack.target(n) for n in running} | {GATEWAY.name: f"http://127.0.0.1:{gw_port}"}
     prom = gw = None
@@ -178,13 +197,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     try:
         stack.start(running, timeout=240)
         if with_gateway:
-            env = {**os.environ, "UNFRAGILE_GATEWAY_HOST": "127.0.0.1", "UNFRAGILE_GATEWAY_PORT": str(gw_port),
-                   "UNFRAGILE_GATEWAY_MATCHGRAPH_TARGET": stack.target("matchgraph"),
-                   "UNFRAGILE_GATEWAY_GRACE_SECONDS": "5",
-                   # opt-in search recording, flushed at once, so its panel has data too
-                   "UNFRAGILE_GATEWAY_RECORD_SEARCHES": "true", "UNFRAGILE_GATEWAY_RECORD_FLUSH_S": "0"}
-            gw = subprocess.Popen(_gateway_command(), env=env)
-            _wait_http(f"{targets[GATEWAY.name]}/readyz", gw, timeout=60)
+            gw = _start_gateway(stack, gw_port)
         prom = subprocess.Popen(
             [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
@@ -198,6 +211,8 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         for phase in (1, 2):
             for name in live.running:  # the gateway last: matchgraph traffic seeded the graph
                 live_traffic.TRAFFIC[name](targets[name], phase)
+                if name == "matchgraph" and stack.graph_readers:  # the gateway reads from the reader
+                    live_traffic.wait_for_reader(stack.target("matchgraph"), stack.target(READER_1))
             live.wait_for_scrape(after=time.time())
         time.sleep(2 * SCRAPE_S)  # let every rule group evaluate on the latest samples
         live.at = time.time()

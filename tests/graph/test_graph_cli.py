@@ -41,6 +41,9 @@ def test_seed_then_compare_prints_the_page(make_server, tmp_path):
     assert "inserted 0, duplicates 3" in r.output
     r = runner.invoke(app, ["graph", "compare", "kosmos2", "nope", *target])
     assert r.exit_code == 1 and "NOT_FOUND" in r.output
+    r = runner.invoke(app, ["graph", "snapshot", *target])
+    assert r.exit_code == 0 and r.output.startswith("role all, snapshot ") and "graph version 3 (store 3), lag 0" \
+        in r.output
 
 
 def test_probes_command_says_what_the_probes_ran_on(make_server, upsert_seed):

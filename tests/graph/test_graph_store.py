@@ -4,6 +4,7 @@ notices, snapshot versions, stop words in search, and (PostgreSQL) outages, stan
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import grpc
@@ -13,7 +14,7 @@ import pytest
 from common.errors import FailedPrecondition, Unavailable
 from graph.records import MatchEvent
 from graph.seed_data import SEED_MODELS
-from graph.store import StoreConfig, open_store
+from graph.store import Heads, StoreConfig, open_store
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 IDS = [m.id for m in SEED_MODELS]
@@ -143,12 +144,12 @@ def test_pg_notifies_once_per_committed_batch(pg_server):
     assert payloads == ["50", "60"]
 
 
-def test_pg_hot_standby_reads_polls_and_refuses_writes(pg_server):
+def test_pg_hot_standby_reads_polls_and_refuses_writes(pg_server, pg_standby):
     url = pg_server.create_database("standby_src", template="matchgraph_template")
     primary = _seeded(url)
-    standby_server = pg_server.standby()
+    pg_server.wait_replayed(pg_standby)
+    replica = open_store(pg_standby.url("standby_src"), StoreConfig(change_poll_interval_s=0.05))
     try:
-        replica = open_store(standby_server.url("standby_src"), StoreConfig(change_poll_interval_s=0.05))
         assert replica.read_only and replica.model_nodes() == primary.model_nodes()
         got: list[int] = []
         waiter = threading.Thread(target=lambda: got.append(replica.wait_for_change(0, 30)))
@@ -158,11 +159,45 @@ def test_pg_hot_standby_reads_polls_and_refuses_writes(pg_server):
         assert got == [5]  # no LISTEN on a standby: the change was seen by polling
         with pytest.raises(FailedPrecondition, match="read-only standby"):
             replica.record_events(_batch(1, 0, 1))
-        replica.close()
+        assert replica.replica_delay_s() == 0.0  # caught up
+        pg_standby.sql("SELECT pg_wal_replay_pause()")
+        try:
+            primary.record_events(_batch(2, 0, 1))
+            time.sleep(0.3)
+            assert replica.heads().seq == 5 and replica.replica_delay_s() >= 0.3  # received, not replayed
+        finally:
+            pg_standby.sql("SELECT pg_wal_replay_resume()")
+        pg_server.wait_replayed(pg_standby)
+        assert replica.heads().seq == 6 and replica.replica_delay_s() == 0.0
     finally:
+        replica.close()
         primary.close()
-        standby_server.destroy()
-        pg_server.standbys.remove(standby_server)
+
+
+def test_heads_news_and_kept_state_rows(graph_dbs):
+    """heads() pairs the newest event seq with the snapshot version; wait_for_news wakes on either; the
+    probe provenance row is source data that delete_state() keeps."""
+    store = _seeded(graph_dbs.url(), change_poll_interval_s=0.05)
+    assert store.heads() == (0, 0)
+    # the first wait sets up LISTEN (PostgreSQL); a commit racing that set-up is seen at the next poll only
+    assert store.wait_for_news(store.heads(), 0.01) == (0, 0)
+    got: list[Any] = []
+    seen = store.heads()
+    waiter = threading.Thread(target=lambda: got.append(store.wait_for_news(seen, 30)))
+    waiter.start()
+    store.save_state({"comatch": (0, b"x")})
+    waiter.join(30)
+    assert got == [(0, 1)]
+    store.record_events(_batch(0, 0, 3))
+    assert store.wait_for_news(got[0], 5) == (3, 1) and store.wait_for_news(Heads(3, 1), 0.1) == (3, 1)
+    store.save_state({"probe_basis": (0, b"[]"), "pagerank": (3, b"pr")})
+    assert set(store.load_snapshots(["probe_basis", "pagerank", "nothing"])) == {"probe_basis", "pagerank"}
+    store.delete_state()
+    assert store.load_snapshot("comatch") is None and store.load_snapshot("probe_basis") is not None
+    assert store.data_versions() == (3, 2, 0, 0)
+    store.record_probe_failure("down")
+    assert store.data_versions().probe_failure_ms > 0
+    store.close()
 
 
 @pytest.mark.parametrize("db_backend", ["postgresql"])
@@ -188,7 +223,14 @@ def test_pg_outage_is_unavailable_with_retry_hint_then_reconnects(make_server, u
             s.engine.store.ping()
         pg.restart_on_same_port()
         more = [pb.MatchEvent(event_id=f"p{i}", query="q", matched=["kosmos2", "sd"]) for i in range(5)]
-        r = s.stub.RecordMatches(iter([pb.RecordMatchesRequest(events=ev + more)]), timeout=30)
+        deadline = time.monotonic() + 30
+        while True:  # the pool reconnects in the background: a client honouring the retry hint gets through
+            try:
+                r = s.stub.RecordMatches(iter([pb.RecordMatchesRequest(events=ev + more)]), timeout=30)
+                break
+            except grpc.RpcError as again:
+                assert again.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+                time.sleep(int(dict(again.trailing_metadata())["retry-after-ms"]) / 1000)
         assert (r.inserted, r.duplicates, r.graph_version) == (5, 20, 25)
         assert s.engine.store.event_count() == 25
     finally:

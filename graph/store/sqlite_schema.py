@@ -1,0 +1,61 @@
+"""The SQLite schema of ``SqliteStore``: tables, indexes, the FTS5 search index, and upgrades of older files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import sqlite_utils
+
+from graph.store.base import SCHEMA_VERSION
+
+_SCHEMA = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, query TEXT NOT NULL,
+  matched TEXT NOT NULL, compared TEXT NOT NULL, clicked TEXT NOT NULL, ts_ms INTEGER NOT NULL);
+CREATE TABLE graph_state (key TEXT PRIMARY KEY, version INTEGER NOT NULL, data BLOB NOT NULL,
+  snapshot INTEGER NOT NULL DEFAULT 0, saved_ms INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def create_schema(db: sqlite_utils.Database) -> None:
+    """Every table of a new database (nothing when the file already has them)."""
+    if "models" in db.table_names():
+        return
+    db.table("models").create(
+        {"node": int, "id": str, "name": str, "type": str, "pricing_tier": str,
+         "serving_endpoint": str, "version": str, "record": str, "updated_ms": int},
+        pk="node", not_null={"id", "name", "record"},
+    )
+    db.table("models").create_index(["id"], unique=True)
+    db.table("aliases").create({"alias": str, "model_id": str}, pk="alias")
+    db.table("signals").create({"model_id": str, "dimension": str, "kind": str, "value": float,
+                                "source": str, "observed_at": str})
+    db.table("signals").create_index(["model_id"])
+    db.table("capabilities").create({"model_id": str, "position": int, "title": str, "description": str,
+                                     "unique_note": str, "vs_alternatives": str}, pk=("model_id", "position"))
+    db.table("external_quality").create({"model_id": str, "benchmark": str, "score": float, "source": str,
+                                         "observed_at": str})
+    db.table("external_quality").create_index(["model_id"])
+    # Search documents: one per model (name + aliases) and one per capability.
+    db.table("search_docs").create({"id": int, "model_id": str, "capability": str, "title": str, "body": str},
+                                   pk="id")
+    db.table("search_docs").create_index(["model_id"])
+    db.table("search_docs").enable_fts(["title", "body"], tokenize="porter", create_triggers=True)
+    db.conn.executescript(_SCHEMA)
+    db.table("probe_runs").create({"run_id": str, "started_ms": int, "seed": int, "prompts": str}, pk="run_id")
+    db.table("probe_results").create({"run_id": str, "model_id": str, "model_version": str, "prompt": str,
+                                      "score": float, "detail": str})
+    db.table("probe_outcomes").create({"run_id": str, "prompt": str, "model_a": str, "model_b": str,
+                                       "version_a": str, "version_b": str, "a_score": float})
+    db.conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def migrate_schema(conn: sqlite3.Connection) -> None:
+    """Rows and columns later versions rely on, added to databases created before them."""
+    cols = {r[1] for r in conn.execute("PRAGMA table_info(graph_state)")}
+    for col in ("snapshot", "saved_ms"):
+        if col not in cols:
+            conn.execute(f"ALTER TABLE graph_state ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+    for key in ("catalog_seq", "state_seq"):
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (key,))
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
