@@ -78,7 +78,7 @@ def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int, family: str) -
         fn(seed)
         return time.perf_counter() - t
 
-    served = lambda seed: _served_call(stub, pb, seed)  # noqa: E731
+    served = lambda seed: _served_call(stub, pb, seed)  # noqa: E731 - the timed callable, named for the pairing below
     for i in range(n):  # alternate which side goes first, so order effects cancel too
         if i % 2:
             t_srv.append(timed(served, 100 + i))

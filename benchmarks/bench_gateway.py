@@ -49,6 +49,7 @@ def run() -> list[Result]:
             req = pb.CompareRequest(a=KOSMOS2_ID, b=SD_ID)
             page = f"/compare/{KOSMOS2_ID}-vs-{SD_ID}"
             with httpx.Client(base_url=gw.url) as http:
+                etag = ""
                 calls = {
                     "direct": lambda: stub.Compare(req),
                     "json": lambda: http.get("/api/v1/compare", params={"a": KOSMOS2_ID, "b": SD_ID}),

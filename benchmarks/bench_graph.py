@@ -1,4 +1,4 @@
-"""MatchGraph benchmarks (issue 5): ingest rate, incremental refresh vs rebuild, Compare p99, restart.
+"""MatchGraph benchmarks: ingest rate, incremental refresh vs rebuild, Compare p99, restart.
 
 One synthetic catalogue is built through the real code paths: 200k models (bulk insert,
 random adoption/ecosystem signals), then ~340k search events of 3 matched models each,
@@ -105,14 +105,14 @@ def _rebuild_baseline(engine: Engine) -> float:
     """Rebuild networkx from the co-match rows and run nx.pagerank from scratch."""
     t = time.perf_counter()
     a, b, c = engine.graph.upper_edges()
-    g = nx.Graph()
+    g: nx.Graph[int] = nx.Graph()
     g.add_nodes_from(range(len(engine.catalogue.ids)))
     g.add_weighted_edges_from(zip(a.tolist(), b.tolist(), c.tolist()))
     nx.pagerank(g, alpha=0.85, weight="weight")
     return time.perf_counter() - t
 
 
-def _ingest_rate(db_url: str, messages: list, **sets: object) -> float:
+def _ingest_rate(db_url: str, messages: list, **sets: Any) -> float:
     """Events/s of one RecordMatches stream of ``messages`` into a fresh server on ``db_url``."""
     import grpc
 

@@ -255,9 +255,9 @@ def _sd_phase() -> list[Result]:
         rounds, answers = _sd_rounds(sides, groups)
     results = []
     for peer in ("litserve", "pytriton"):
+        baseline = f"{peer} images/s, same 4-client load (median of per-round ratios)"
         r = rp.ratio_result(f"peer.diffusion.{peer}.throughput_4", 1.0, "higher", rounds.per_s("unfragile"),
-                            rounds.per_s(peer), peer, f"{peer} images/s, same 4-client load (median of per-round ratios)",
-                            "images/s")
+                            rounds.per_s(peer), peer, baseline, "images/s")
         n, worst = rp.pixel_gap(answers, peer)
         r.notes += (f"; latency {rp.latency_summary(rounds, ['unfragile', peer])}; same work: {n} images of identical "
                     f"requests, largest pixel difference {worst} levels (tolerance {PIXEL_TOLERANCE})")

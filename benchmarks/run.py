@@ -35,7 +35,7 @@ def write(results: list[dict[str, object]], path: Path = HERE / "results.json") 
     for r in results:
         met = f"**void**: {r['void']}" if r.get("void") else ("yes" if r["met"] else "**no**")
         lines.append(
-            f"| {r['name']} | {float(r['value']):.4g} | {float(r['target']):.4g} | {r['better']} | "
+            f"| {r['name']} | {float(str(r['value'])):.4g} | {float(str(r['target'])):.4g} | {r['better']} | "
             f"{met} | {r['unit']} | {r['baseline']} | {r['device']} | {r['date']} | "
             f"{r.get('notes', '')} |"
         )

@@ -13,10 +13,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from services.stack import GATEWAY, SERVICES, Stack, settings_class
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 app = typer.Typer(help="unfragile: gRPC model serving (Kosmos-2, Stable Diffusion) and a search match graph.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -54,7 +58,7 @@ def serve(
     if help_settings:
         _print_settings(service, settings_cls)
         return
-    overrides: dict[str, object] = {k: v for k, v in dict(host=host, port=port, metrics_port=metrics_port,
+    overrides: dict[str, Any] = {k: v for k, v in dict(host=host, port=port, metrics_port=metrics_port,
                                                           model=model, device=device, dtype=dtype,
                                                           quantize=quantize).items()
                                     if v is not None}
@@ -67,13 +71,16 @@ def serve(
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
     if service == GATEWAY:
         from services.gateway.server import run
+        from services.gateway.settings import Settings as GatewaySettings
 
+        assert isinstance(settings, GatewaySettings)
         run(settings)
         return
     from services.core.server import start_server
+    from services.core.settings import GrpcServerSettings
 
+    assert isinstance(settings, GrpcServerSettings)
     module = importlib.import_module(f"services.{service}.app")
-    logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
     running = start_server(settings, module.build_service(settings))
     running.install_signal_handlers()
     running.wait()
@@ -85,7 +92,7 @@ def serve(
     os._exit(0)
 
 
-def _print_settings(service: str, settings_cls: type) -> None:
+def _print_settings(service: str, settings_cls: type[BaseSettings]) -> None:
     """Every field of ``settings_cls``: name, type, default, description and environment variable."""
     from services.core.settings import describe
 

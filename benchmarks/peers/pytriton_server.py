@@ -55,8 +55,10 @@ def _config(max_batch_size: int, delay_us: int) -> ModelConfig:
 def bind_vl(triton: Triton, name: str, model_dir: str, threads: int, config: ModelConfig) -> None:
     triton.bind(
         model_name=name, infer_func=caption_fn(Kosmos2Captioner(model_dir, threads)),
-        inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,)), Tensor(name="max_new_tokens", dtype=np.int32, shape=(1,))],
-        outputs=[Tensor(name="token_ids", dtype=np.int64, shape=(-1,)), Tensor(name="text", dtype=np.bytes_, shape=(1,))],
+        inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,)),
+                Tensor(name="max_new_tokens", dtype=np.int32, shape=(1,))],
+        outputs=[Tensor(name="token_ids", dtype=np.int64, shape=(-1,)),
+                 Tensor(name="text", dtype=np.bytes_, shape=(1,))],
         config=config, strict=True)
 
 

@@ -144,7 +144,8 @@ def wait_http(server: Server, url: str, deadline: float) -> None:
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{server.name} was not ready at {url} within {START_TIMEOUT_S:.0f} s (log {server.log})")
+            raise TimeoutError(
+                f"{server.name} was not ready at {url} within {START_TIMEOUT_S:.0f} s (log {server.log})")
         time.sleep(0.5)
 
 

@@ -82,7 +82,8 @@ def runtime_env(name: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)  # the peer servers import benchmarks.peers.* from the checkout
     if name == "pytriton":
-        libdir = subprocess.run([str(python(name)), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        query = "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"
+        libdir = subprocess.run([str(python(name)), "-c", query],
                                 capture_output=True, text=True, check=True).stdout.strip()
         if libdir:
             env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)

@@ -72,7 +72,8 @@ class Kosmos2Captioner:
         with torch.inference_mode():
             out = self.model.generate(
                 pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"], image_embeds_position_mask=inputs["image_embeds_position_mask"],
+                attention_mask=inputs["attention_mask"],
+                image_embeds_position_mask=inputs["image_embeds_position_mask"],
                 max_new_tokens=max(max_new_tokens), do_sample=False, num_beams=1, use_cache=True,
                 eos_token_id=self.eos, pad_token_id=self.pad)
         prompt_len = inputs["input_ids"].shape[1]

@@ -56,7 +56,9 @@ def pipeline_call(runner: DiffusersRunner, pipe: Any, items: Sequence[BatchItem]
     elif mode == "style":
         latents = []
         for it in items:
-            c, s = runner.encode_latents([it.request.image, it.request.style_image]).chunk(2)
+            content, style = it.request.image, it.request.style_image
+            assert content is not None and style is not None, "validated by GenerateRequest.from_pb"
+            c, s = runner.encode_latents([content, style]).chunk(2)
             latents.extend([adain_blend(c, s, it.request.style_weight)] * len(it.seeds))
         out = pipe(image=torch.cat(latents), strength=first.strength, output_type="pil", **common)
     else:  # inpaint

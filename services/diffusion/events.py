@@ -7,6 +7,7 @@ RPC's thread, so the denoising worker never waits for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from PIL import Image
 
@@ -16,7 +17,8 @@ from unfragile.diffusion.v1 import diffusion_pb2 as pb
 
 
 def job_status_pb(job_id: str, state: int, position: int = 0, message: str = "") -> cpb.JobStatus:
-    return cpb.JobStatus(job_id=job_id, state=state, queue_position=position, message=message)
+    return cpb.JobStatus(job_id=job_id, state=cast("cpb.JobState", state), queue_position=position,
+                         message=message)
 
 
 def _png(img: Image.Image) -> cpb.Image:

@@ -13,7 +13,7 @@ from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDE
 
 log = logging.getLogger(__name__)
 
-STATE_NAMES = {QUEUED: "queued", RUNNING: "running", SUCCEEDED: "succeeded", FAILED: "failed",
+STATE_NAMES: dict[int, str] = {QUEUED: "queued", RUNNING: "running", SUCCEEDED: "succeeded", FAILED: "failed",
                CANCELLED: "cancelled"}
 
 

@@ -75,12 +75,13 @@ def build_tokenizer() -> Any:
     from transformers import CLIPTokenizer
 
     vocab, merges = build_vocab_and_merges()
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # merges as (left, right) tuples: what the tokenizers BPE model takes (the stubs say strings)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
 
 
 def build_t5_tokenizer() -> Any:
     """A T5 (SentencePiece Unigram) tokenizer from a hand-written vocabulary: ids 0-2 are T5's specials."""
-    from transformers import T5TokenizerFast
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]  # exported lazily, not in the stubs
 
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
     pieces += [(f"▁{w}", -1.0 - i / 100) for i, w in enumerate(_WORDS)]
@@ -134,6 +135,11 @@ def _unet_config(p: dict[str, Any], in_channels: int, cross: int, **extra: Any) 
         norm_num_groups=min(32, ch[0]), **extra)
 
 
+def _save(pipe: Any, out: Path) -> None:
+    """``save_pretrained`` in safetensors (``Any``: diffusers' pipeline classes are not typed)."""
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
 def _finish(out: Path, family: str, preset: str) -> Path:
     (out / "unfragile_tiny.json").write_text(
         json.dumps({"family": family, "preset": preset, "builder": __name__}, indent=2) + "\n")
@@ -154,7 +160,7 @@ def build_tiny_sd(out: Path, preset: str = "tiny") -> Path:
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
+    _save(pipe, out)
     inpaint = _seeded(3, lambda: UNet2DConditionModel(**_unet_config(p, 9, p["text_hidden"])))
     inpaint.save_pretrained(out / "unet_inpaint", safe_serialization=True)
     return _finish(out, "sd", preset)
@@ -185,7 +191,7 @@ def build_tiny_sdxl(out: Path, preset: str = "tiny") -> Path:
     unet = _seeded(0, lambda: UNet2DConditionModel(**_unet_config(
         p, 4, p["text_hidden"] + hidden_2, use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + hidden_2)))
-    StableDiffusionXLPipeline(unet=unet, add_watermarker=False, **parts).save_pretrained(out, safe_serialization=True)
+    _save(StableDiffusionXLPipeline(unet=unet, add_watermarker=False, **parts), out)
     return _finish(out, "sdxl", preset)
 
 
@@ -203,14 +209,15 @@ def build_tiny_sdxl_refiner(out: Path, preset: str = "tiny") -> Path:
         unet=unet, vae=parts["vae"], text_encoder=None, tokenizer=None, text_encoder_2=parts["text_encoder_2"],
         tokenizer_2=parts["tokenizer_2"], scheduler=parts["scheduler"], requires_aesthetics_score=True,
         add_watermarker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
+    _save(pipe, out)
     return _finish(out, "sdxl-refiner", preset)
 
 
 def _t5(tokenizer: Any, d_model: int) -> Any:
     from transformers import T5Config, T5EncoderModel
 
-    return T5EncoderModel(T5Config(
+    config: Any = T5Config  # decoder_start_token_id goes through **kwargs (typed configs list the rest)
+    return T5EncoderModel(config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=16, d_ff=d_model * 2, num_layers=2, num_heads=4,
         relative_attention_num_buckets=8, relative_attention_max_distance=32, feed_forward_proj="gated-gelu",
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0))
@@ -241,7 +248,7 @@ def build_tiny_sd3(out: Path, preset: str = "tiny") -> Path:
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae,
         text_encoder=clip_l, tokenizer=clip_tok, text_encoder_2=clip_g, tokenizer_2=clip_tok,
         text_encoder_3=t5, tokenizer_3=t5_tok)
-    pipe.save_pretrained(out, safe_serialization=True)
+    _save(pipe, out)
     return _finish(out, "sd3", preset)
 
 

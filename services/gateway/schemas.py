@@ -6,7 +6,7 @@ enums become lowercase words ("a_leads", "freemium") instead of numbers.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -119,7 +119,7 @@ class Model(BaseModel):
     @classmethod
     def from_pb(cls, m: pb.ModelRecord) -> Model:
         tier = _TIER.get(m.pricing.tier, "unknown")
-        sig = lambda s: Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)  # noqa: E731
+        sig = lambda s: Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)  # noqa: E731 - a one-line converter used twice below
         return cls(
             id=m.id, name=m.name, aliases=list(m.aliases), type=_TYPE.get(m.type, "unspecified"),
             pricing=Pricing(tier=tier, label=TIER_LABEL[tier], plans=[PricingPlan.from_pb(p) for p in m.pricing.plans]),
@@ -308,7 +308,7 @@ def snapshot_version(message: object) -> int | None:
     gateway still works against an older MatchGraph)."""
     desc = getattr(message, "DESCRIPTOR", None)
     if desc is not None and "snapshot_version" in desc.fields_by_name:
-        return int(message.snapshot_version)
+        return int(cast(Any, message).snapshot_version)
     return None
 
 

@@ -134,7 +134,7 @@ class GrpcMatchGraph:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         try:
-            resp = await health_pb2_grpc.HealthStub(self._channel).Check(
+            resp = await health_pb2_grpc.HealthStub(self._channel).Check(  # type: ignore[attr-defined]  # stubs lack the generated methods
                 health_pb2.HealthCheckRequest(service=SERVICE_FULL_NAME), timeout=min(self._timeout, 2.0)
             )
         except grpc.aio.AioRpcError:

@@ -12,6 +12,7 @@ can say what failed.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -50,8 +51,8 @@ class GrpcEmbedder:
         out: list[list[float]] = []
         for i in range(0, len(texts), 32):
             chunk = [t if t.strip() else "-" for t in texts[i:i + 32]]
-            resp = _call(self.target, "VisionLanguage.Embed",
-                         lambda chunk=chunk: self.stub.Embed(self.pb.EmbedRequest(texts=chunk), timeout=self.timeout))
+            request = self.pb.EmbedRequest(texts=chunk)
+            resp = _call(self.target, "VisionLanguage.Embed", partial(self.stub.Embed, request, timeout=self.timeout))
             out += [list(e.values) for e in resp.text_embeddings]
         return np.array(out, dtype=np.float64)
 

@@ -92,12 +92,12 @@ def test_real_sizes_have_the_published_parameter_counts() -> None:
     with torch.device("meta"):
         kosmos = Kosmos2ForConditionalGeneration(kosmos2_config(KOSMOS2_REAL))
         unet, vae, text = sd_modules(SD15_REAL, clip_tokenizer(SD15_REAL.text_vocab), seed=0)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - parameter count of a module
     assert round(count(kosmos) / 1e9, 2) == 1.66
     assert kosmos.get_input_embeddings().weight.shape == (65037, 2048)
     assert len(kosmos.text_model.model.layers) == 24
     assert len(kosmos.vision_model.model.encoder.layers) == 24
-    assert getattr(kosmos.config.vision_config, "hidden_size") == 1024  # noqa: B009 (typed as a union)
+    assert getattr(kosmos.config.vision_config, "hidden_size") == 1024  # noqa: B009 - the attribute is typed as a union of config classes
     assert round(count(unet) / 1e6) == 860 and round(count(vae) / 1e6) == 84 and round(count(text) / 1e6) == 123
     assert round((count(unet) + count(vae) + count(text)) / 1e9, 2) == 1.07
     assert tuple(unet.config.block_out_channels) == (320, 640, 1280, 1280)

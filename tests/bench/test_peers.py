@@ -60,7 +60,7 @@ def ours_vl(kosmos2: Path) -> Iterator[cl.UnfragileCaption]:
 def _captions(side: object, images: list[bytes]) -> dict[tuple[int, int], list[int]]:
     """Two requests per image (16 and 48 new tokens) from 4 concurrent clients, so the peer batches them."""
     plan = [[(i, 16), (i, 48)] for i in range(len(images))]
-    return cl.run_load(lambda key: side.caption(images[key[0]], key[1], check=True), plan).answers  # type: ignore[attr-defined]
+    return cl.run_load(lambda key: side.caption(images[key[0]], key[1], check=True), plan).answers  # type: ignore[attr-defined]  # each client class has caption()
 
 
 @pytest.mark.parametrize("peer", ["litserve", "pytriton"])
@@ -68,10 +68,12 @@ def test_peer_captions_equal_ours_token_for_token(peer: str, kosmos2: Path, ours
     _need(peer)
     if peer == "litserve":
         server, port = sv.start_litserve(f"test-{peer}-vl", "vl", kosmos2, 1, 4, 2.0, check_model=kosmos2)
-        ready, side = f"http://127.0.0.1:{port}/health", cl.LitServeCaption(port)
+        side: cl.LitServeCaption | cl.TritonCaption = cl.LitServeCaption(port)
+        ready = f"http://127.0.0.1:{port}/health"
     else:
         server, port = sv.start_pytriton(f"test-{peer}-vl", "vl", kosmos2, 1, 4, 2000, check_model=kosmos2)
-        ready, side = f"http://127.0.0.1:{port}/v2/models/kosmos2_check/ready", cl.TritonCaption(port)  # type: ignore[assignment]
+        side = cl.TritonCaption(port)
+        ready = f"http://127.0.0.1:{port}/v2/models/kosmos2_check/ready"
     try:
         sv.wait_http(server, ready, time.monotonic() + sv.START_TIMEOUT_S)
         images = noise_images(4)

@@ -19,7 +19,7 @@ def _service() -> GrpcService:
         return f"{p.name}:{p.role}".encode()
 
     def add(_servicer: object, server: grpc.Server) -> None:
-        ident = lambda b: b  # noqa: E731
+        ident = lambda b: b  # noqa: E731 - identity serializer for a raw-bytes test method
         handlers = {m: grpc.unary_unary_rpc_method_handler(whoami, ident, ident) for m in ("Read", "Admin")}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 

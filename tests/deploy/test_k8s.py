@@ -114,7 +114,7 @@ def test_rendered_overlay_matches_kubernetes_schemas(rendered, version: str) -> 
 def test_kustomize_lite_renders_like_kubectl(overlay: str) -> None:
     """Keeps the kubectl-free renderer honest where kubectl exists."""
     folder = K8S / "overlays" / overlay
-    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731 - a sort key
     ours = {key(o): o for o in kustomize_lite.render(folder)}
     theirs = {key(o): o for o in _render_kubectl(folder)}
     assert ours.keys() == theirs.keys()
@@ -335,5 +335,5 @@ def test_operator_component_renders_into_an_overlay(tmp_path: Path) -> None:
     assert {"ServiceMonitor", "PrometheusRule", "Deployment"} <= kinds
     assert all(o["metadata"].get("namespace") == "unfragile" for o in objs if o["kind"] != "Namespace")
     if KUBECTL:
-        key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+        key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731 - a sort key
         assert sorted(map(key, _render_kubectl(overlay))) == sorted(map(key, objs))

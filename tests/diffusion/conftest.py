@@ -160,7 +160,7 @@ def family_servers(tiny_models: dict[str, Path], single_files: dict[str, tuple[P
 
 
 def events_of(call: object, request: object, timeout: float = 60) -> list[pb.GenerateEvent]:
-    return list(call(request, timeout=timeout))  # type: ignore[operator]
+    return list(call(request, timeout=timeout))  # type: ignore[operator]  # a stub method, untyped
 
 
 def kinds(events: list[pb.GenerateEvent], kind: str) -> list[object]:

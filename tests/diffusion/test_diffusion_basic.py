@@ -1,4 +1,4 @@
-"""M1: TextToImage streams queued/running/per-step progress/result; ModelInfo; health."""
+"""TextToImage streams queued/running/per-step progress/result; ModelInfo; health."""
 
 from __future__ import annotations
 

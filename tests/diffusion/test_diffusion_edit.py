@@ -1,4 +1,4 @@
-"""M3: image-to-image, style transfer and inpainting over gRPC."""
+"""Image-to-image, style transfer and inpainting over gRPC."""
 
 from __future__ import annotations
 

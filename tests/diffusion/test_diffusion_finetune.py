@@ -1,4 +1,4 @@
-"""M5: LoRA fine-tune jobs over gRPC: progress, adapters on disk, hot-load, restart, cancel."""
+"""LoRA fine-tune jobs over gRPC: progress, adapters on disk, hot-load, restart, cancel."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def trained(stub) -> dict[str, object]:
 
 
 def test_finetune_progress_and_success(trained) -> None:
-    events: list[pb.JobEvent] = trained["events"]  # type: ignore[assignment]
+    events: list[pb.JobEvent] = trained["events"]  # type: ignore[assignment]  # the fixture dict holds several value types
     assert events[-1].status.state == cpb.JOB_STATE_SUCCEEDED, events[-1].status.message
     steps = [e.step for e in events if e.status.state == cpb.JOB_STATE_RUNNING and e.step]
     assert steps == [1, 2, 3, 4, 5]

@@ -1,4 +1,4 @@
-"""M2: previews, schedulers, reproducible seeds, cancellation that frees the slot."""
+"""Previews, schedulers, reproducible seeds, cancellation that frees the slot."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""M2: idempotent RecordMatches, the derived match graph, Times Matched, identical state after restart."""
+"""Idempotent RecordMatches, the derived match graph, Times Matched, identical state after restart."""
 
 from __future__ import annotations
 

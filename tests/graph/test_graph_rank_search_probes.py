@@ -1,4 +1,4 @@
-"""M3-M6 over gRPC with replaceable backends: Rank, Search (RRF + degradation), probes + BT, fragility."""
+"""Over gRPC with replaceable backends: Rank, Search (RRF + degradation), probes + BT, fragility."""
 
 from __future__ import annotations
 

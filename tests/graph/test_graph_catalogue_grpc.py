@@ -1,4 +1,4 @@
-"""M1 over real gRPC: UpsertModel, GetModel, Compare on the two seed models; errors; health."""
+"""Over real gRPC: UpsertModel, GetModel, Compare on the two seed models; errors; health."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 2 scope over real gRPC: health, reflection, Caption, ModelInfo, bad input."""
+"""The basics over real gRPC: health, reflection, Caption, ModelInfo, bad input."""
 
 from __future__ import annotations
 
