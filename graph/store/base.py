@@ -220,10 +220,16 @@ class Store(ABC):
         """The seq of the last committed event: the match graph's version."""
 
     @abstractmethod
+    def _event_chunks(self, columns: str, after_seq: int, batch: int, until: int | None = None) -> Iterator[list[Row]]:
+        """Rows of ``columns`` (seq first) of the events with ``after_seq`` < seq <= ``until``, in seq
+        order, ``batch`` at a time."""
+
     def iter_event_chunks(self, after_seq: int = 0, batch: int = 50_000,
                           until_seq: int | None = None) -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
         """(seq of its last event, [(matched, compared, clicked), ...]) per chunk of the events with
         ``after_seq`` < seq <= ``until_seq`` (no upper bound when None), in seq order."""
+        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch, until_seq):
+            yield int(rows[-1][0]), [(r[1], r[2], r[3]) for r in rows]
 
     def iter_events(self, after_seq: int = 0, batch: int = 50_000,
                     until_seq: int | None = None) -> Iterator[list[tuple[str, str, str]]]:
@@ -343,9 +349,9 @@ class Store(ABC):
     def replace_rows(self, table: str, rows: Iterable[Row]) -> None:
         """Replace every row of a ``PORTABLE`` table by ``rows`` in one transaction."""
 
-    @abstractmethod
     def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[Row]]:
         """Full event rows (``EVENT_COLUMNS``) with seq > ``after_seq``, in seq order, in chunks."""
+        yield from self._event_chunks(", ".join(EVENT_COLUMNS), after_seq, batch)
 
     @abstractmethod
     def append_event_rows(self, rows: list[Row]) -> int:

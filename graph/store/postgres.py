@@ -23,7 +23,6 @@ from psycopg_pool import ConnectionPool
 from graph.records import MatchEvent, ModelRecord
 from graph.store.base import (
     CHANGE_CHANNEL,
-    EVENT_COLUMNS,
     KEPT_STATE,
     PORTABLE,
     STATE_CHANNEL,
@@ -251,14 +250,6 @@ class PgStore(Store):
 
     def graph_version(self) -> int:
         return self._int("SELECT COALESCE(MAX(seq), 0) FROM events")
-
-    def iter_event_chunks(self, after_seq: int = 0, batch: int = 50_000,
-                          until_seq: int | None = None) -> Iterator[tuple[int, list[tuple[str, str, str]]]]:
-        for rows in self._event_chunks("seq, matched, compared, clicked", after_seq, batch, until_seq):
-            yield int(rows[-1][0]), [(r[1], r[2], r[3]) for r in rows]
-
-    def read_event_rows(self, after_seq: int, batch: int = 50_000) -> Iterator[list[Row]]:
-        yield from self._event_chunks(", ".join(EVENT_COLUMNS), after_seq, batch)
 
     def _event_chunks(self, columns: str, after_seq: int, batch: int, until: int | None = None) -> Iterator[list[Row]]:
         last, top = after_seq, (2**63 - 1) if until is None else until

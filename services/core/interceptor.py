@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -185,21 +186,33 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             except ValueError:  # generator resumed in another context: nothing to undo
                 pass
 
+    @contextmanager
+    def _in_flight(self) -> Iterator[list[Any]]:
+        """Counted in flight (the drain waits for it); the caller's binding, if any, is undone after."""
+        bound: list[Any] = []
+        self.state.enter()
+        try:
+            yield bound
+        finally:
+            for b in bound:
+                self._release(b)
+            self.state.leave()
+
+    def _start(self, method: str, context: grpc.ServicerContext, request: Any, streaming_in: bool,
+               bound: list[Any]) -> Any:
+        """Admit and authorize the call; the request, checked for decoding errors."""
+        bound.append(self._admit(method, context))
+        return _checked_stream(request, method) if streaming_in else _check_decoded(request, method)
+
     def _wrap_unary(self, fn: Callable[..., Any], method: str, streaming_in: bool = False) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
             rec = _Recorder(self.service, method)
-            bound = None
-            self.state.enter()
-            try:
-                bound = self._admit(method, context)
-                request = _checked_stream(request, method) if streaming_in else _check_decoded(request, method)
-                response = fn(request, context)
-            except Exception as exc:
-                _abort(context, rec, exc)
-                return None
-            finally:
-                self._release(bound)
-                self.state.leave()
+            with self._in_flight() as bound:
+                try:
+                    response = fn(self._start(method, context, request, streaming_in, bound), context)
+                except Exception as exc:
+                    _abort(context, rec, exc)
+                    return None
             rec.finish(grpc.StatusCode.OK)
             return response
 
@@ -208,21 +221,15 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     def _wrap_stream(self, fn: Callable[..., Any], method: str, streaming_in: bool = False) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             rec = _Recorder(self.service, method)
-            bound = None
-            self.state.enter()
-            try:
-                bound = self._admit(method, context)
-                request = _checked_stream(request, method) if streaming_in else _check_decoded(request, method)
-                yield from fn(request, context)
-            except GeneratorExit:  # client went away mid-stream
-                rec.finish(grpc.StatusCode.CANCELLED)
-                raise
-            except Exception as exc:
-                _abort(context, rec, exc)
-                return
-            finally:
-                self._release(bound)
-                self.state.leave()
+            with self._in_flight() as bound:
+                try:
+                    yield from fn(self._start(method, context, request, streaming_in, bound), context)
+                except GeneratorExit:  # client went away mid-stream
+                    rec.finish(grpc.StatusCode.CANCELLED)
+                    raise
+                except Exception as exc:
+                    _abort(context, rec, exc)
+                    return
             rec.finish(grpc.StatusCode.OK if context.is_active() else grpc.StatusCode.CANCELLED)
 
         return wrapper

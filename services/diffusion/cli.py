@@ -95,6 +95,15 @@ def _image(path: Path) -> Any:
     return cpb.Image(data=path.read_bytes())
 
 
+def _generate(target: str, token: str | None, rpc: str, request: Any, out: Path,
+              preview_dir: Path | None = None) -> None:
+    """Call the streaming generation RPC ``rpc`` and write what it streams (see ``consume``)."""
+    _, _, pb_grpc = _pb()
+    with channel(target) as ch:
+        stream = getattr(pb_grpc.DiffusionStub(ch), rpc)(request, metadata=bearer(token) if token else None)
+        consume(stream, out, preview_dir)
+
+
 def register(root: typer.Typer) -> None:
     """Add the Diffusion client commands to the ``unfragile`` CLI."""
 
@@ -117,13 +126,10 @@ def register(root: typer.Typer) -> None:
         token: str | None = TokenOpt,
     ) -> None:
         """Text to image, with a progress bar fed by the stream."""
-        _, pb, pb_grpc = _pb()
+        _, pb, _ = _pb()
         p = _params(prompt, negative, width, height, steps, guidance, scheduler, seed, num_images, adapter,
                     preview_every)
-        with channel(target) as ch:
-            stream = pb_grpc.DiffusionStub(ch).TextToImage(pb.TextToImageRequest(params=p),
-                                                          metadata=bearer(token) if token else None)
-            consume(stream, out, preview_dir)
+        _generate(target, token, "TextToImage", pb.TextToImageRequest(params=p), out, preview_dir)
 
     @root.command()
     def img2img(
@@ -139,13 +145,10 @@ def register(root: typer.Typer) -> None:
         token: str | None = TokenOpt,
     ) -> None:
         """Image to image."""
-        _, pb, pb_grpc = _pb()
+        _, pb, _ = _pb()
         p = _params(prompt, "", 0, 0, steps, None, scheduler, seed, 1, adapter, 0)
-        with channel(target) as ch:
-            stream = pb_grpc.DiffusionStub(ch).ImageToImage(
-                pb.ImageToImageRequest(params=p, image=_image(image), strength=strength),
-                metadata=bearer(token) if token else None)
-            consume(stream, out)
+        _generate(target, token, "ImageToImage",
+                  pb.ImageToImageRequest(params=p, image=_image(image), strength=strength), out)
 
     @root.command()
     def inpaint(
@@ -160,13 +163,10 @@ def register(root: typer.Typer) -> None:
         token: str | None = TokenOpt,
     ) -> None:
         """Inpaint the white part of a mask; the rest is kept byte for byte."""
-        _, pb, pb_grpc = _pb()
+        _, pb, _ = _pb()
         p = _params(prompt, "", 0, 0, steps, None, "", seed, 1, [], 0)
-        with channel(target) as ch:
-            stream = pb_grpc.DiffusionStub(ch).Inpaint(
-                pb.InpaintRequest(params=p, image=_image(image), mask=_image(mask), strength=strength),
-                metadata=bearer(token) if token else None)
-            consume(stream, out)
+        _generate(target, token, "Inpaint",
+                  pb.InpaintRequest(params=p, image=_image(image), mask=_image(mask), strength=strength), out)
 
     @root.command()
     def style(
@@ -182,14 +182,11 @@ def register(root: typer.Typer) -> None:
         token: str | None = TokenOpt,
     ) -> None:
         """Style transfer: AdaIN blend of latents, then img2img denoising."""
-        _, pb, pb_grpc = _pb()
+        _, pb, _ = _pb()
         p = _params(prompt, "", 0, 0, steps, None, "", seed, 1, [], 0)
-        with channel(target) as ch:
-            stream = pb_grpc.DiffusionStub(ch).StyleTransfer(
-                pb.StyleTransferRequest(params=p, content_image=_image(content), style_image=_image(style_image),
-                                        style_weight=weight, strength=strength),
-                metadata=bearer(token) if token else None)
-            consume(stream, out)
+        _generate(target, token, "StyleTransfer",
+                  pb.StyleTransferRequest(params=p, content_image=_image(content), style_image=_image(style_image),
+                                          style_weight=weight, strength=strength), out)
 
     @root.command()
     def finetune(
