@@ -162,18 +162,23 @@ def demo(
     _run_stack(stack, lambda: run_demo(stack, out_dir))
 
 
-def build_tiny(out: Path, preset: str = "tiny") -> dict[str, Path]:
-    """Build the tiny Kosmos-2 and Stable Diffusion folders under ``out`` unless present.
+def build_tiny(out: Path, preset: str = "tiny", families: tuple[str, ...] = ("sd",)) -> dict[str, Path]:
+    """Build the tiny Kosmos-2 and Stable Diffusion folders (one per family) under ``out`` unless present.
 
     A folder without the test-model marker (built before it existed) is rebuilt: same bytes plus
     the marker, so ModelInfo and the pages it feeds say the model has random weights.
     """
+    from functools import partial
+
     from services.core.loading import is_marked_test_model
-    from services.diffusion.tiny import build_tiny_sd
+    from services.diffusion.settings import TINY_FOLDERS
+    from services.diffusion.tiny import build_tiny as build_tiny_diffusion
     from services.visionlanguage.tiny import build_tiny_kosmos2
 
+    builders: list[tuple[str, Callable[..., object]]] = [("tiny-kosmos2", build_tiny_kosmos2)]
+    builders += [(TINY_FOLDERS[f], partial(build_tiny_diffusion, f)) for f in families]
     built = {}
-    for name, fn in (("tiny-kosmos2", build_tiny_kosmos2), ("tiny-sd", build_tiny_sd)):
+    for name, fn in builders:
         folder = out / name if preset == "tiny" else out / f"{name}-{preset}"
         if not is_marked_test_model(folder):
             fn(folder, preset=preset)
@@ -185,10 +190,24 @@ def build_tiny(out: Path, preset: str = "tiny") -> dict[str, Path]:
 def build_tiny_cmd(
     out: Path = typer.Option(Path(".models"), help="output folder"),
     preset: str = typer.Option("tiny", help="tiny (tests) or bench (~25M params, for benchmarks)"),
+    family: list[str] = typer.Option(["sd"], "--family", help="Stable Diffusion families to build: sd, sdxl, sd3"),
+    single_file: bool = typer.Option(False, help="also export each Stable Diffusion folder as one .safetensors "
+                                                 "file (<folder>.safetensors) with its configs (<folder>-config)"),
 ) -> None:
     """Write tiny, randomly initialised Kosmos-2 and Stable Diffusion folders in HF format."""
-    for name, folder in build_tiny(out, preset).items():
+    from services.diffusion.settings import TINY_FOLDERS
+
+    unknown = sorted(set(family) - set(TINY_FOLDERS))
+    if unknown:
+        raise typer.BadParameter(f"unknown family {', '.join(unknown)}; choose from {', '.join(TINY_FOLDERS)}")
+    for name, folder in build_tiny(out, preset, tuple(dict.fromkeys(family))).items():
         typer.echo(f"{name}: {folder}")
+        if single_file and name != "tiny-kosmos2":
+            from services.diffusion.singlefile import copy_configs, export_single_file
+
+            file = export_single_file(folder, folder.with_name(f"{folder.name}.safetensors"))
+            configs = copy_configs(folder, folder.with_name(f"{folder.name}-config"))
+            typer.echo(f"  single file: {file} (--set single_file_config={configs})")
 
 
 def _register_service_clis() -> None:

@@ -108,6 +108,9 @@ def build_tiny_kosmos2(out: Path, preset: str = "tiny") -> Path:
     """Write a randomly initialised Kosmos-2 (model + processor) to ``out``; returns ``out``."""
     import torch
     from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no shard-writing progress bar on `make run`
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

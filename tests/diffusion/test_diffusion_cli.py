@@ -54,3 +54,28 @@ def test_finetune_command(server, tmp_path) -> None:
     assert "SUCCEEDED" in res.output
     listed = CliRunner().invoke(_app(), ["adapters", "--target", server.address])
     assert "cli-adapter" in listed.output
+
+
+def test_build_tiny_families_and_single_files_then_serve_one(tmp_path) -> None:
+    """`unfragile models build-tiny --family sdxl --single-file` writes what `serve --model FILE` loads."""
+    from services.cli import app
+    from services.core.client import channel
+    from unfragile.common.v1 import common_pb2 as cpb
+    from unfragile.diffusion.v1 import diffusion_pb2_grpc as pb_grpc
+
+    from .conftest import make_settings, start
+
+    res = CliRunner().invoke(app, ["models", "build-tiny", "--out", str(tmp_path), "--family", "sdxl",
+                                   "--single-file"])
+    assert res.exit_code == 0, res.output
+    file, configs = tmp_path / "tiny-sdxl.safetensors", tmp_path / "tiny-sdxl-config"
+    assert f"single_file_config={configs}" in res.output and file.is_file()
+    running = start(make_settings(file, tmp_path / "adapters", metrics_port=-1, single_file_config=configs))
+    try:
+        with channel(running.address) as ch:
+            details = pb_grpc.DiffusionStub(ch).ModelInfo(cpb.ModelInfoRequest(), timeout=10).details
+        assert (details["family"], details["format"], details["test_model"]) == ("sdxl", "single file", "true")
+    finally:
+        running.stop(0)
+    bad = CliRunner().invoke(app, ["models", "build-tiny", "--out", str(tmp_path), "--family", "flux"])
+    assert bad.exit_code != 0 and "unknown family flux" in bad.output
