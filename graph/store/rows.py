@@ -10,15 +10,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from typing import TypeVar
 
-from graph.records import (
-    Capability,
-    MatchEvent,
-    ModelRecord,
-    Pricing,
-    PricingPlan,
-    QualityEvidence,
-    Signal,
-)
+from graph.records import Capability, MatchEvent, ModelRecord, Pricing, PricingPlan, QualityEvidence, Signal
 
 T = TypeVar("T")
 EventRow = tuple[str, str, str, str, str, int]  # event_id, query, matched, compared, clicked, ts_ms

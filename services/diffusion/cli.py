@@ -95,6 +95,11 @@ def _image(path: Path) -> Any:
     return cpb.Image(data=path.read_bytes())
 
 
+def _edit_params(prompt: str, steps: int, seed: int | None) -> Any:
+    """Generation parameters of an edit (one image, the input's size, the family's scheduler)."""
+    return _params(prompt, "", 0, 0, steps, None, "", seed, 1, [], 0)
+
+
 def _generate(target: str, token: str | None, rpc: str, request: Any, out: Path,
               preview_dir: Path | None = None) -> None:
     """Call the streaming generation RPC ``rpc`` and write what it streams (see ``consume``)."""
@@ -164,9 +169,9 @@ def register(root: typer.Typer) -> None:
     ) -> None:
         """Inpaint the white part of a mask; the rest is kept byte for byte."""
         _, pb, _ = _pb()
-        p = _params(prompt, "", 0, 0, steps, None, "", seed, 1, [], 0)
         _generate(target, token, "Inpaint",
-                  pb.InpaintRequest(params=p, image=_image(image), mask=_image(mask), strength=strength), out)
+                  pb.InpaintRequest(params=_edit_params(prompt, steps, seed), image=_image(image),
+                                    mask=_image(mask), strength=strength), out)
 
     @root.command()
     def style(
@@ -183,10 +188,10 @@ def register(root: typer.Typer) -> None:
     ) -> None:
         """Style transfer: AdaIN blend of latents, then img2img denoising."""
         _, pb, _ = _pb()
-        p = _params(prompt, "", 0, 0, steps, None, "", seed, 1, [], 0)
         _generate(target, token, "StyleTransfer",
-                  pb.StyleTransferRequest(params=p, content_image=_image(content), style_image=_image(style_image),
-                                          style_weight=weight, strength=strength), out)
+                  pb.StyleTransferRequest(params=_edit_params(prompt, steps, seed), content_image=_image(content),
+                                          style_image=_image(style_image), style_weight=weight, strength=strength),
+                  out)
 
     @root.command()
     def finetune(

@@ -31,14 +31,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from common.errors import (
-    Internal,
-    PermissionDenied,
-    ResourceExhausted,
-    Unavailable,
-    UnfragileError,
-    is_out_of_memory,
-)
+from common.errors import Internal, PermissionDenied, ResourceExhausted, Unavailable, UnfragileError, is_out_of_memory
 from services.core.cancel import CancelToken
 from services.core.modelinfo import ModelInfo
 from services.core.security import ANONYMOUS, Principal

@@ -17,14 +17,7 @@ from PIL import Image
 from common.errors import UnfragileError
 from services.core.cancel import CancelToken
 from services.diffusion import metrics as m
-from services.diffusion.events import (
-    GenerateEventT,
-    OutputImage,
-    PreviewEvent,
-    ProgressEvent,
-    ResultEvent,
-    StatusEvent,
-)
+from services.diffusion.events import GenerateEventT, OutputImage, PreviewEvent, ProgressEvent, ResultEvent, StatusEvent
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, SUCCEEDED, Job
 from services.diffusion.types import GenerateRequest
 

@@ -16,15 +16,7 @@ from graph.explain import EvidenceRow
 from graph.ingest import IngestResult
 from graph.probes import ProbeBasis, ProbeRun, ServedModel
 from graph.rank import Score, ScoreCard
-from graph.records import (
-    Capability,
-    MatchEvent,
-    ModelRecord,
-    Pricing,
-    PricingPlan,
-    QualityEvidence,
-    Signal,
-)
+from graph.records import Capability, MatchEvent, ModelRecord, Pricing, PricingPlan, QualityEvidence, Signal
 from graph.search import SearchResult
 from graph.sync import Lag
 from graph.verdict import A_LEADS, B_LEADS, DimensionResult

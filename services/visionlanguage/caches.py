@@ -15,14 +15,7 @@ from typing import Generic, TypeVar
 import torch
 
 from services.visionlanguage import metrics as m
-from services.visionlanguage.batch import (
-    DecodeBatch,
-    ImageFeatures,
-    ImagePrefix,
-    ModelRunner,
-    PrefillItem,
-    PromptIds,
-)
+from services.visionlanguage.batch import DecodeBatch, ImageFeatures, ImagePrefix, ModelRunner, PrefillItem, PromptIds
 from services.visionlanguage.types import ImageInput
 
 V = TypeVar("V")

@@ -30,14 +30,7 @@ from common.errors import InvalidArgument, ModelUnavailable
 from services.core.loading import pretrained_source, test_model_details
 from services.core.modelinfo import ModelInfo
 from services.visionlanguage import batch as batching
-from services.visionlanguage.batch import (
-    DecodeBatch,
-    ImageFeatures,
-    ImagePrefix,
-    PrefillItem,
-    PromptIds,
-    StepOutput,
-)
+from services.visionlanguage.batch import DecodeBatch, ImageFeatures, ImagePrefix, PrefillItem, PromptIds, StepOutput
 from services.visionlanguage.quantize import quantize_model
 from services.visionlanguage.types import ImageInput, Sampling
 
