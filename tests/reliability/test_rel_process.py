@@ -86,7 +86,7 @@ def procs(models_dir, tokens_file, tmp_path_factory) -> Iterator[Procs]:
 
 
 class InFlight:
-    """Runs ``n`` calls in threads; records each outcome and when it finished."""
+    """Runs ``n`` calls in threads once started; records each outcome and when it finished."""
 
     def __init__(self, n: int, call: Callable[[int], Any]) -> None:
         self.results: list[Any] = [None] * n
@@ -95,6 +95,9 @@ class InFlight:
         self._admitted: set[int] = set()
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i, call)) for i in range(n)]
+
+    def start(self) -> None:
+        """Starts the calls; separate from construction so ``call`` can refer to this object."""
         for t in self.threads:
             t.start()
 
@@ -196,6 +199,7 @@ def test_visionlanguage_drains_on_sigterm(procs) -> None:
             return chunks
 
         inflight = InFlight(6, call)  # batch size 1: six 120-token generations run one after another
+        inflight.start()
         obs = _drain(proc, inflight, lambda c: pb_grpc.VisionLanguageStub(c).Caption(req(0), timeout=10))
         _assert_drained("visionlanguage", obs, inflight)
         for i, chunks in enumerate(inflight.results):  # each finished completely and correctly
@@ -230,6 +234,7 @@ def test_diffusion_drains_on_sigterm(procs) -> None:
             return events
 
         inflight = InFlight(3, call)
+        inflight.start()
         obs = _drain(proc, inflight, lambda c: list(pb_grpc.DiffusionStub(c).TextToImage(req(9, 2), timeout=10)))
         _assert_drained("diffusion", obs, inflight)
         for events in inflight.results:
@@ -266,6 +271,7 @@ def test_matchgraph_drains_on_sigterm(procs, seed_records) -> None:
             return stub.RecordMatches(batches(i), timeout=120)
 
         inflight = InFlight(2, call)
+        inflight.start()
 
         def first_batches_stored() -> bool:  # both streams are being handled: their batch 0 is in
             card = stub.GetModel(pb.GetModelRequest(model="tool-1"), timeout=10).scores
