@@ -36,11 +36,7 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Result
+from benchmarks.common import Result, served
 
 PREFIX = "vl."
 NEW_TOKENS = 24
@@ -165,27 +161,11 @@ def _ttft(stub: Any, pb: Any, inproc: _InProcess, imgs: list[bytes], n: int) -> 
                   f"{n} each: served TTFT p50 {a * 1000:.0f} ms, in-process {b * 1000:.0f} ms")
 
 
-def _serve_subprocess(threads: int) -> tuple[subprocess.Popen[bytes], str]:
-    """``unfragile serve visionlanguage`` in its own process, as deployed: clients do not share its GIL."""
-    from services.core.client import wait_for_serving
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    sets = {"threads": threads, "max_batch_size": 16, "max_queue_delay_ms": 5, "max_queue_size": 128,
-            "feature_cache_size": 0, "prefix_cache_size": 0, "log_level": "WARNING"}
-    cmd = [sys.executable, "-m", "services.cli", "serve", "visionlanguage", "--port", str(port), "--metrics-port",
-           "-1", "--model", str(MODEL_DIR.resolve())]
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_for_serving(address, "unfragile.visionlanguage.v1.VisionLanguage", timeout=300)
-    except TimeoutError:
-        proc.kill()
-        raise
-    return proc, address
+def _vl_server(threads: int) -> Any:
+    """The VisionLanguage server of these measurements, in its own process (see ``served``)."""
+    return served("visionlanguage", MODEL_DIR, {"threads": threads, "max_batch_size": 16, "max_queue_delay_ms": 5,
+                                                "max_queue_size": 128, "feature_cache_size": 0,
+                                                "prefix_cache_size": 0})
 
 
 def _stream_ttft(stub: Any, pb: Any, data: bytes) -> float:
@@ -269,21 +249,16 @@ def _embed_throughput(threads: int) -> Result:
 
     n1, n16, done = 16, 128, {"one": [0, 0.0], "sixteen": [0, 0.0]}
     reqs = [pb.EmbedRequest(texts=[f"a photo of item {i} on a table"]) for i in range(20 + EMBED_ROUNDS * (n1 + n16))]
-    proc, address = _serve_subprocess(threads)
-    try:
-        with channel(address) as ch:
-            stub = pb_grpc.VisionLanguageStub(ch)
-            _embed_rate(stub, reqs[:16], 16)  # warm both paths
-            _embed_rate(stub, reqs[16:20], 1)
-            for rnd in range(EMBED_ROUNDS):
-                base = 20 + rnd * (n1 + n16)
-                done["one"][0] += n1
-                done["one"][1] += n1 / _embed_rate(stub, reqs[base:base + n1], 1)
-                done["sixteen"][0] += n16
-                done["sixteen"][1] += n16 / _embed_rate(stub, reqs[base + n1:base + n1 + n16], 16)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+    with _vl_server(threads) as address, channel(address) as ch:
+        stub = pb_grpc.VisionLanguageStub(ch)
+        _embed_rate(stub, reqs[:16], 16)  # warm both paths
+        _embed_rate(stub, reqs[16:20], 1)
+        for rnd in range(EMBED_ROUNDS):
+            base = 20 + rnd * (n1 + n16)
+            done["one"][0] += n1
+            done["one"][1] += n1 / _embed_rate(stub, reqs[base:base + n1], 1)
+            done["sixteen"][0] += n16
+            done["sixteen"][1] += n16 / _embed_rate(stub, reqs[base + n1:base + n1 + n16], 16)
     one, sixteen = (done[k][0] / done[k][1] for k in ("one", "sixteen"))
     return Result("vl.embed.throughput_16_over_1", sixteen / one, 3.0, "higher", "ratio",
                   "Embed requests/s of 1 client calling in a row",
@@ -423,29 +398,21 @@ def run() -> list[Result]:
     runner = Kosmos2Runner(MODEL_DIR, torch.device("cpu"), torch.float32, threads=threads)
     params = runner.parameters
     inproc = _InProcess(runner)
-    proc, address = _serve_subprocess(threads)
-    try:
-        with channel(address) as ch:
-            stub = pb_grpc.VisionLanguageStub(ch)
-            for i in range(2):  # warm both paths
-                inproc.caption([imgs[i]])
-                stub.Caption(_request(pb, imgs[i]), timeout=600)
-            results.append(_latency(stub, pb, inproc, imgs[2:], 14))
-            results.append(_ttft(stub, pb, inproc, imgs[30:], 12))
-            results.append(_efficiency(stub, pb, inproc, imgs, threads))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+    with _vl_server(threads) as address, channel(address) as ch:
+        stub = pb_grpc.VisionLanguageStub(ch)
+        for i in range(2):  # warm both paths
+            inproc.caption([imgs[i]])
+            stub.Caption(_request(pb, imgs[i]), timeout=600)
+        results.append(_latency(stub, pb, inproc, imgs[2:], 14))
+        results.append(_ttft(stub, pb, inproc, imgs[30:], 12))
+        results.append(_efficiency(stub, pb, inproc, imgs, threads))
     # Scaling with concurrency: a batch is compute-bound, so this server uses every core.
     tp_threads = os.cpu_count() or 2
     torch.set_num_threads(tp_threads)
-    proc, address = _serve_subprocess(tp_threads)
     try:
-        with channel(address) as ch:
+        with _vl_server(tp_threads) as address, channel(address) as ch:
             results.append(_scaling(pb_grpc.VisionLanguageStub(ch), pb, inproc, imgs, tp_threads))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
         torch.set_num_threads(threads)
     results.append(_cache_ttft({"port": 0, "metrics_port": -1, "model": str(MODEL_DIR), "threads": threads},
                                imgs[186:], 8))

@@ -6,13 +6,20 @@ machine, so results compare across machines; absolute numbers go in ``notes``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 
 def device_description() -> str:
@@ -69,3 +76,31 @@ def percentile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
     return s[k]
+
+
+@contextlib.contextmanager
+def served(service: str, model: Path | str, sets: dict[str, Any]) -> Iterator[str]:
+    """``unfragile serve SERVICE`` in its own process, as deployed (clients do not share its GIL);
+    yields its address once SERVING and stops it (SIGTERM, then a drain) on the way out."""
+    from services.core.client import wait_for_serving
+    from services.core.names import full_name
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "services.cli", "serve", service, "--port", str(port), "--metrics-port", "-1",
+           "--model", str(Path(model).resolve())]
+    for k, v in (sets | {"log_level": "WARNING"}).items():
+        cmd += ["--set", f"{k}={v}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for_serving(address, full_name(service), timeout=300)
+        yield address
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,7 +1,10 @@
 """One pipeline call per batch, per mode: the arguments each diffusers pipeline takes.
 
 Every image of the batch gets its own prompt, negative prompt and ``torch.Generator``
-(on CPU, so the noise is the same on any device). TextToImage on SDXL with a refiner
+(on CPU, so the noise is the same on any device). Each distinct text of the batch goes
+through the text encoders once (``encode_texts``): what diffusers' ``num_images_per_prompt``
+does within one request, across requests — several images of one prompt, and the negative
+prompt most requests share. TextToImage on SDXL with a refiner
 runs the base on the first part of the schedule (``denoising_end``) and the refiner on
 the rest (``denoising_start``) on the same latents, with one continuous progress count.
 """
@@ -37,6 +40,29 @@ def _common(items: Sequence[BatchItem], callback: Callback) -> dict[str, Any]:
                 callback_on_step_end_tensor_inputs=["latents"])
 
 
+def encode_texts(runner: DiffusersRunner, pipe: Any, prompts: list[str], negatives: list[str]) -> dict[str, Any]:
+    """Prompt embeddings for ``pipe`` with each distinct text encoded once, in one encoder batch.
+
+    A negative prompt goes through the same encoder path as a prompt in every family's
+    ``encode_prompt`` (padding to the encoders' length, the same hidden layer and pooling),
+    so one embedding serves a text wherever it occurs.
+    """
+    import torch
+
+    texts = list(dict.fromkeys(prompts + negatives))
+    args: dict[str, Any] = dict(device=runner.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    if runner.family.key == "sd3":
+        args.update(prompt_2=None, prompt_3=None, max_sequence_length=runner.load_config.t5_max_tokens)
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(texts, **args)
+    row = {t: i for i, t in enumerate(texts)}
+    pos, neg = [row[t] for t in prompts], [row[t] for t in negatives]
+    out = {"prompt_embeds": encoded[0][pos], "negative_prompt_embeds": encoded[0][neg]}
+    if runner.family.key in ("sdxl", "sd3"):  # the pooled embedding of the last text encoder
+        out |= {"pooled_prompt_embeds": encoded[2][pos], "negative_pooled_prompt_embeds": encoded[2][neg]}
+    return out
+
+
 def pipeline_call(runner: DiffusersRunner, pipe: Any, items: Sequence[BatchItem], inputs: Inputs,
                   callback: Callback) -> list[Image.Image]:
     """Run ``pipe`` once for the whole batch; PIL images in batch order (inpaint: unmasked pixels restored)."""
@@ -45,10 +71,10 @@ def pipeline_call(runner: DiffusersRunner, pipe: Any, items: Sequence[BatchItem]
     first = items[0].request
     p, mode = first.params, first.mode
     common = _common(items, callback)
-    if runner.family.key == "sd3":
-        common["max_sequence_length"] = runner.load_config.t5_max_tokens
+    texts = (common.pop("prompt"), common.pop("negative_prompt"))
     if mode == "txt2img" and runner.pipes.refiner is not None:
-        return _with_refiner(runner, pipe, common, p.height, p.width)
+        return _with_refiner(runner, pipe, common, texts, p.height, p.width)
+    common |= encode_texts(runner, pipe, *texts)
     if mode == "txt2img":
         out = pipe(height=p.height, width=p.width, output_type="pil", **common)
     elif mode == "img2img":
@@ -91,8 +117,8 @@ def restore_unmasked(original: Image.Image, generated: Image.Image, mask: Image.
     return Image.fromarray(out.astype(np.uint8), "RGB")
 
 
-def _with_refiner(runner: DiffusersRunner, base: Any, common: dict[str, Any], height: int,
-                  width: int) -> list[Image.Image]:
+def _with_refiner(runner: DiffusersRunner, base: Any, common: dict[str, Any], texts: tuple[list[str], list[str]],
+                  height: int, width: int) -> list[Image.Image]:
     """SDXL base then refiner on one schedule; progress counts both parts as one run of ``steps``."""
     split = 1.0 - runner.load_config.refiner_fraction
     total = common["num_inference_steps"]
@@ -104,8 +130,11 @@ def _with_refiner(runner: DiffusersRunner, base: Any, common: dict[str, Any], he
         return report(_Total(total), done[0] - 1, t, kwargs)
 
     common = common | {"callback_on_step_end": counted}
-    latents = base(height=height, width=width, denoising_end=split, output_type="latent", **common).images
-    out = runner.pipes.refiner(image=latents, denoising_start=split, output_type="pil", **common)
+    refiner = runner.pipes.refiner
+    latents = base(height=height, width=width, denoising_end=split, output_type="latent", **common,
+                   **encode_texts(runner, base, *texts)).images
+    out = refiner(image=latents, denoising_start=split, output_type="pil", **common,
+                  **encode_texts(runner, refiner, *texts))
     return list(out.images)
 
 

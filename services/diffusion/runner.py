@@ -62,6 +62,9 @@ class DiffusersRunner:
         self.catalog = AdapterCatalog(AdapterStore(adapters_dir), self.load_config.lora_dir)
         self.loaded: Pipelines | None = None
         self._base_scheduler_config: Any = None
+        # One scheduler per name, reused across calls as diffusers pipelines reuse theirs:
+        # set_timesteps resets its per-run state, and only the worker thread calls it.
+        self._schedulers: dict[str, Any] = {}
         self._loaded_adapters: dict[str, tuple[str, int]] = {}  # name -> (file, mtime_ns) it was loaded from
         self._rgb: tuple[Any, Any] | None = None
 
@@ -69,6 +72,7 @@ class DiffusersRunner:
     def load(self) -> None:
         self.loaded = load_pipelines(self.model, self.load_config, self.device, self.dtype)
         self._base_scheduler_config = self.pipe.scheduler.config
+        self._schedulers = {}
         self.catalog.bind(self.family, self.cross_attention_width())
 
     def close(self) -> None:
@@ -101,6 +105,11 @@ class DiffusersRunner:
 
     def scheduler_config(self) -> Any:
         return self._base_scheduler_config
+
+    def _scheduler(self, name: str) -> Any:
+        if name not in self._schedulers:
+            self._schedulers[name] = make_scheduler(name, self._base_scheduler_config)
+        return self._schedulers[name]
 
     def facts(self) -> ModelInfo:
         from services.diffusion.modelinfo import model_facts
@@ -192,7 +201,7 @@ class DiffusersRunner:
         p = first.params
         pipe = {"txt2img": self.pipes.txt2img, "img2img": self.pipes.img2img, "style": self.pipes.img2img,
                 "inpaint": self.pipes.inpaint}[first.mode]
-        pipe.scheduler = make_scheduler(p.scheduler, self._base_scheduler_config)
+        pipe.scheduler = self._scheduler(p.scheduler)
         self.activate(p.adapters)
 
         def callback(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -141,3 +141,34 @@ def test_cross_request_batching_matches_unbatched(family_servers, family) -> Non
         diff = np.abs(np.asarray(decode(alone.images[0].image.data), np.int16)
                       - np.asarray(decode(res.images[0].image.data), np.int16))
         assert alone.batch_images == 1 and diff.max() <= 2 and diff.mean() < 0.05
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_distinct_text_is_encoded_once_with_the_pipelines_own_result(tiny_models, tmp_path, family) -> None:
+    import torch
+
+    from services.diffusion.calls import encode_texts
+    from services.diffusion.runner import DiffusersRunner
+
+    runner = DiffusersRunner(str(tiny_models[family]), torch.device("cpu"), torch.float32, tmp_path / "adapters")
+    runner.load()
+    pipe = runner.pipe
+    prompts, negatives = ["a red cat", "a blue dog", "a red cat", ""], ["", "blurry", "", ""]
+    calls = []
+    encode = pipe.encode_prompt
+
+    def counted(texts, **kw):
+        calls.append(list(texts))
+        return encode(texts, **kw)
+
+    pipe.encode_prompt = counted
+    ours = encode_texts(runner, pipe, prompts, negatives)
+    assert calls == [["a red cat", "a blue dog", "", "blurry"]]  # one encoder batch of the distinct texts
+    extra = {"prompt_2": None, "prompt_3": None} if family == "sd3" else {}
+    with torch.no_grad():  # what the pipeline computes from the strings, both guidance halves
+        theirs = encode(prompts, device=runner.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                        negative_prompt=negatives, **extra)
+    names = ["prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    assert sorted(ours) == sorted(names[:len(theirs)])
+    for name, tensor in zip(names, theirs):
+        torch.testing.assert_close(ours[name], tensor, atol=1e-5, rtol=1e-5)

@@ -73,6 +73,14 @@ def test_schedulers(stub, name) -> None:
     assert result_of(events).scheduler == name.lower()
 
 
+@pytest.mark.parametrize("name", ["ddim", "euler", "euler-a", "dpm++"])
+def test_a_reused_scheduler_carries_nothing_between_requests(stub, name) -> None:
+    first = result_of(_run(stub, steps=3, seed=11, scheduler=name)).images[0].image.data
+    _run(stub, steps=5, seed=12, scheduler=name)  # another length and seed on the same scheduler
+    _run(stub, steps=2, seed=13, scheduler="ddim" if name != "ddim" else "euler")  # and another scheduler
+    assert result_of(_run(stub, steps=3, seed=11, scheduler=name)).images[0].image.data == first
+
+
 def test_cancel_job_stops_within_a_step_and_frees_the_slot(stub) -> None:
     stream = stub.TextToImage(pb.TextToImageRequest(params=params(steps=150, seed=5)), timeout=120)
     job_id, steps_seen = "", 0
