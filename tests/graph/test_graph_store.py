@@ -144,6 +144,36 @@ def test_pg_notifies_once_per_committed_batch(pg_server):
     assert payloads == ["50", "60"]
 
 
+@pytest.mark.parametrize("collation", ["C", "default"])
+def test_pg_event_ids_are_probed_through_their_index_in_any_collation(pg_server, collation):
+    """New databases store event ids COLLATE "C"; one made before keeps the database's collation.
+    Either way the staging table matches it, so the stored-already probe is an index lookup."""
+    from graph.store.pg_support import MOVE, STAGE
+
+    name = f"collation_{collation.lower()}"
+    url = pg_server.create_database(name)
+    if collation == "default":  # the events table as an older release created it
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE events (seq BIGINT PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, "
+                         "query TEXT NOT NULL, matched TEXT NOT NULL, compared TEXT NOT NULL, clicked TEXT NOT NULL, "
+                         "ts_ms BIGINT NOT NULL)")
+    store = _seeded(url)
+    assert len(store.record_events(_batch(0, 0, 40))[0]) == 40
+    assert store.record_events(_batch(0, 0, 40))[0] == []  # a replay: all stored already
+    assert len(store.record_events(_batch(0, 1, 5) + _batch(0, 0, 3))[0]) == 5
+    assert store.event_count() == 45
+    store.close()
+    with psycopg.connect(url) as conn:
+        kept = conn.execute("SELECT collation_name FROM information_schema.columns "
+                            "WHERE table_name = 'events' AND column_name = 'event_id'").fetchone()
+        assert kept == (("C",) if collation == "C" else (None,))
+        conn.execute(STAGE)
+        conn.execute("SET enable_seqscan = off")  # only changes a choice; it cannot create an index path
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + MOVE.replace("%s", "0")))
+    pg_server.drop_database(name)
+    assert "Seq Scan on events e" not in plan and "events_event_id_key on events e" in plan, plan
+
+
 def test_pg_hot_standby_reads_polls_and_refuses_writes(pg_server, pg_standby):
     url = pg_server.create_database("standby_src", template="matchgraph_template")
     primary = _seeded(url)
