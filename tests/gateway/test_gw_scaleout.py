@@ -46,10 +46,24 @@ def writer_and_reader(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningSe
     seed_matchgraph(stub)
     reader_settings = GraphSettings(**common, role="reader", writer_address=writer.address)
     reader = start_server(reader_settings, build_service(reader_settings))
+    _wait_caught_up(stub, reader.address)  # the seeding's last publication reached the reader
     yield writer, reader, stub
     reader.stop(0)
     ch.close()
     writer.stop(0)
+
+
+def _wait_caught_up(writer: pb_grpc.MatchGraphStub, reader: str) -> None:
+    """Until the reader answers from what the writer serves now: same events, same snapshot."""
+    with grpc.insecure_channel(reader) as ch:
+        stub = pb_grpc.MatchGraphStub(ch)
+        deadline = time.monotonic() + 20
+        while True:
+            w, r = writer.GetSnapshot(pb.GetSnapshotRequest()), stub.GetSnapshot(pb.GetSnapshotRequest())
+            if (r.graph_version, r.snapshot_version) == (w.graph_version, w.snapshot_version):
+                return
+            assert time.monotonic() < deadline, f"the reader did not catch up: {r} vs {w}"
+            time.sleep(0.02)
 
 
 def _wait_version(target: str, seq: int) -> None:
