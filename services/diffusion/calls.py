@@ -25,7 +25,11 @@ Callback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]
 Inputs = list[tuple[Image.Image, Image.Image]]  # (input image, mask) per image; the mask only for inpaint
 
 
-def _common(items: Sequence[BatchItem], callback: Callback) -> dict[str, Any]:
+Texts = tuple[list[str], list[str]]  # (prompt, negative prompt) per image
+
+
+def _common(items: Sequence[BatchItem], callback: Callback) -> tuple[dict[str, Any], Texts]:
+    """The pipeline arguments every mode shares, and the texts of every image."""
     import torch
 
     p = items[0].request.params
@@ -35,9 +39,8 @@ def _common(items: Sequence[BatchItem], callback: Callback) -> dict[str, Any]:
             prompts.append(it.request.params.prompt)
             negatives.append(it.request.params.negative_prompt)
             gens.append(torch.Generator("cpu").manual_seed(seed % 2**64))
-    return dict(prompt=prompts, negative_prompt=negatives, num_inference_steps=p.steps,
-                guidance_scale=p.guidance_scale, generator=gens, callback_on_step_end=callback,
-                callback_on_step_end_tensor_inputs=["latents"])
+    return dict(num_inference_steps=p.steps, guidance_scale=p.guidance_scale, generator=gens,
+                callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]), (prompts, negatives)
 
 
 def encode_texts(runner: DiffusersRunner, pipe: Any, prompts: list[str], negatives: list[str]) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def encode_texts(runner: DiffusersRunner, pipe: Any, prompts: list[str], negativ
     row = {t: i for i, t in enumerate(texts)}
     pos, neg = [row[t] for t in prompts], [row[t] for t in negatives]
     out = {"prompt_embeds": encoded[0][pos], "negative_prompt_embeds": encoded[0][neg]}
-    if runner.family.key in ("sdxl", "sd3"):  # the pooled embedding of the last text encoder
+    if len(encoded) == 4:  # SDXL and SD 3 also pool the last text encoder's output
         out |= {"pooled_prompt_embeds": encoded[2][pos], "negative_pooled_prompt_embeds": encoded[2][neg]}
     return out
 
@@ -70,8 +73,7 @@ def pipeline_call(runner: DiffusersRunner, pipe: Any, items: Sequence[BatchItem]
 
     first = items[0].request
     p, mode = first.params, first.mode
-    common = _common(items, callback)
-    texts = (common.pop("prompt"), common.pop("negative_prompt"))
+    common, texts = _common(items, callback)
     if mode == "txt2img" and runner.pipes.refiner is not None:
         return _with_refiner(runner, pipe, common, texts, p.height, p.width)
     common |= encode_texts(runner, pipe, *texts)
@@ -117,8 +119,8 @@ def restore_unmasked(original: Image.Image, generated: Image.Image, mask: Image.
     return Image.fromarray(out.astype(np.uint8), "RGB")
 
 
-def _with_refiner(runner: DiffusersRunner, base: Any, common: dict[str, Any], texts: tuple[list[str], list[str]],
-                  height: int, width: int) -> list[Image.Image]:
+def _with_refiner(runner: DiffusersRunner, base: Any, common: dict[str, Any], texts: Texts, height: int,
+                  width: int) -> list[Image.Image]:
     """SDXL base then refiner on one schedule; progress counts both parts as one run of ``steps``."""
     split = 1.0 - runner.load_config.refiner_fraction
     total = common["num_inference_steps"]
