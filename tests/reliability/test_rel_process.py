@@ -132,7 +132,11 @@ def _drain(proc: ServerProcess, inflight: InFlight, new_call: Callable[[grpc.Cha
     assert inflight.started.wait(60), "work did not start"
     t_term = time.monotonic()
     proc.sigterm()
-    status = next(watch).status
+    try:
+        status = next(watch).status
+    except grpc.RpcError as err:  # no health change after SIGTERM: show what the server did
+        raise AssertionError(f"health did not change after SIGTERM ({err.code()}); done={inflight.done()}, "
+                             f"server log:\n{proc.log[-4000:]}") from None
     t_not_serving = time.monotonic()
     done_at_not_serving = inflight.done()
     watch.cancel()  # a health watcher must not hold the drain open
