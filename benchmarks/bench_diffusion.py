@@ -91,7 +91,6 @@ def _inprocess_batch_gain(runner: Any, rounds: int = 3) -> float:
 
 
 def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int, family: str) -> Result:
-
     def inproc(seed: int) -> None:
         _inprocess(runner, [seed])
 
@@ -244,6 +243,7 @@ def _family(family: str, tmp: Path, threads: int) -> list[Result]:
     share its GIL; the in-process baseline loads the same folder in this process, the way the
     server builds its runner (same device, dtype and load settings)."""
     from services.core.client import channel
+    from services.core.settings import section
     from services.diffusion.app import Settings
     from services.diffusion.runner import DiffusersRunner
     from services.diffusion.settings import LoadConfig
@@ -259,7 +259,7 @@ def _family(family: str, tmp: Path, threads: int) -> list[Result]:
     settings = Settings.model_validate({"port": 0, "metrics_port": -1, "model": str(model)} | sets)
     device, dtype = settings.resolve_device_dtype()
     runner = DiffusersRunner(settings.model_path(), device, dtype, settings.adapters_path(),
-                             LoadConfig(t5_max_tokens=SD3_T5_TOKENS))
+                             section(settings, LoadConfig))
     runner.load()
 
     # Default settings for single-client figures; the batching comparison gives the batching
