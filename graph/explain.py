@@ -111,10 +111,11 @@ class Explainer:
     def _quality_rows(self, record: ModelRecord) -> list[EvidenceRow]:
         """Probe outcomes per opponent and run, or the external benchmarks when never probed."""
         outcomes = [o for o in self.store.probe_outcomes() if record.id in (o.model_a, o.model_b)]
-        if not outcomes:
+        if not outcomes:  # never probed, or only probes that may not score (test models): say what they ran on
             n = max(len(record.external_quality), 1)
-            return [EvidenceRow("quality", "external", f"{q.benchmark}: {q.score:.3f}", q.score, q.score / n,
-                                q.source, q.observed_at) for q in record.external_quality]
+            return self._basis_rows(record) + [
+                EvidenceRow("quality", "external", f"{q.benchmark}: {q.score:.3f}", q.score, q.score / n, q.source,
+                            q.observed_at) for q in record.external_quality]
         tally: dict[tuple[str, str], list[float]] = {}
         for o in outcomes:
             me_a = o.model_a == record.id

@@ -127,13 +127,15 @@ def basis_text(c: Comparison, b: ProbeBasis) -> str:
     """'Stable Diffusion: 2 probe runs on <model> (...), a tiny random-weight test model, served by diffusion'."""
     name = c.a.name if b.model == c.a.id else c.b.name
     runs = f"{b.runs} probe run{'s' if b.runs != 1 else ''}"
+    judged = f", judged by {b.judge.describe()}" if b.judge is not None else ""
     if b.served is None:
-        return f"{name}: {runs} on a served model that was not recorded"
-    return f"{name}: {runs} on {b.served.describe()}, served by {b.served.endpoint}"
+        return f"{name}: {runs} on a served model that was not recorded{judged}"
+    return f"{name}: {runs} on {b.served.describe()}, served by {b.served.endpoint}{judged}"
 
 
 def _tested(c: Comparison) -> bool:
-    return any(b.served is not None and b.served.test_model for b in c.probe_basis)
+    return any((b.served is not None and b.served.test_model) or (b.judge is not None and b.judge.test_model)
+               for b in c.probe_basis)
 
 
 def _web_url(url: str) -> bool:

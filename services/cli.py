@@ -163,7 +163,7 @@ def demo(
 
 
 def build_tiny(out: Path, preset: str = "tiny", families: tuple[str, ...] = ("sd",)) -> dict[str, Path]:
-    """Build the tiny Kosmos-2 and Stable Diffusion folders (one per family) under ``out`` unless present.
+    """Build the tiny Kosmos-2, CLIP judge and Stable Diffusion folders (one per family) under ``out`` unless present.
 
     A folder without the test-model marker (built before it existed) is rebuilt: same bytes plus
     the marker, so ModelInfo and the pages it feeds say the model has random weights.
@@ -173,9 +173,11 @@ def build_tiny(out: Path, preset: str = "tiny", families: tuple[str, ...] = ("sd
     from services.core.loading import is_marked_test_model
     from services.diffusion.settings import TINY_FOLDERS
     from services.diffusion.tiny import build_tiny as build_tiny_diffusion
+    from services.visionlanguage.judge_tiny import build_tiny_clip
     from services.visionlanguage.tiny import build_tiny_kosmos2
 
-    builders: list[tuple[str, Callable[..., object]]] = [("tiny-kosmos2", build_tiny_kosmos2)]
+    builders: list[tuple[str, Callable[..., object]]] = [("tiny-kosmos2", build_tiny_kosmos2),
+                                                         ("tiny-clip", build_tiny_clip)]
     builders += [(TINY_FOLDERS[f], partial(build_tiny_diffusion, f)) for f in families]
     built = {}
     for name, fn in builders:
@@ -194,7 +196,7 @@ def build_tiny_cmd(
     single_file: bool = typer.Option(False, help="also export each Stable Diffusion folder as one .safetensors "
                                                  "file (<folder>.safetensors) with its configs (<folder>-config)"),
 ) -> None:
-    """Write tiny, randomly initialised Kosmos-2 and Stable Diffusion folders in HF format."""
+    """Write tiny, randomly initialised Kosmos-2, CLIP (the quality judge) and Stable Diffusion folders in HF format."""
     from services.diffusion.settings import TINY_FOLDERS
 
     unknown = sorted(set(family) - set(TINY_FOLDERS))
@@ -202,7 +204,7 @@ def build_tiny_cmd(
         raise typer.BadParameter(f"unknown family {', '.join(unknown)}; choose from {', '.join(TINY_FOLDERS)}")
     for name, folder in build_tiny(out, preset, tuple(dict.fromkeys(family))).items():
         typer.echo(f"{name}: {folder}")
-        if single_file and name != "tiny-kosmos2":
+        if single_file and name not in ("tiny-kosmos2", "tiny-clip"):
             from services.diffusion.singlefile import copy_configs, export_single_file
 
             file = export_single_file(folder, folder.with_name(f"{folder.name}.safetensors"))

@@ -18,18 +18,25 @@ from graph.store.base import (
     DataVersions,
     Heads,
     PoolStats,
-    ProbeOutcomeRow,
-    ProbeResultRow,
     StateRow,
     Store,
     StoreConfig,
 )
+from graph.store.probe_rows import (
+    TASK_IMAGE_TO_TEXT,
+    TASK_TEXT_TO_IMAGE,
+    ProbeOutcomeRow,
+    ProbeResultRow,
+    ProbeRunRow,
+    ProbeScoreRow,
+)
 from graph.store.rows import STOP_WORDS, normalise_query, record_from_json, record_to_json, search_words
 from graph.store.sqlite import SqliteStore
 
-__all__ = ["CHANGE_CHANNEL", "KEPT_STATE", "STATE_CHANNEL", "STOP_WORDS", "DataVersions", "Heads", "PoolStats",
-           "ProbeOutcomeRow", "ProbeResultRow", "SqliteStore", "StateRow", "Store", "StoreConfig", "normalise_query",
-           "open_store", "parse_db_url", "record_from_json", "record_to_json", "search_words", "sqlite_url"]
+__all__ = ["CHANGE_CHANNEL", "KEPT_STATE", "STATE_CHANNEL", "STOP_WORDS", "TASK_IMAGE_TO_TEXT", "TASK_TEXT_TO_IMAGE",
+           "DataVersions", "Heads", "PoolStats", "ProbeOutcomeRow", "ProbeResultRow", "ProbeRunRow", "ProbeScoreRow",
+           "SqliteStore", "StateRow", "Store", "StoreConfig", "normalise_query", "open_store", "parse_db_url",
+           "record_from_json", "record_to_json", "search_words", "sqlite_url"]
 
 
 def sqlite_url(path: object) -> str:

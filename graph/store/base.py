@@ -21,14 +21,15 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
 from graph.records import MatchEvent, ModelRecord
+from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANGE_CHANNEL = "matchgraph"  # PostgreSQL NOTIFY channel; the payload is the newest committed event seq
 STATE_CHANNEL = "matchgraph_state"  # NOTIFY channel of save_state; the payload is the new snapshot version
 # graph_state rows that hold source data rather than state derived from events (e.g. what each
@@ -80,27 +81,6 @@ class StoreConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class ProbeOutcomeRow:
-    run_id: str
-    prompt: str
-    model_a: str
-    model_b: str
-    version_a: str
-    version_b: str
-    a_score: float  # 1 a won, 0 b won, 0.5 tie
-
-
-@dataclass(frozen=True)
-class ProbeResultRow:
-    run_id: str
-    model_id: str
-    model_version: str
-    prompt: str
-    score: float
-    detail: str
-
-
-@dataclass(frozen=True)
 class StateRow:
     """One derived-state snapshot row: what a reader loads before replaying the event tail."""
 
@@ -120,9 +100,10 @@ PORTABLE: dict[str, tuple[str, ...]] = {
     "capabilities": ("model_id", "position", "title", "description", "unique_note", "vs_alternatives"),
     "external_quality": ("model_id", "benchmark", "score", "source", "observed_at"),
     "search_docs": ("id", "model_id", "capability", "title", "body"),
-    "probe_runs": ("run_id", "started_ms", "seed", "prompts"),
-    "probe_results": ("run_id", "model_id", "model_version", "prompt", "score", "detail"),
-    "probe_outcomes": ("run_id", "prompt", "model_a", "model_b", "version_a", "version_b", "a_score"),
+    "probe_runs": ("run_id", "started_ms", "seed", "prompts", "skipped"),
+    "probe_results": tuple(f.name for f in fields(ProbeResultRow)),
+    "probe_outcomes": tuple(f.name for f in fields(ProbeOutcomeRow)),
+    "probe_scores": tuple(f.name for f in fields(ProbeScoreRow)),
     "graph_state": ("key", "version", "snapshot", "saved_ms", "data"),
     "meta": ("key", "value"),
 }
@@ -292,13 +273,26 @@ class Store(ABC):
     # ------------------------------------------------------------------ probes
     @abstractmethod
     def add_probe_run(self, run_id: str, seed: int, prompts: list[str], results: list[ProbeResultRow],
-                      outcomes: list[ProbeOutcomeRow]) -> None: ...
+                      outcomes: list[ProbeOutcomeRow], scores: list[ProbeScoreRow] | None = None,
+                      skipped: list[str] | None = None) -> None:
+        """Store one probe run with its results, pairwise outcomes, per-task mean scores and skip reasons,
+        in one transaction."""
 
     @abstractmethod
-    def probe_outcomes(self) -> list[ProbeOutcomeRow]: ...
+    def probe_outcomes(self, include_unscorable: bool = False) -> list[ProbeOutcomeRow]:
+        """Stored pairwise outcomes in insertion order: only the scorable ones unless ``include_unscorable``."""
 
     @abstractmethod
-    def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]: ...
+    def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]:
+        """Every stored result (scorable or not) in insertion order, of one run or all."""
+
+    @abstractmethod
+    def probe_scores(self, include_unscorable: bool = False) -> list[ProbeScoreRow]:
+        """Per-run, per-task mean judged scores in insertion order: only the scorable ones unless asked."""
+
+    @abstractmethod
+    def probe_runs(self) -> list[ProbeRunRow]:
+        """Every stored probe run, oldest first."""
 
     @abstractmethod
     def record_probe_failure(self, reason: str) -> None:
@@ -306,7 +300,7 @@ class Store(ABC):
 
     @abstractmethod
     def probe_freshness(self) -> tuple[int, int, str]:
-        """(last successful probe run ms or 0, last failed attempt ms or 0, its reason)."""
+        """(last probe run that stored results, ms or 0; last failed attempt ms or 0; its reason)."""
 
     # ------------------------------------------------------------------ derived state (snapshots)
     @abstractmethod

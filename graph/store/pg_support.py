@@ -11,6 +11,7 @@ import psycopg_pool
 
 from common.errors import FailedPrecondition, Unavailable
 from graph.store.base import SCHEMA_VERSION
+from graph.store.probe_schema import PG_UPGRADE
 
 SCHEMA_LOCK = 0x6D67_7363  # advisory lock keys: schema creation ("mgsc") and event seq assignment ("mgev")
 EVENTS_LOCK = 0x6D67_6576
@@ -49,6 +50,7 @@ CREATE TABLE IF NOT EXISTS graph_state (key TEXT PRIMARY KEY, version BIGINT NOT
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}'), ('catalog_seq', '0'),
   ('state_seq', '0') ON CONFLICT (key) DO NOTHING;
+{PG_UPGRADE}UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';
 """
 
 # Event ids compare byte for byte (COLLATE "C": equality is the same in every deterministic
@@ -84,7 +86,7 @@ REPLICA_DELAY = ("SELECT CASE WHEN pg_last_wal_receive_lsn() > pg_last_wal_repla
 # Insertion order of each table when copying it out (the order scoring reads rows in).
 ORDER_BY = {"models": "node", "aliases": "alias", "signals": "rid", "capabilities": "model_id, position",
             "external_quality": "rid", "search_docs": "id", "probe_runs": "started_ms, run_id",
-            "probe_results": "rid", "probe_outcomes": "rid", "graph_state": "key", "meta": "key"}
+            "probe_results": "rid", "probe_outcomes": "rid", "probe_scores": "rid", "graph_state": "key", "meta": "key"}
 IDENTITY = {"models": "node", "search_docs": "id"}  # copied with their values; sequences moved past them
 
 

@@ -16,11 +16,13 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from graph.records import MatchEvent, ModelRecord
+from graph.store import probe_schema as ps
 from graph.store.base import (
     CHANGE_CHANNEL,
     KEPT_STATE,
@@ -29,8 +31,6 @@ from graph.store.base import (
     DataVersions,
     Heads,
     PoolStats,
-    ProbeOutcomeRow,
-    ProbeResultRow,
     Row,
     StateRow,
     Store,
@@ -52,6 +52,7 @@ from graph.store.pg_support import (
     translate_errors,
     where,
 )
+from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import (
     chunks,
     event_row,
@@ -302,28 +303,32 @@ class PgStore(Store):
 
     # ------------------------------------------------------------------ probes
     def add_probe_run(self, run_id: str, seed: int, prompts: list[str], results: list[ProbeResultRow],
-                      outcomes: list[ProbeOutcomeRow]) -> None:
+                      outcomes: list[ProbeOutcomeRow], scores: list[ProbeScoreRow] | None = None,
+                      skipped: list[str] | None = None) -> None:
         with self._tx() as conn:
-            conn.execute("INSERT INTO probe_runs VALUES (%s, %s, %s, %s)",
-                         (run_id, now_ms(), seed, json.dumps(prompts)))
+            conn.execute("INSERT INTO probe_runs (run_id, started_ms, seed, prompts, skipped) "
+                         "VALUES (%s, %s, %s, %s, %s)",
+                         (run_id, now_ms(), seed, json.dumps(prompts), json.dumps(list(skipped or ()))))
             cur = conn.cursor()
-            cur.executemany("INSERT INTO probe_results (run_id, model_id, model_version, prompt, score, detail) "
-                            "VALUES (%s, %s, %s, %s, %s, %s)",
-                            [(r.run_id, r.model_id, r.model_version, r.prompt, r.score, r.detail) for r in results])
-            cur.executemany("INSERT INTO probe_outcomes (run_id, prompt, model_a, model_b, version_a, version_b, "
-                            "a_score) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                            [(o.run_id, o.prompt, o.model_a, o.model_b, o.version_a, o.version_b, o.a_score)
-                             for o in outcomes])
+            for table, rows in (("probe_results", results), ("probe_outcomes", outcomes),
+                                ("probe_scores", scores or ())):
+                if rows:
+                    cur.executemany(ps.insert_sql(table, "%s"), [astuple(r) for r in rows])
 
-    def probe_outcomes(self) -> list[ProbeOutcomeRow]:
-        return [ProbeOutcomeRow(*r) for r in self._all(
-            "SELECT run_id, prompt, model_a, model_b, version_a, version_b, a_score FROM probe_outcomes ORDER BY rid")]
+    def probe_outcomes(self, include_unscorable: bool = False) -> list[ProbeOutcomeRow]:
+        return [ps.outcome_from(r) for r in self._all(ps.select_sql("probe_outcomes", "rid", include_unscorable))]
 
     def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]:
-        sql = "SELECT run_id, model_id, model_version, prompt, score, detail FROM probe_results"
         if run_id is None:
-            return [ProbeResultRow(*r) for r in self._all(sql + " ORDER BY rid")]
-        return [ProbeResultRow(*r) for r in self._all(sql + " WHERE run_id = %s ORDER BY rid", (run_id,))]
+            return [ps.result_from(r) for r in self._all(ps.select_sql("probe_results", "rid"))]
+        sql = ps.select_sql("probe_results", "rid").replace(" ORDER BY", " WHERE run_id = %s ORDER BY")
+        return [ps.result_from(r) for r in self._all(sql, (run_id,))]
+
+    def probe_scores(self, include_unscorable: bool = False) -> list[ProbeScoreRow]:
+        return [ps.score_from(r) for r in self._all(ps.select_sql("probe_scores", "rid", include_unscorable))]
+
+    def probe_runs(self) -> list[ProbeRunRow]:
+        return [ps.run_from(r) for r in self._all(ps.select_sql("probe_runs", "started_ms, run_id"))]
 
     def record_probe_failure(self, reason: str) -> None:
         value = json.dumps({"at_ms": now_ms(), "reason": reason[:300]})
@@ -331,7 +336,7 @@ class PgStore(Store):
                   "SET value = EXCLUDED.value RETURNING key", (value,))
 
     def probe_freshness(self) -> tuple[int, int, str]:
-        last_ok = self._int("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs")
+        last_ok = self._int(ps.LAST_MEASURED)
         row = self._one("SELECT value FROM meta WHERE key = 'last_probe_failure'")
         failure: dict[str, int | str] = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
         return last_ok, int(failure["at_ms"]), str(failure["reason"])

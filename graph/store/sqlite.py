@@ -15,25 +15,16 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import astuple
 from pathlib import Path
 
 import sqlite_utils
 
 from common.errors import Unavailable
 from graph.records import MatchEvent, ModelRecord
-from graph.store.base import (
-    EVENT_COLUMNS,
-    KEPT_STATE,
-    PORTABLE,
-    DataVersions,
-    Heads,
-    ProbeOutcomeRow,
-    ProbeResultRow,
-    Row,
-    StateRow,
-    Store,
-    StoreConfig,
-)
+from graph.store import probe_schema as ps
+from graph.store.base import EVENT_COLUMNS, KEPT_STATE, PORTABLE, DataVersions, Heads, Row, StateRow, Store, StoreConfig
+from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import (
     chunks,
     event_row,
@@ -247,28 +238,32 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ probes
     def add_probe_run(self, run_id: str, seed: int, prompts: list[str], results: list[ProbeResultRow],
-                      outcomes: list[ProbeOutcomeRow]) -> None:
+                      outcomes: list[ProbeOutcomeRow], scores: list[ProbeScoreRow] | None = None,
+                      skipped: list[str] | None = None) -> None:
         with self.lock, self._tx():
-            self.conn.execute("INSERT INTO probe_runs VALUES (?, ?, ?, ?)",
-                              (run_id, now_ms(), seed, json.dumps(prompts)))
-            self.conn.executemany("INSERT INTO probe_results VALUES (?, ?, ?, ?, ?, ?)",
-                                  [(r.run_id, r.model_id, r.model_version, r.prompt, r.score, r.detail)
-                                   for r in results])
-            self.conn.executemany("INSERT INTO probe_outcomes VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                  [(o.run_id, o.prompt, o.model_a, o.model_b, o.version_a, o.version_b,
-                                    o.a_score) for o in outcomes])
+            self.conn.execute("INSERT INTO probe_runs (run_id, started_ms, seed, prompts, skipped) "
+                              "VALUES (?, ?, ?, ?, ?)",
+                              (run_id, now_ms(), seed, json.dumps(prompts), json.dumps(list(skipped or ()))))
+            for table, rows in (("probe_results", results), ("probe_outcomes", outcomes),
+                                ("probe_scores", scores or ())):
+                self.conn.executemany(ps.insert_sql(table, "?"), [astuple(r) for r in rows])
 
-    def probe_outcomes(self) -> list[ProbeOutcomeRow]:
-        return [ProbeOutcomeRow(*r) for r in self.conn.execute(
-            "SELECT run_id, prompt, model_a, model_b, version_a, version_b, a_score FROM probe_outcomes "
-            "ORDER BY rowid")]
+    def probe_outcomes(self, include_unscorable: bool = False) -> list[ProbeOutcomeRow]:
+        return [ps.outcome_from(r) for r in self.conn.execute(ps.select_sql("probe_outcomes", "rowid",
+                                                                            include_unscorable))]
 
     def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]:
-        sql = "SELECT run_id, model_id, model_version, prompt, score, detail FROM probe_results"
-        args: Row = ()
-        if run_id is not None:
-            sql, args = sql + " WHERE run_id = ?", (run_id,)
-        return [ProbeResultRow(*r) for r in self.conn.execute(sql + " ORDER BY rowid", args)]
+        if run_id is None:
+            return [ps.result_from(r) for r in self.conn.execute(ps.select_sql("probe_results", "rowid"))]
+        sql = ps.select_sql("probe_results", "rowid").replace(" ORDER BY", " WHERE run_id = ? ORDER BY")
+        return [ps.result_from(r) for r in self.conn.execute(sql, (run_id,))]
+
+    def probe_scores(self, include_unscorable: bool = False) -> list[ProbeScoreRow]:
+        return [ps.score_from(r) for r in self.conn.execute(ps.select_sql("probe_scores", "rowid",
+                                                                          include_unscorable))]
+
+    def probe_runs(self) -> list[ProbeRunRow]:
+        return [ps.run_from(r) for r in self.conn.execute(ps.select_sql("probe_runs", "started_ms, rowid"))]
 
     def record_probe_failure(self, reason: str) -> None:
         value = json.dumps({"at_ms": now_ms(), "reason": reason[:300]})
@@ -276,7 +271,7 @@ class SqliteStore(Store):
             self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_probe_failure', ?)", (value,))
 
     def probe_freshness(self) -> tuple[int, int, str]:
-        last_ok = self.conn.execute("SELECT COALESCE(MAX(started_ms), 0) FROM probe_runs").fetchone()[0]
+        last_ok = self.conn.execute(ps.LAST_MEASURED).fetchone()[0]
         row = self.conn.execute("SELECT value FROM meta WHERE key = 'last_probe_failure'").fetchone()
         failure: dict[str, int | str] = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
         return int(last_ok), int(failure["at_ms"]), str(failure["reason"])

@@ -7,6 +7,7 @@ import sqlite3
 import sqlite_utils
 
 from graph.store.base import SCHEMA_VERSION
+from graph.store.probe_schema import sqlite_upgrade
 
 _SCHEMA = """
 CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, query TEXT NOT NULL,
@@ -56,6 +57,7 @@ def migrate_schema(conn: sqlite3.Connection) -> None:
     for col in ("snapshot", "saved_ms"):
         if col not in cols:
             conn.execute(f"ALTER TABLE graph_state ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
+    sqlite_upgrade(conn)
     for key in ("catalog_seq", "state_seq"):
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (key,))
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))

@@ -39,7 +39,7 @@ def build_engine(settings: Settings, embedder: Any = None, probe_backend: Any = 
         from services.matchgraph.backends import GrpcProbeBackend
 
         probe_backend = GrpcProbeBackend(settings.visionlanguage_target, settings.diffusion_target,
-                                         settings.probe_timeout_s)
+                                         settings.probe_timeout_s, settings.judge_target)
     store = open_store(settings.db_url, section(settings, StoreConfig))
     return Engine(store, section(settings, EngineConfig), embedder, probe_backend, writes_refused(settings))
 

@@ -177,6 +177,13 @@ def probes(target: str = TargetOpt, max_prompts: int = typer.Option(0), seed: in
         _fail(exc)
         return
     typer.echo(f"run {r.run_id}: {len(r.results)} results, {len(r.outcomes)} pairwise outcomes")
+    if r.HasField("judge"):
+        j = r.judge
+        typer.echo(f"  judged by {j.model_id} ({j.architecture}) version {j.version}"
+                   + (": a random-weight test model, its scores never count" if j.test_model else ""))
+    for x in r.scores:
+        typer.echo(f"  {x.model_id:30s} {x.task}: mean judged score {x.mean:.3f} over {x.n} probes"
+                   + ("" if x.scorable else f" (not scored: {x.reason})"))
     for m, q in sorted(r.quality.items()):
         typer.echo(f"  {m:30s} quality {q.value:.2f} (95% {q.low:.2f}–{q.high:.2f}, {q.evidence_count} outcomes)")
     for b in r.served:

@@ -40,10 +40,13 @@ class Settings(EngineConfig, FollowConfig, StoreConfig, GrpcServerSettings):
         "", description="Reader: host:port of the writer, named in the FAILED_PRECONDITION answer to write RPCs "
         "('' = not configured).")
     visionlanguage_target: str = Field(
-        "", description="host:port of the VisionLanguage service (Embed for search, judge for probes); '' = none.")
+        "", description="host:port of the VisionLanguage service (Embed for search, captions for probes); '' = none.")
     diffusion_target: str = Field("", description="host:port of the Diffusion service (probe images); '' = none.")
     probe_interval_s: float = Field(0.0, ge=0, description="Run probes every this many seconds; 0 = only on RPC.")
     probe_timeout_s: float = Field(120.0, gt=0, description="Deadline of each call to a model service in a probe.")
+    judge_target: str = Field(
+        "", description="host:port of the VisionLanguage service whose Judge RPC (its judge_model) scores quality "
+        "probes; '' = visionlanguage_target.")
 
     @field_validator("db_url")
     @classmethod

@@ -14,7 +14,7 @@ from common.errors import InvalidArgument
 from graph.compare import CompareResult
 from graph.explain import EvidenceRow
 from graph.ingest import IngestResult
-from graph.probes import ProbeBasis, ProbeRun, ServedModel
+from graph.probes import JudgeModel, ProbeBasis, ProbeRun, ServedModel
 from graph.rank import Score, ScoreCard
 from graph.records import Capability, MatchEvent, ModelRecord, Pricing, PricingPlan, QualityEvidence, Signal
 from graph.search import SearchResult
@@ -90,10 +90,17 @@ def served_to_pb(s: ServedModel) -> pb.ServedModel:
                           parameters=s.parameters, test_model=s.test_model, test_preset=s.test_preset)
 
 
+def judge_to_pb(j: JudgeModel) -> pb.ProbeJudge:
+    return pb.ProbeJudge(endpoint=j.endpoint, model_id=j.model_id, architecture=j.architecture, version=j.version,
+                         test_model=j.test_model, test_preset=j.test_preset, parameters=j.parameters)
+
+
 def basis_to_pb(b: ProbeBasis) -> pb.ProbeBasis:
-    out = pb.ProbeBasis(model=b.model, runs=b.runs)
+    out = pb.ProbeBasis(model=b.model, runs=b.runs, task=b.task)
     if b.served is not None:
         out.served.CopyFrom(served_to_pb(b.served))
+    if b.judge is not None:
+        out.judge.CopyFrom(judge_to_pb(b.judge))
     return out
 
 
@@ -235,14 +242,24 @@ class ProbeQuery:
 
     @staticmethod
     def to_pb(run: ProbeRun, quality: dict[str, Score]) -> pb.RunProbesResponse:
-        return pb.RunProbesResponse(
+        resp = pb.RunProbesResponse(
             run_id=run.run_id, skipped=list(run.skipped),
             results=[pb.ProbeResult(model_id=r.model_id, model_version=r.model_version, prompt=r.prompt,
-                                    score=r.score, detail=r.detail) for r in run.results],
-            outcomes=[pb.ProbeOutcome(prompt=o.prompt, model_a=o.model_a, model_b=o.model_b, a_score=o.a_score)
+                                    score=r.score, detail=r.detail, task=r.task, judge_id=r.judge_id,
+                                    judge_version=r.judge_version, probe_set=r.probe_set, scorable=r.scorable,
+                                    reason=r.reason) for r in run.results],
+            outcomes=[pb.ProbeOutcome(prompt=o.prompt, model_a=o.model_a, model_b=o.model_b, a_score=o.a_score,
+                                      task=o.task, judge_id=o.judge_id, judge_version=o.judge_version,
+                                      probe_set=o.probe_set, scorable=o.scorable, reason=o.reason)
                       for o in run.outcomes],
             quality={m: score_to_pb(s) for m, s in quality.items()},
-            served=[basis_to_pb(b) for b in run.basis])
+            served=[basis_to_pb(b) for b in run.basis],
+            scores=[pb.ProbeScore(task=x.task, model_id=x.model_id, model_version=x.model_version,
+                                  judge_id=x.judge_id, judge_version=x.judge_version, probe_set=x.probe_set,
+                                  mean=x.mean, n=x.n, scorable=x.scorable, reason=x.reason) for x in run.scores])
+        if run.judge is not None:
+            resp.judge.CopyFrom(judge_to_pb(run.judge))
+        return resp
 
 
 # ---------------------------------------------------------------- snapshots

@@ -18,6 +18,7 @@ from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
     from services.visionlanguage.batch import ModelRunner
+    from services.visionlanguage.judge import JudgeService
 
 log = logging.getLogger(__name__)
 FULL_NAME = full_name("visionlanguage")
@@ -37,12 +38,21 @@ def resolve_model(settings: Settings) -> str | Path:
     return folder
 
 
+def load_judge(settings: Settings) -> JudgeService:
+    """The judge model of ``judge_model`` on the service's device and dtype."""
+    from services.visionlanguage.judge import ClipJudge, JudgeService
+
+    device, dtype = settings.resolve_device_dtype()
+    return JudgeService(ClipJudge(settings.judge_model, device, dtype), settings.max_queue_size)
+
+
 def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] | None = None) -> GrpcService:
     """Servicer now; model + engine in ``load`` (health flips to SERVING after it).
 
     ``runner_factory`` replaces model execution (tests script the model's tokens with it).
     """
     holder: dict[str, tuple[Engine, Limits]] = {}
+    judges: dict[str, JudgeService] = {}
 
     def make_runner() -> ModelRunner:
         from services.visionlanguage.runner import Kosmos2Runner
@@ -54,6 +64,8 @@ def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] 
     def load() -> None:
         runner = (runner_factory or make_runner)()
         engine = Engine(runner, section(settings, EngineConfig))
+        if settings.judge_model:  # before the state: SERVING means the judge is ready too
+            judges["judge"] = load_judge(settings)
         holder["state"] = (engine, section(settings, Limits, model_id=runner.model_id))
 
     def close() -> None:
@@ -61,6 +73,6 @@ def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] 
         if state is not None:
             state[0].close()
 
-    servicer = VisionLanguageServicer(lambda: holder.get("state"))
+    servicer = VisionLanguageServicer(lambda: holder.get("state"), lambda: judges.get("judge"))
     return GrpcService(name="visionlanguage", full_name=FULL_NAME, servicer=servicer,
                        add_to_server=pb_grpc.add_VisionLanguageServicer_to_server, load=load, close=close)

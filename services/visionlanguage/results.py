@@ -145,3 +145,36 @@ class AttentionMapResult:
                 ta.overlay.CopyFrom(common_pb2.Image(data=encode_png(self.token_overlays[i]), mime_type="image/png"))
             resp.tokens.append(ta)
         return resp
+
+
+@dataclass(frozen=True)
+class JudgeIdentity:
+    """Who judges: the judge model's id, architecture, version and placement."""
+
+    model_id: str
+    architecture: str
+    version: str
+    parameters: int
+    device: str
+    dtype: str
+    test_model: bool = False
+    test_preset: str = ""
+
+    def to_pb(self) -> pb.JudgeModel:
+        return pb.JudgeModel(model_id=self.model_id, architecture=self.architecture, version=self.version,
+                             test_model=self.test_model, test_preset=self.test_preset, parameters=self.parameters,
+                             device=self.device, dtype=self.dtype)
+
+
+@dataclass
+class JudgeResult:
+    """The judge's cosine per pair; CLIPScore = max(100 * cosine, 0) and its 0..1 form follow from it."""
+
+    cosine: list[float]
+    judge: JudgeIdentity
+    timing: Timing = field(default_factory=Timing)
+
+    def to_pb(self) -> pb.JudgeResponse:
+        clip = [max(100.0 * c, 0.0) for c in self.cosine]
+        return pb.JudgeResponse(cosine=self.cosine, clip_score=clip, score=[min(s / 100.0, 1.0) for s in clip],
+                                judge=self.judge.to_pb(), timings=self.timing.to_pb())

@@ -10,13 +10,15 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from common.errors import Unavailable
+from common.errors import FailedPrecondition, Unavailable
 from services.core.cancel import CancelToken
 from services.visionlanguage.engine import Engine
+from services.visionlanguage.judge import JudgeService
 from services.visionlanguage.types import (
     AttentionMapRequest,
     CaptionRequest,
     EmbedRequest,
+    JudgeRequest,
     Limits,
     SimilarityRequest,
     TokenizeRequest,
@@ -27,10 +29,13 @@ from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc
 
 
 class VisionLanguageServicer(pb_grpc.VisionLanguageServicer):
-    """Thin adapter; ``state`` supplies the engine and limits once the model is loaded."""
+    """Thin adapter; ``state`` supplies the engine and limits once the model is loaded, ``judge`` the judge
+    model's runner (None when no judge_model is configured)."""
 
-    def __init__(self, state: Callable[[], tuple[Engine, Limits] | None]) -> None:
+    def __init__(self, state: Callable[[], tuple[Engine, Limits] | None],
+                 judge: Callable[[], JudgeService | None] = lambda: None) -> None:
         self._state = state
+        self._judge = judge
 
     @property
     def engine(self) -> Engine | None:
@@ -76,3 +81,12 @@ class VisionLanguageServicer(pb_grpc.VisionLanguageServicer):
                   context: grpc.ServicerContext) -> common_pb2.ModelInfoResponse:
         engine, _ = self._ready()
         return engine.info().to_pb()
+
+    def Judge(self, request: pb.JudgeRequest, context: grpc.ServicerContext) -> pb.JudgeResponse:
+        _, limits = self._ready()
+        judge = self._judge()
+        if judge is None:
+            raise FailedPrecondition("this VisionLanguage server has no judge model: set judge_model "
+                                     "(UNFRAGILE_VL_JUDGE_MODEL) to a CLIP-family checkpoint, e.g. "
+                                     "openai/clip-vit-large-patch14")
+        return judge.score(JudgeRequest.from_pb(request, limits), CancelToken.from_context(context)).to_pb()

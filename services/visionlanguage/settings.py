@@ -1,7 +1,8 @@
 """VisionLanguage configuration, each setting declared once.
 
-``EngineConfig`` (scheduling), ``RequestLimits`` (validation) and ``RunnerOptions`` (model
-execution) are the parts the engine, the request types and the runner receive; ``Settings``
+``EngineConfig`` (scheduling), ``RequestLimits`` (validation), ``RunnerOptions`` (model
+execution) and ``JudgeOptions`` (the quality judge) are the parts the engine, the request
+types, the runner and the judge receive; ``Settings``
 composes them with the gRPC server and model bases (environment prefix ``UNFRAGILE_VL_``).
 """
 
@@ -49,7 +50,16 @@ class RunnerOptions(BaseModel):
                                                           "'sdpa' (switched to eager only for AttentionMap).")
 
 
-class Settings(RequestLimits, EngineConfig, RunnerOptions, ModelSettings, GrpcServerSettings):
+class JudgeOptions(BaseModel):
+    """The quality judge served beside Kosmos-2 (the Judge RPC)."""
+
+    judge_model: str = Field(
+        "", description="CLIP-family dual encoder (folder or hub id, e.g. openai/clip-vit-large-patch14 or a SigLIP "
+        "checkpoint) loaded beside Kosmos-2 on the same device and dtype to score quality probes (Judge RPC); "
+        "'' = no judge: Judge answers FAILED_PRECONDITION and probes leave quality not measured.")
+
+
+class Settings(RequestLimits, EngineConfig, RunnerOptions, JudgeOptions, ModelSettings, GrpcServerSettings):
     """VisionLanguage settings (environment prefix ``UNFRAGILE_VL_``)."""
 
     model_config = settings_config("UNFRAGILE_VL_")

@@ -275,3 +275,18 @@ class AttentionMapRequest:
         if len(cap.prompts) != 1:
             raise InvalidArgument("AttentionMap explains one sequence: send exactly one phrase in PHRASES mode")
         return cls(cap, req.per_token_overlays)
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """Image-text pairs for the judge model (``images[i]`` with ``texts[i]``); none: only its identity."""
+
+    images: tuple[ImageInput, ...]
+    texts: tuple[str, ...]
+
+    @classmethod
+    def from_pb(cls, req: pb.JudgeRequest, limits: Limits) -> JudgeRequest:
+        if len(req.images) != len(req.texts):
+            raise InvalidArgument(f"images and texts are pairs: got {len(req.images)} images and {len(req.texts)} "
+                                  f"texts; send one text per image")
+        return cls(_images(req.images, limits, True), _texts(req.texts, "texts", True))

@@ -13,39 +13,58 @@ from typing import Any
 import grpc
 import pytest
 
-from graph.probes import ServedModel
+from graph.probes import JudgeModel, JudgeScores, ServedModel
 from services.core.server import RunningServer, start_server
 from services.matchgraph.app import Settings, build_engine, build_service
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
+JUDGE = JudgeModel("/models/judge-clip", "CLIPModel", "sha256:0123456789abcdef", parameters=1000)
+
 
 class FakeProbes:
-    """Diffusion images are the prompt bytes; the 'judge' scores by a fixed table."""
+    """The model services, faked: a generator's image and a captioner's caption name the model that made them
+    ("<model>|<prompt>", "<model> says ..."), and the judge scores each pair by that model: ``scores`` per
+    model, else ``image_score`` for generators and ``caption_score`` for captioners."""
 
-    def __init__(self, image_score: float, caption_score: float, test_models: bool = False) -> None:
+    def __init__(self, image_score: float = 0.8, caption_score: float = 0.3, test_models: bool = False,
+                 judge: JudgeModel | None = JUDGE, scores: dict[str, float] | None = None) -> None:
         self.image_score, self.caption_score = image_score, caption_score
         self.test_models = test_models
+        self.judge_info = judge
+        self.scores = scores or {}
         self.seeds: list[int] = []
+        self.judged: list[tuple[bytes, str]] = []  # every pair the judge scored
 
     def served_model(self, endpoint: str) -> ServedModel:
         return ServedModel(endpoint, f"/models/{endpoint}", f"{endpoint.title()}Arch", 1000,
                            self.test_models, "tiny" if self.test_models else "")
 
-    def text_to_image(self, prompt: str, seed: int) -> bytes:
+    def judge_model(self) -> JudgeModel | None:
+        return self.judge_info
+
+    def text_to_image(self, model: str, endpoint: str, prompt: str, seed: int) -> bytes:
+        assert endpoint == "diffusion"
         self.seeds.append(seed)
-        return prompt.encode()
+        return f"{model}|{prompt}".encode()
 
-    def image_text_similarity(self, image: bytes, text: str) -> float:
-        assert image == text.encode()
-        return self.image_score
+    def caption(self, model: str, endpoint: str, image: bytes) -> str:
+        assert endpoint == "visionlanguage" and image.startswith(b"\x89PNG")  # a probe image
+        return f"{model} says what it sees"
 
-    def caption(self, image: bytes) -> str:
-        return "caption of " + image.decode()
-
-    def text_similarity(self, a: str, b: str) -> float:
-        assert a == "caption of " + b
-        return self.caption_score
+    def judge(self, images: list[bytes], texts: list[str]) -> JudgeScores:
+        assert self.judge_info is not None and len(images) == len(texts)
+        cosine = []
+        for image, text in zip(images, texts):
+            self.judged.append((image, text))
+            if image.startswith(b"\x89PNG"):  # a caption of a probe image
+                model = text.split(" says ")[0]
+                cosine.append(self.scores.get(model, self.caption_score))
+            else:  # a generated image for its prompt
+                model, prompt = image.decode().split("|")
+                assert prompt == text
+                cosine.append(self.scores.get(model, self.image_score))
+        return JudgeScores(tuple(cosine), self.judge_info)
 
 
 class GraphServer:

@@ -55,3 +55,6 @@ def test_probes_command_says_what_the_probes_ran_on(make_server, upsert_seed):
     assert r.exit_code == 0, r.output
     assert "stable-diffusion ran on /models/diffusion (diffusion): a random-weight test model" in r.output
     assert "kosmos-2-patch14-224 ran on /models/visionlanguage (visionlanguage)" in r.output
+    assert "judged by /models/judge-clip (CLIPModel) version sha256:0123456789abcdef" in r.output
+    assert "stable-diffusion" in r.output and "text-to-image: mean judged score 0.800 over 1 probes (not scored: " \
+        "probed on /models/diffusion" in r.output

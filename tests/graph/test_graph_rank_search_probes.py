@@ -124,28 +124,35 @@ def test_pairwise_outcomes_with_tie_margin():
     assert out == {"p": 0.5, "q": 1.0}
 
 
+def _serve_sdxl(stub) -> None:
+    """A second served generator: quality compares generators with each other."""
+    stub.UpsertModel(pb.UpsertModelRequest(model=pb.ModelRecord(id="sdxl", name="SDXL", type=pb.MODEL_TYPE_MODEL,
+                                                                serving_endpoint="diffusion", version="1.0")))
+
+
 def test_run_probes_feeds_quality_and_the_page(make_server, upsert_seed):
-    fake = FakeProbes(image_score=0.8, caption_score=0.3)  # the image beats the caption round trip every time
+    fake = FakeProbes(scores={"stable-diffusion": 0.8, "sdxl": 0.3})  # SD's images beat SDXL's every time
     s = make_server(probe_backend=fake)
     upsert_seed(s.stub)
+    _serve_sdxl(s.stub)
     r = s.stub.RunProbes(pb.RunProbesRequest(max_prompts=6, seed=7))
-    assert len(r.results) == 12 and len(r.outcomes) == 6
-    assert fake.seeds == [7 + i for i in range(6)]
-    assert {x.prompt for x in r.results} == set(PROBE_PROMPTS[:6])
-    assert {(x.model_id, x.model_version) for x in r.results} == {("stable-diffusion", "v1-5"),
-                                                                  ("kosmos-2-patch14-224", "patch14-224")}
-    sd, k2 = r.quality["stable-diffusion"], r.quality["kosmos-2-patch14-224"]
-    assert sd.value > 0.5 > k2.value and sd.value + k2.value == pytest.approx(1.0)
+    assert len(r.results) == 18 and len(r.outcomes) == 6  # 3 models x 6 items; outcomes: SD vs SDXL only
+    assert fake.seeds == [7 + i for i in range(6) for _model in (0, 1)]
+    assert {x.prompt for x in r.results if x.task == "text-to-image"} == set(PROBE_PROMPTS[:6])
+    assert {(x.model_id, x.model_version) for x in r.results} == {
+        ("stable-diffusion", "v1-5"), ("sdxl", "1.0"), ("kosmos-2-patch14-224", "patch14-224")}
+    sd, xl = r.quality["stable-diffusion"], r.quality["sdxl"]
+    assert sd.value > 0.5 > xl.value and sd.value + xl.value == pytest.approx(1.0)
     assert sd.evidence_count == 6
-    page = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    page = s.stub.Compare(pb.CompareRequest(a="sdxl", b="sd"))
     q = next(d for d in page.dimensions if d.dimension == "quality")
     assert q.diff < 0
     if q.outcome == pb.OUTCOME_B_LEADS:
         assert q.diff_high < 0 and "Stable Diffusion leads on quality" in " ".join(page.verdict)
-    # removing Stable Diffusion's wins over kosmos-2 one by one erases its lead after a few
+    # removing Stable Diffusion's wins over SDXL one by one erases its lead after a few
     assert 0 < q.records_to_flip <= 6
     stored = s.engine.store.probe_results(r.run_id)
-    assert len(stored) == 12 and all(x.model_version for x in stored)
+    assert len(stored) == 18 and all(x.model_version for x in stored)
     ex = s.stub.GetModel(pb.GetModelRequest(model="sd", explain=True))
     assert any(e.kind == "probe_outcome" and "6 wins" in e.detail for e in ex.evidence)
 
@@ -200,6 +207,7 @@ def test_probes_also_run_on_a_schedule(make_server, upsert_seed):
 
     s = make_server(probe_backend=FakeProbes(0.6, 0.4), probe_interval_s=0.2)
     upsert_seed(s.stub)
+    _serve_sdxl(s.stub)
     deadline = time.monotonic() + 20
     while not s.engine.store.probe_results() and time.monotonic() < deadline:
         time.sleep(0.1)

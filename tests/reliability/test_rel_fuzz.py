@@ -103,7 +103,8 @@ def _vl_validators() -> list[tuple[Any, Callable[[Any], Any]]]:
             (pb.EmbedRequest, lambda r: t.EmbedRequest.from_pb(r, limits)),
             (pb.SimilarityRequest, lambda r: t.SimilarityRequest.from_pb(r, limits)),
             (pb.TokenizeRequest, lambda r: t.TokenizeRequest.from_pb(r, limits)),
-            (pb.AttentionMapRequest, lambda r: t.AttentionMapRequest.from_pb(r, limits))]
+            (pb.AttentionMapRequest, lambda r: t.AttentionMapRequest.from_pb(r, limits)),
+            (pb.JudgeRequest, lambda r: t.JudgeRequest.from_pb(r, limits))]
 
 
 def _diffusion_validators() -> list[tuple[Any, Callable[[Any], Any]]]:
@@ -158,7 +159,8 @@ def live(servers, models_dir, tmp_path_factory) -> dict[str, Any]:
     from unfragile.matchgraph.v1 import matchgraph_pb2 as mpb
     from unfragile.visionlanguage.v1 import visionlanguage_pb2 as vpb
 
-    vl = servers.vl(models_dir, default_max_new_tokens=2, max_new_tokens_limit=4, max_image_pixels=100_000)
+    vl = servers.vl(models_dir, default_max_new_tokens=2, max_new_tokens_limit=4, max_image_pixels=100_000,
+                    judge_model=str(models_dir / "tiny-clip"))
     diff = servers.diffusion(models_dir, tmp_path_factory.mktemp("adapters"), max_side=64, max_steps=2,
                              max_images_per_request=1, max_finetune_steps=1, max_image_pixels=100_000)
     graph = servers.graph(tmp_path_factory.mktemp("graph") / "g.db")

@@ -50,7 +50,8 @@ def _vl_rpcs() -> list[tuple[str, bool, Callable[[], Any]]]:
             ("Similarity", False, lambda: vpb.SimilarityRequest(images=[IMG], texts=["a cat"])),
             ("Tokenize", False, lambda: vpb.TokenizeRequest(text="a cat")),
             ("AttentionMap", False, lambda: vpb.AttentionMapRequest(caption=cap)),
-            ("ModelInfo", False, lambda: cpb.ModelInfoRequest())]
+            ("ModelInfo", False, lambda: cpb.ModelInfoRequest()),
+            ("Judge", False, lambda: vpb.JudgeRequest(images=[IMG], texts=["a cat"]))]
 
 
 def _diffusion_rpcs(job_id: str) -> list[tuple[str, bool, Callable[[], Any]]]:
@@ -98,8 +99,9 @@ def _expected(admin_rpc: bool, role: str, open_reads: bool) -> C:
 
 @pytest.fixture(scope="module")
 def guarded(servers, models_dir, tokens_file, tmp_path_factory, seed_records) -> dict[str, Any]:
-    vl = servers.vl(models_dir, auth_tokens_file=tokens_file)
-    vl_closed = servers.vl(models_dir, auth_tokens_file=tokens_file, allow_anonymous_reads=False)
+    judge = str(models_dir / "tiny-clip")
+    vl = servers.vl(models_dir, auth_tokens_file=tokens_file, judge_model=judge)
+    vl_closed = servers.vl(models_dir, auth_tokens_file=tokens_file, allow_anonymous_reads=False, judge_model=judge)
     diff = servers.diffusion(models_dir, tmp_path_factory.mktemp("adapters"), auth_tokens_file=tokens_file)
     graph = servers.graph(tmp_path_factory.mktemp("graph") / "g.db", auth_tokens_file=tokens_file)
     graph_closed = servers.graph(tmp_path_factory.mktemp("graph2") / "g.db", auth_tokens_file=tokens_file,
