@@ -136,7 +136,7 @@ class Stack:
         if name in ("visionlanguage", "diffusion"):
             cmd += ["--set", f"models_dir={self.models_dir}"]
         if name == "visionlanguage":  # the quality judge of the probes: the tiny CLIP built beside Kosmos-2
-            cmd += ["--set", f"judge_model={self.models_dir / 'tiny-clip'}"]
+            cmd += ["--set", "judge_model=tiny"]
         if name == "diffusion":
             cmd += ["--set", f"adapters_dir={self.data_dir / 'adapters'}"]
         if service == "matchgraph":

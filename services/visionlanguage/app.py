@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FULL_NAME = full_name("visionlanguage")
+TINY_JUDGE = "tiny"  # judge_model value: the tiny random CLIP under models_dir (tests and demos)
 __all__ = ["FULL_NAME", "Settings", "build_service", "resolve_model"]
 
 
@@ -38,12 +39,25 @@ def resolve_model(settings: Settings) -> str | Path:
     return folder
 
 
+def resolve_judge(settings: Settings) -> str | Path:
+    """The configured judge, or (``judge_model=tiny``) the tiny offline CLIP, built on first use."""
+    if settings.judge_model != TINY_JUDGE:
+        return settings.judge_model
+    folder = Path(settings.models_dir) / "tiny-clip"
+    if not (folder / "config.json").exists():
+        from services.visionlanguage.judge_tiny import build_tiny_clip
+
+        log.info("building the tiny CLIP judge into %s", folder)
+        build_tiny_clip(folder)
+    return folder
+
+
 def load_judge(settings: Settings) -> JudgeService:
     """The judge model of ``judge_model`` on the service's device and dtype."""
     from services.visionlanguage.judge import ClipJudge, JudgeService
 
     device, dtype = settings.resolve_device_dtype()
-    return JudgeService(ClipJudge(settings.judge_model, device, dtype), settings.max_queue_size)
+    return JudgeService(ClipJudge(resolve_judge(settings), device, dtype), settings.max_queue_size)
 
 
 def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] | None = None) -> GrpcService:

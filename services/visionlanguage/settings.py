@@ -56,7 +56,8 @@ class JudgeOptions(BaseModel):
     judge_model: str = Field(
         "", description="CLIP-family dual encoder (folder or hub id, e.g. openai/clip-vit-large-patch14 or a SigLIP "
         "checkpoint) loaded beside Kosmos-2 on the same device and dtype to score quality probes (Judge RPC); "
-        "'' = no judge: Judge answers FAILED_PRECONDITION and probes leave quality not measured.")
+        "'tiny' = <models_dir>/tiny-clip, a random-weight test judge built on first start if "
+        "missing; '' = no judge: Judge answers FAILED_PRECONDITION and probes leave quality not measured.")
 
 
 class Settings(RequestLimits, EngineConfig, RunnerOptions, JudgeOptions, ModelSettings, GrpcServerSettings):
