@@ -75,7 +75,7 @@ class Catalogue:
         """Validate and store ``record``; returns (created, store node). Names and aliases stay unique."""
         record.validate()
         with self.lock:
-            for alias in {a.lower() for a in (record.name, *record.aliases)}:
+            for alias in {a.lower() for a in (record.name, *record.aliases, record.slug) if a}:
                 owner = self.alias.get(alias, alias if alias in self.pos else None)
                 if owner is not None and owner != record.id:
                     raise InvalidArgument(f"name/alias {alias!r} already belongs to model {owner!r}; "

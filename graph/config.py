@@ -28,13 +28,26 @@ class EngineConfig(BaseModel):
     fragility_max_edges: int = Field(
         200_000, ge=0, description="Above this many co-match edges the match-graph robustness is not computed.")
     probe_tie_margin: float = Field(0.02, ge=0, le=1, description="Probe scores closer than this are a tie.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant k (score = sum 1/(k + rank)).")
     max_batch_events: int = Field(50_000, ge=1, description="Most events accepted in one RecordMatches message.")
     checkpoint_every_events: int = Field(
         200_000, ge=1, description="Checkpoint the derived co-match counts after this many new events "
         "(a restart replays at most this many events).")
     explain_scan_events: int = Field(
         20_000, ge=1, description="GetModel explain: most recent events scanned for a model's top queries.")
+    search_intent_weight: float = Field(
+        0.8, ge=0, le=1, description="Search: weight of the intent match against full text, for a query that "
+        "expresses its intent clearly (a vaguer one leans on its text; see graph/search.py).")
+    search_prior_weight: float = Field(
+        0.05, ge=0, le=1, description="Search: share of the match score given to UnfragileRank / 100, which orders "
+        "models that match a query equally well.")
+    feedback_prior: float = Field(
+        0.5, gt=0, lt=1, description="Success rates from reported outcomes: mean of their Beta prior.")
+    feedback_strength: float = Field(
+        20.0, gt=0, description="Success rates from reported outcomes: pseudo-trials of their Beta prior (one "
+        "outcome moves a rate by at most 1 / (1 + strength) from the prior: 0.048 at 20).")
+    passport_scan_events: int = Field(
+        20_000, ge=1, description="GetPassport: most recent matching events read for per-capability matches, "
+        "outcomes and top intents.")
 
     @model_validator(mode="after")
     def _weights_positive(self) -> EngineConfig:

@@ -23,22 +23,28 @@ import threading
 import time
 from collections.abc import Callable
 
-from common.errors import FailedPrecondition
+from common.errors import FailedPrecondition, InvalidArgument
+from graph import manifest as manifests
 from graph.catalogue import Catalogue
 from graph.checkpoint import Checkpoints
 from graph.compare import Comparer, CompareResult
 from graph.config import EngineConfig
 from graph.counts import MatchCounts, PageRankBootstrap
 from graph.explain import EvidenceRow, Explainer
+from graph.feedback import FeedbackDesk
 from graph.ingest import Ingest, IngestResult
+from graph.intent_index import IntentIndex, ModelFacts
+from graph.manifest import ManifestResult
+from graph.passport import Passport, Passports
 from graph.probes import ProbeBackend, ProbeRun
 from graph.probing import Prober
 from graph.rank import Score, ScoreCard
-from graph.records import MatchEvent, ModelRecord
+from graph.records import Feedback, MatchEvent, ModelRecord
+from graph.resolve import Resolver, ResolveResult
 from graph.robustness import Robustness
 from graph.scoring import Scorer, ScoreState, snapshot_id
-from graph.search import Embedder, Searcher, SearchResult
-from graph.store import DataVersions, Store
+from graph.search import Embedder, Searcher, SearchResult, SearchWeights
+from graph.store import DataVersions, FeedbackRow, Store
 from graph.sync import Lag, Sync
 
 
@@ -65,7 +71,12 @@ class Engine:
         self.robustness = Robustness(store, self.catalogue, self.counts, self.config)
         self.comparer = Comparer(store, self.catalogue, self.counts, self.scorer, self.robustness, self.prober,
                                  self.config)
-        self.searcher = Searcher(store, embedder, self.config.rrf_k)
+        self.intents = IntentIndex(store, lambda: self.catalogue.version)
+        self.searcher = Searcher(store, embedder, self.intents, SearchWeights(self.config.search_intent_weight,
+                                                                              self.config.search_prior_weight))
+        self.passports = Passports(store, self.catalogue, self.scorer, self.intents, self.config)
+        self.feedback = FeedbackDesk(store, self.catalogue)
+        self.resolver = Resolver(self.intents, self.config.search_prior_weight)
         # e.g. a metrics hook: (PageRank iterations, seconds) of each rank refresh that ran
         self.on_refresh: Callable[[int, float], None] | None = None
         self.on_write: Callable[[], None] | None = None  # e.g. wakes the writer's publisher
@@ -190,8 +201,53 @@ class Engine:
     def compare(self, name_a: str, name_b: str) -> CompareResult:
         return self.comparer.compare(name_a, name_b)
 
-    def search(self, query: str, limit: int) -> tuple[SearchResult, int]:
-        return self.searcher.search(query, limit, self.catalogue.names), self.state().snapshot
+    def search(self, query: str, limit: int, type_filter: str = "") -> tuple[SearchResult, int]:
+        state = self.state()
+        pos = self.catalogue.pos
+
+        def prior(model_id: str) -> float:
+            i = pos.get(model_id)
+            return float(state.rank.value[i]) / 100.0 if i is not None and i < len(state.rank.value) else 0.0
+
+        return self.searcher.search(query, limit, self.catalogue.names, self.model_info, prior,
+                                    type_filter), state.snapshot
+
+    def model_info(self, model_id: str) -> ModelFacts:
+        """What search needs of a model, from the intent index or its record."""
+        return self.intents.info(model_id) or ModelFacts.of(self.catalogue.record_of(model_id))
+
+    def passport(self, name: str) -> Passport:
+        return self.passports.get(name)
+
+    def record_feedback(self, fb: Feedback) -> tuple[MatchEvent, FeedbackRow, bool]:
+        self._writable()
+        with self.lock:
+            result = self.feedback.record(fb)
+        self._wrote()
+        return result
+
+    def get_match(self, match_id: str) -> tuple[MatchEvent, FeedbackRow | None]:
+        return self.feedback.get(match_id)
+
+    def resolve(self, text: str, limit: int) -> ResolveResult:
+        state = self.state()
+        pos, counts = self.catalogue.pos, self.store.feedback_counts()
+        return self.resolver.resolve(
+            text, limit, self.catalogue.names, self.model_info, lambda m: self.scorer.scorecard(state, pos[m]).rank,
+            lambda m: self.passports.rate(*counts.get(m, (0, 0))), lambda q, n: self.search(q, n)[0], state.snapshot)
+
+    def validate_manifest(self, text: str) -> tuple[ManifestResult, ModelRecord | None, str]:
+        """The manifest's problems, the record importing it would store now, and the id of the model it updates."""
+        return manifests.check(text, self.catalogue)
+
+    def import_manifest(self, text: str) -> tuple[ModelRecord, bool, ManifestResult]:
+        self._writable()
+        result, record, _updates = manifests.check(text, self.catalogue)
+        if record is None:
+            raise InvalidArgument("the manifest is not valid: " + "; ".join(
+                f"{e.path or '/'}: {e.message}" for e in result.errors[:20]))
+        stored, created = self.upsert(record)
+        return stored, created, result
 
     def run_probes(self, models: list[str], max_prompts: int, seed: int,
                    check_cancel: Callable[[], None] = lambda: None) -> tuple[ProbeRun, dict[str, Score]]:

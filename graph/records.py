@@ -18,8 +18,15 @@ PRICING_TIERS = ("unknown", "free", "freemium", "paid")
 SERVING_ENDPOINTS = ("", "visionlanguage", "diffusion")
 ADOPTION_KINDS = ("downloads", "likes", "stars")
 ECOSYSTEM_KINDS = ("integrations", "sdks", "formats")
+# How the real catalogue service names a pricing model (``Pricing.model``; "" = derive it from the tier).
+PRICING_MODELS = ("open_source", "free", "usage", "paid", "freemium", "unknown")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+# owner--name as the real catalogue service spells it, e.g. "microsoft--kosmos-2-patch14-224"
+_SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_KIND_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")  # input/output types ("image", "text", "boxes")
+_URL_RE = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 MAX_TEXT = 8000
+MAX_LIST = 50  # items in one list field of a capability or a model (intents, tags, ...)
 
 
 def slugify(name: str) -> str:
@@ -42,6 +49,29 @@ def _check_text(value: str, what: str, *, required: bool = True, limit: int = MA
         raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {limit}")
 
 
+def _check_list(values: tuple[str, ...], what: str, *, limit: int = 500, items: int = MAX_LIST) -> None:
+    """Each item a non-empty text of at most ``limit`` characters, at most ``items`` of them, none repeated."""
+    if len(values) > items:
+        raise InvalidArgument(f"{what} has {len(values)} items; at most {items}")
+    for i, v in enumerate(values):
+        _check_text(v, f"{what}[{i}]", limit=limit)
+    if len(set(values)) != len(values):
+        raise InvalidArgument(f"{what} lists an item twice")
+
+
+def _check_kinds(values: tuple[str, ...], what: str) -> None:
+    _check_list(values, what, limit=40, items=20)
+    for i, v in enumerate(values):
+        if not _KIND_RE.match(v):
+            raise InvalidArgument(f"{what}[{i}] {v!r} must be a lowercase word like 'image', 'text' or 'boxes'")
+
+
+def check_url(value: str, what: str) -> None:
+    """An absolute http(s) URL of at most 500 characters (empty is allowed: no URL)."""
+    if value and (len(value) > 500 or not _URL_RE.match(value)):
+        raise InvalidArgument(f"{what} {value[:80]!r} must be an absolute http(s) URL of at most 500 characters")
+
+
 @dataclass(frozen=True)
 class Capability:
     """One decomposed capability as on the seed page."""
@@ -50,12 +80,24 @@ class Capability:
     description: str
     unique: str = ""
     vs_alternatives: str = ""
+    intents: tuple[str, ...] = ()  # user needs it serves, in their words ("caption an image")
+    best_for: tuple[str, ...] = ()  # who or what it suits best
+    limitations: tuple[str, ...] = ()  # honest failure modes and limits
+    input_types: tuple[str, ...] = ()  # lowercase words: "image", "text", "mask", ...
+    output_types: tuple[str, ...] = ()  # "text", "boxes", "image", "embedding", ...
+    requires: tuple[str, ...] = ()  # prerequisites (hardware, accounts, licences)
 
     def validate(self, where: str) -> None:
         _check_text(self.title, f"{where}.title", limit=200)
         _check_text(self.description, f"{where}.description")
         _check_text(self.unique, f"{where}.unique", required=False)
         _check_text(self.vs_alternatives, f"{where}.vs_alternatives", required=False)
+        _check_list(self.intents, f"{where}.intents", limit=200)
+        _check_list(self.best_for, f"{where}.best_for")
+        _check_list(self.limitations, f"{where}.limitations")
+        _check_list(self.requires, f"{where}.requires")
+        _check_kinds(self.input_types, f"{where}.input_types")
+        _check_kinds(self.output_types, f"{where}.output_types")
 
 
 @dataclass(frozen=True)
@@ -121,6 +163,18 @@ class PricingPlan:
 class Pricing:
     tier: str = "unknown"  # one of PRICING_TIERS
     plans: tuple[PricingPlan, ...] = ()
+    model: str = ""  # one of PRICING_MODELS as the real catalogue service says it; "" = from the tier
+    starting_price: float | None = None  # USD per month of the cheapest paid way in; None = not known
+
+    @property
+    def pricing_model(self) -> str:
+        """``model`` if set, else the tier's word (unknown, free, freemium, paid)."""
+        return self.model or self.tier
+
+    @property
+    def free(self) -> bool:
+        """Whether there is a free way to use it (open source, free, freemium)."""
+        return self.pricing_model in ("open_source", "free", "freemium")
 
     @property
     def has_free_tier(self) -> bool:
@@ -134,6 +188,45 @@ class Pricing:
     @property
     def label(self) -> str:
         return {"unknown": "Unknown", "free": "Free", "freemium": "Freemium", "paid": "Paid"}[self.tier]
+
+    def validate(self) -> None:
+        if self.tier not in PRICING_TIERS:
+            raise InvalidArgument(f"pricing.tier {self.tier!r} must be one of {', '.join(PRICING_TIERS)}")
+        if self.model and self.model not in PRICING_MODELS:
+            raise InvalidArgument(f"pricing.model {self.model!r} must be one of {', '.join(PRICING_MODELS)}")
+        if self.starting_price is not None and not (0 <= self.starting_price < float("inf")):
+            raise InvalidArgument(f"pricing.starting_price must be a finite number >= 0, got {self.starting_price}")
+        for i, plan in enumerate(self.plans):
+            plan.validate(f"pricing.plans[{i}]")
+
+
+@dataclass(frozen=True)
+class FailureMode:
+    """A declared way the model fails (``unfragile.yml`` failure_modes), with how often and what helps."""
+
+    mode: str
+    frequency: str = ""  # e.g. "rare", "occasional", "common"
+    mitigation: str = ""
+
+    def validate(self, where: str) -> None:
+        _check_text(self.mode, f"{where}.mode", limit=500)
+        _check_text(self.frequency, f"{where}.frequency", required=False, limit=40)
+        _check_text(self.mitigation, f"{where}.mitigation", required=False, limit=1000)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A related address: the repository, the homepage, the paper, the licence text."""
+
+    rel: str  # lowercase word: "repository", "homepage", "paper", "license", "docs", ...
+    url: str
+
+    def validate(self, where: str) -> None:
+        if not _KIND_RE.match(self.rel):
+            raise InvalidArgument(f"{where}.rel {self.rel!r} must be a lowercase word like 'repository'")
+        check_url(self.url, f"{where}.url")
+        if not self.url:
+            raise InvalidArgument(f"{where}.url is empty; give the address")
 
 
 @dataclass(frozen=True)
@@ -151,6 +244,17 @@ class ModelRecord:
     version: str = ""
     capabilities: tuple[Capability, ...] = ()
     external_quality: tuple[QualityEvidence, ...] = ()
+    slug: str = ""  # owner--name as the real catalogue service spells it; resolves like an alias
+    url: str = ""  # the artifact's own page (e.g. its Hugging Face model page)
+    pipeline_tag: str = ""  # the Hub's pipeline tag ("image-to-text"), "" when none
+    tags: tuple[str, ...] = ()  # the Hub's tags ("transformers", "license:mit", ...)
+    failure_modes: tuple[FailureMode, ...] = ()  # declared by its maintainer (unfragile.yml)
+    links: tuple[Link, ...] = ()  # repository, homepage, paper, ...
+
+    @property
+    def public_slug(self) -> str:
+        """The slug clients address it by: ``slug``, or the id when it has none."""
+        return self.slug or self.id
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field and how to fix it."""
@@ -162,10 +266,7 @@ class ModelRecord:
         _check_text(self.name, "model.name", limit=200)
         if self.type not in MODEL_TYPES:
             raise InvalidArgument(f"model.type {self.type!r} must be one of {', '.join(MODEL_TYPES)}")
-        if self.pricing.tier not in PRICING_TIERS:
-            raise InvalidArgument(f"pricing.tier {self.pricing.tier!r} must be one of {', '.join(PRICING_TIERS)}")
-        for i, plan in enumerate(self.pricing.plans):
-            plan.validate(f"pricing.plans[{i}]")
+        self.pricing.validate()
         if self.serving_endpoint not in SERVING_ENDPOINTS:
             raise InvalidArgument(
                 f"serving_endpoint {self.serving_endpoint!r} must be '', 'visionlanguage' or 'diffusion'"
@@ -182,6 +283,21 @@ class ModelRecord:
             q.validate(f"external_quality[{i}]")
         if len(self.capabilities) > 200:
             raise InvalidArgument("at most 200 capabilities per model")
+        if self.slug and not _SLUG_RE.match(self.slug):
+            raise InvalidArgument(f"slug {self.slug!r} must be owner--name in letters, digits, '.', '_' and '-' "
+                                  f"(<= 200 characters), e.g. 'microsoft--kosmos-2-patch14-224'")
+        check_url(self.url, "url")
+        if self.pipeline_tag and not _KIND_RE.match(self.pipeline_tag):
+            raise InvalidArgument(f"pipeline_tag {self.pipeline_tag!r} must be a lowercase word like 'image-to-text'")
+        _check_list(self.tags, "tags", limit=100, items=100)
+        for i, f in enumerate(self.failure_modes):
+            f.validate(f"failure_modes[{i}]")
+        if len(self.failure_modes) > MAX_LIST:
+            raise InvalidArgument(f"failure_modes has {len(self.failure_modes)} items; at most {MAX_LIST}")
+        for i, link in enumerate(self.links):
+            link.validate(f"links[{i}]")
+        if len(self.links) > MAX_LIST:
+            raise InvalidArgument(f"links has {len(self.links)} items; at most {MAX_LIST}")
 
 
 @dataclass(frozen=True)
@@ -215,3 +331,35 @@ class MatchEvent:
                 raise InvalidArgument(f"{where}: compared/clicked {sorted(extra)} are not in matched")
         if self.timestamp_ms < 0:
             raise InvalidArgument(f"{where}.timestamp_ms must be >= 0 (unix epoch milliseconds)")
+
+
+OUTCOMES = ("success", "failure")
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What became of a search: the outcome a user (or an agent) reports on one match record.
+
+    ``artifact`` names the result the outcome is about (an id, slug or alias among the event's matched
+    models); without it the outcome credits the event's clicked models, else its first matched one.
+    """
+
+    match_id: str  # the event_id of the match record (a search's or resolve's matchRecordId)
+    outcome: str  # one of OUTCOMES
+    clicked_through: bool = False
+    source: str = ""  # who reports it: "web", "mcp", "api", an agent's name (a short word)
+    comment: str = ""
+    artifact: str = ""
+
+    def validate(self) -> None:
+        if not self.match_id or len(self.match_id) > 200:
+            raise InvalidArgument("matchRecordId must be 1..200 characters: the matchRecordId of a search or "
+                                  "resolve answer")
+        if self.outcome not in OUTCOMES:
+            raise InvalidArgument(f"outcome {self.outcome!r} must be 'success' or 'failure'")
+        if self.source and not _SOURCE_RE.match(self.source):
+            raise InvalidArgument(f"source {self.source[:40]!r} must be a short word (letters, digits, '_.:/-', "
+                                  f"<= 100 characters), e.g. 'web' or 'mcp'")
+        _check_text(self.comment, "comment", required=False, limit=2000)
+        _check_text(self.artifact, "artifact", required=False, limit=200)

@@ -16,6 +16,7 @@ from graph.store.base import (
     KEPT_STATE,
     STATE_CHANNEL,
     DataVersions,
+    FeedbackRow,
     Heads,
     PoolStats,
     StateRow,
@@ -34,9 +35,9 @@ from graph.store.rows import STOP_WORDS, normalise_query, record_from_json, reco
 from graph.store.sqlite import SqliteStore
 
 __all__ = ["CHANGE_CHANNEL", "KEPT_STATE", "STATE_CHANNEL", "STOP_WORDS", "TASK_IMAGE_TO_TEXT", "TASK_TEXT_TO_IMAGE",
-           "DataVersions", "Heads", "PoolStats", "ProbeOutcomeRow", "ProbeResultRow", "ProbeRunRow", "ProbeScoreRow",
-           "SqliteStore", "StateRow", "Store", "StoreConfig", "normalise_query", "open_store", "parse_db_url",
-           "record_from_json", "record_to_json", "search_words", "sqlite_url"]
+           "DataVersions", "FeedbackRow", "Heads", "PoolStats", "ProbeOutcomeRow", "ProbeResultRow", "ProbeRunRow",
+           "ProbeScoreRow", "SqliteStore", "StateRow", "Store", "StoreConfig", "normalise_query", "open_store",
+           "parse_db_url", "record_from_json", "record_to_json", "search_words", "sqlite_url"]
 
 
 def sqlite_url(path: object) -> str:

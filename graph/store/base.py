@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from graph.records import MatchEvent, ModelRecord
 from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
+from graph.store.rows import FeedbackRow as FeedbackRow
 
 SCHEMA_VERSION = 3
 CHANGE_CHANNEL = "matchgraph"  # PostgreSQL NOTIFY channel; the payload is the newest committed event seq
@@ -106,6 +107,7 @@ PORTABLE: dict[str, tuple[str, ...]] = {
     "probe_scores": tuple(f.name for f in fields(ProbeScoreRow)),
     "graph_state": ("key", "version", "snapshot", "saved_ms", "data"),
     "meta": ("key", "value"),
+    "feedback": ("event_id", "outcome", "clicked_through", "source", "comment", "credited", "ts_ms"),
 }
 EVENT_COLUMNS = ("seq", "event_id", "query", "matched", "compared", "clicked", "ts_ms")
 LOCAL_META = frozenset({"schema_version"})  # meta rows that describe one database, never copied
@@ -353,3 +355,27 @@ class Store(ABC):
 
     @abstractmethod
     def event_id_at(self, seq: int) -> str | None: ...
+
+    # ------------------------------------------------------------------ match records and their outcomes
+    @abstractmethod
+    def capability_records(self) -> list[ModelRecord]:
+        """The records of every model with at least one capability, in node order (the intent index's input)."""
+
+    @abstractmethod
+    def match_record(self, event_id: str) -> tuple[MatchEvent, FeedbackRow | None] | None:
+        """The stored event ``event_id`` with the outcome recorded on it (None: no such event)."""
+
+    @abstractmethod
+    def record_feedback(self, row: FeedbackRow) -> tuple[FeedbackRow, bool] | None:
+        """Store the outcome of match record ``row.event_id`` in one transaction: (stored row, True) when new,
+        (the row stored before, False) when the event already has one (nothing changes), None when there is no
+        such event (nothing is written)."""
+
+    @abstractmethod
+    def feedback_counts(self) -> dict[str, tuple[int, int]]:
+        """{model_id: (successes, trials)} over every recorded outcome, each counted for the models it credits."""
+
+    @abstractmethod
+    def outcomes_with(self, model_id: str, limit: int = 100_000) -> list[tuple[str, str, str, str]]:
+        """(event_id, query, outcome or "", credited ids space-separated or "") of the most recent events that
+        matched ``model_id``, newest first."""

@@ -17,7 +17,7 @@ from graph.store.base import LOCAL_META, PORTABLE, Row, Store
 
 # Copy order: the derived-state snapshots last (see the module docstring).
 TABLE_ORDER = ("models", "aliases", "signals", "capabilities", "external_quality", "search_docs", "probe_runs",
-               "probe_results", "probe_outcomes", "probe_scores", "meta", "graph_state")
+               "probe_results", "probe_outcomes", "probe_scores", "feedback", "meta", "graph_state")
 assert set(TABLE_ORDER) == set(PORTABLE)
 
 

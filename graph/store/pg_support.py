@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS probe_outcomes (rid BIGSERIAL PRIMARY KEY, run_id TEX
 CREATE TABLE IF NOT EXISTS graph_state (key TEXT PRIMARY KEY, version BIGINT NOT NULL, snapshot BIGINT NOT NULL,
   saved_ms BIGINT NOT NULL, data BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS feedback (rid BIGSERIAL PRIMARY KEY, event_id TEXT COLLATE "C" NOT NULL UNIQUE,
+  outcome TEXT NOT NULL, clicked_through INTEGER NOT NULL, source TEXT NOT NULL, comment TEXT NOT NULL,
+  credited TEXT NOT NULL, ts_ms BIGINT NOT NULL);
 INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}'), ('catalog_seq', '0'),
   ('state_seq', '0') ON CONFLICT (key) DO NOTHING;
 {PG_UPGRADE}UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';
@@ -86,7 +89,8 @@ REPLICA_DELAY = ("SELECT CASE WHEN pg_last_wal_receive_lsn() > pg_last_wal_repla
 # Insertion order of each table when copying it out (the order scoring reads rows in).
 ORDER_BY = {"models": "node", "aliases": "alias", "signals": "rid", "capabilities": "model_id, position",
             "external_quality": "rid", "search_docs": "id", "probe_runs": "started_ms, run_id",
-            "probe_results": "rid", "probe_outcomes": "rid", "probe_scores": "rid", "graph_state": "key", "meta": "key"}
+            "probe_results": "rid", "probe_outcomes": "rid", "probe_scores": "rid", "graph_state": "key", "meta": "key",
+            "feedback": "rid"}
 IDENTITY = {"models": "node", "search_docs": "id"}  # copied with their values; sequences moved past them
 
 

@@ -38,6 +38,7 @@ from graph.store.base import (
 )
 from graph.store.pg_copy import append_events, copy_rows, read_table, replace_table
 from graph.store.pg_listen import ChangeListener
+from graph.store.pg_records import PgMatchRecords
 from graph.store.pg_support import (
     DATA_VERSIONS,
     EVENTS_LOCK,
@@ -54,6 +55,7 @@ from graph.store.pg_support import (
 )
 from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import (
+    alias_rows,
     chunks,
     event_row,
     now_ms,
@@ -66,7 +68,7 @@ from graph.store.rows import (
 )
 
 
-class PgStore(Store):
+class PgStore(PgMatchRecords, Store):
     """All reads and writes of the match graph's PostgreSQL database (see the module docstring)."""
 
     def __init__(self, url: str, config: StoreConfig | None = None) -> None:
@@ -145,9 +147,8 @@ class PgStore(Store):
             for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
                 conn.execute(f"DELETE FROM {table} WHERE model_id = %s", (record.id,))
             cur = conn.cursor()
-            names = {a.lower() for a in (record.name, *record.aliases)} - {record.id}
             cur.executemany("INSERT INTO aliases (alias, model_id) VALUES (%s, %s) ON CONFLICT (alias) DO UPDATE "
-                            "SET model_id = EXCLUDED.model_id", [(a, record.id) for a in sorted(names)])
+                            "SET model_id = EXCLUDED.model_id", alias_rows(record))
             cur.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
                             "VALUES (%s, %s, %s, %s, %s, %s)", signal_rows_of(record))
             cur.executemany("INSERT INTO capabilities VALUES (%s, %s, %s, %s, %s, %s)",

@@ -7,10 +7,20 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
-from typing import TypeVar
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
-from graph.records import Capability, MatchEvent, ModelRecord, Pricing, PricingPlan, QualityEvidence, Signal
+from graph.records import (
+    Capability,
+    FailureMode,
+    Link,
+    MatchEvent,
+    ModelRecord,
+    Pricing,
+    PricingPlan,
+    QualityEvidence,
+    Signal,
+)
 
 T = TypeVar("T")
 EventRow = tuple[str, str, str, str, str, int]  # event_id, query, matched, compared, clicked, ts_ms
@@ -43,28 +53,57 @@ def record_to_json(record: ModelRecord) -> str:
     return json.dumps(asdict(record), sort_keys=True)
 
 
+_CAPABILITY_LISTS = ("intents", "best_for", "limitations", "input_types", "output_types", "requires")
+
+
+def _capability(c: dict[str, Any]) -> Capability:
+    """A stored capability; lists stored before a field existed read as empty."""
+    lists = {k: tuple(c.get(k, ())) for k in _CAPABILITY_LISTS}
+    return Capability(c["title"], c["description"], c.get("unique", ""), c.get("vs_alternatives", ""), **lists)
+
+
 def record_from_json(text: str) -> ModelRecord:
+    """The record ``record_to_json`` wrote; fields added since a row was stored take their defaults."""
     d = json.loads(text)
+    p = d["pricing"]
     return ModelRecord(
         id=d["id"],
         name=d["name"],
         type=d["type"],
         aliases=tuple(d["aliases"]),
-        pricing=Pricing(d["pricing"]["tier"], tuple(PricingPlan(**p) for p in d["pricing"]["plans"])),
+        pricing=Pricing(p["tier"], tuple(PricingPlan(**x) for x in p["plans"]), model=p.get("model", ""),
+                        starting_price=p.get("starting_price")),
         adoption=tuple(Signal(**s) for s in d["adoption"]),
         ecosystem=tuple(Signal(**s) for s in d["ecosystem"]),
         serving_endpoint=d["serving_endpoint"],
         version=d["version"],
-        capabilities=tuple(Capability(**c) for c in d["capabilities"]),
+        capabilities=tuple(_capability(c) for c in d["capabilities"]),
         external_quality=tuple(QualityEvidence(**q) for q in d["external_quality"]),
+        slug=d.get("slug", ""),
+        url=d.get("url", ""),
+        pipeline_tag=d.get("pipeline_tag", ""),
+        tags=tuple(d.get("tags", ())),
+        failure_modes=tuple(FailureMode(**f) for f in d.get("failure_modes", ())),
+        links=tuple(Link(**x) for x in d.get("links", ())),
     )
+
+
+def alias_rows(record: ModelRecord) -> list[tuple[str, str]]:
+    """(alias, model_id) of every lower-cased name that resolves to ``record``: its name, aliases and slug."""
+    names = {a.lower() for a in (record.name, *record.aliases, record.slug) if a} - {record.id}
+    return [(alias, record.id) for alias in sorted(names)]
+
+
+def capability_text(c: Capability) -> str:
+    """The searchable text of a capability besides its title: what it does, the intents it serves, who it suits."""
+    return " ".join((c.description, c.unique, c.vs_alternatives, *c.intents, *c.best_for))
 
 
 def search_doc_rows(record: ModelRecord) -> list[tuple[str, str, str, str]]:
     """(model_id, capability, title, body) of a record's search documents: its names, then each capability."""
-    docs = [(record.id, "", record.name, " ".join((record.id, record.name, *record.aliases)))]
-    docs += [(record.id, c.title, c.title, " ".join((c.description, c.unique, c.vs_alternatives)))
-             for c in record.capabilities]
+    names = (record.id, record.name, *record.aliases, record.slug, record.pipeline_tag, *record.tags)
+    docs = [(record.id, "", record.name, " ".join(n for n in names if n))]
+    docs += [(record.id, c.title, c.title, capability_text(c)) for c in record.capabilities]
     return docs
 
 
@@ -78,6 +117,46 @@ def event_row(e: MatchEvent, now_ms: int) -> EventRow:
     """(event_id, query, matched, compared, clicked, ts_ms) as stored (id lists space-separated)."""
     return (e.event_id, e.query, " ".join(e.matched), " ".join(e.compared), " ".join(e.clicked),
             e.timestamp_ms or now_ms)
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    """The outcome recorded on one match record (at most one per event)."""
+
+    event_id: str
+    outcome: str  # "success" | "failure"
+    clicked_through: bool
+    source: str
+    comment: str
+    credited: tuple[str, ...]  # the model ids the outcome counts for
+    ts_ms: int
+
+    def as_row(self) -> tuple[Any, ...]:
+        """As stored: the columns of ``PORTABLE["feedback"]``."""
+        return (self.event_id, self.outcome, int(self.clicked_through), self.source, self.comment,
+                " ".join(self.credited), self.ts_ms)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> FeedbackRow:
+        return cls(str(row[0]), str(row[1]), bool(row[2]), str(row[3]), str(row[4]), tuple(str(row[5]).split()),
+                   int(row[6]))
+
+
+def event_from_row(row: tuple[Any, ...]) -> MatchEvent:
+    """The MatchEvent of a stored (event_id, query, matched, compared, clicked, ts_ms) row."""
+    return MatchEvent(str(row[0]), str(row[1]), tuple(str(row[2]).split()), tuple(str(row[3]).split()),
+                      tuple(str(row[4]).split()), int(row[5]))
+
+
+def feedback_totals(rows: Iterable[tuple[Any, ...]]) -> dict[str, tuple[int, int]]:
+    """{model_id: (successes, trials)} of (outcome, credited ids space-separated) rows."""
+    out: dict[str, tuple[int, int]] = {}
+    for outcome, credited in rows:
+        win = int(outcome == "success")
+        for m in str(credited).split():
+            s, n = out.get(m, (0, 0))
+            out[m] = (s + win, n + 1)
+    return out
 
 
 def unique_events(events: list[MatchEvent]) -> list[MatchEvent]:

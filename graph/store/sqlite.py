@@ -26,6 +26,7 @@ from graph.store import probe_schema as ps
 from graph.store.base import EVENT_COLUMNS, KEPT_STATE, PORTABLE, DataVersions, Heads, Row, StateRow, Store, StoreConfig
 from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import (
+    alias_rows,
     chunks,
     event_row,
     now_ms,
@@ -36,6 +37,7 @@ from graph.store.rows import (
     signal_rows_of,
     unique_events,
 )
+from graph.store.sqlite_records import SqliteMatchRecords
 from graph.store.sqlite_schema import create_schema, migrate_schema
 
 
@@ -48,7 +50,7 @@ def fts_query(text: str, op: str = "OR") -> str:
     return f" {op} ".join(f'"{w}"' for w in search_words(text))
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteMatchRecords, Store):
     """All reads and writes of the match graph's SQLite database."""
 
     def __init__(self, path: str | Path, config: StoreConfig | None = None) -> None:
@@ -102,9 +104,8 @@ class SqliteStore(Store):
             self._bump("catalog_seq")
             for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
                 self.conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (record.id,))
-            names = {a.lower() for a in (record.name, *record.aliases)} - {record.id}
             self.conn.executemany("INSERT OR REPLACE INTO aliases (alias, model_id) VALUES (?, ?)",
-                                  [(alias, record.id) for alias in sorted(names)])
+                                  alias_rows(record))
             self.conn.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
                                   "VALUES (?, ?, ?, ?, ?, ?)", signal_rows_of(record))
             self.conn.executemany("INSERT INTO capabilities VALUES (?, ?, ?, ?, ?, ?)",

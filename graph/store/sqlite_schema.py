@@ -16,6 +16,12 @@ CREATE TABLE graph_state (key TEXT PRIMARY KEY, version INTEGER NOT NULL, data B
   snapshot INTEGER NOT NULL DEFAULT 0, saved_ms INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
 """
+# Outcomes reported on match records (one per event); added after the first schema, so created by both paths.
+_FEEDBACK = """
+CREATE TABLE IF NOT EXISTS feedback (event_id TEXT PRIMARY KEY, outcome TEXT NOT NULL,
+  clicked_through INTEGER NOT NULL, source TEXT NOT NULL, comment TEXT NOT NULL, credited TEXT NOT NULL,
+  ts_ms INTEGER NOT NULL);
+"""
 
 
 def create_schema(db: sqlite_utils.Database) -> None:
@@ -58,6 +64,7 @@ def migrate_schema(conn: sqlite3.Connection) -> None:
         if col not in cols:
             conn.execute(f"ALTER TABLE graph_state ADD COLUMN {col} INTEGER NOT NULL DEFAULT 0")
     sqlite_upgrade(conn)
+    conn.executescript(_FEEDBACK)
     for key in ("catalog_seq", "state_seq"):
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, '0')", (key,))
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))

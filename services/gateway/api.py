@@ -1,4 +1,5 @@
-"""JSON endpoints under /api/v1: search, rank, compare, model detail.
+"""JSON endpoints under /api/v1: rank, compare, model detail (search, resolve, passports, feedback and
+manifests are in ``api_catalogue``).
 
 Each handler validates its parameters (FastAPI, so the limits are in the OpenAPI
 document), makes exactly one MatchGraph call, converts the protobuf answer to the
@@ -40,19 +41,6 @@ def json_answer(request: Request, model: BaseModel, resp: object) -> Response:
 
 
 router = APIRouter(prefix="/api/v1", tags=["match graph"], responses=PROBLEM_RESPONSES)
-
-
-@router.get("/search", response_model=schemas.SearchResults, summary="Search models and capabilities",
-            operation_id="search")
-async def search(
-    request: Request,
-    q: Query_,
-    limit: Annotated[int, Query(ge=1, le=100, description="Most hits to return.")] = 10,
-) -> Response:
-    """Free-text search over models and their capabilities (full-text BM25 fused with embeddings
-    when the VisionLanguage service is up; `embeddings_used` says which)."""
-    resp = await upstream(request).search(q, limit)
-    return json_answer(request, schemas.SearchResults.from_pb(q, resp), resp)
 
 
 @router.get("/rank", response_model=schemas.RankList, summary="Models by UnfragileRank", operation_id="rank")

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from services.gateway import api, pages
+from services.gateway import api, api_catalogue, pages
 from services.gateway.errors import install_handlers
 from services.gateway.events import SearchRecorder
 from services.gateway.metrics import MetricsMiddleware
@@ -80,9 +80,8 @@ def create_app(settings: Settings | None = None,
     app.state.settings = settings
     app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     install_handlers(app, pages.render_error_page)
-    app.include_router(api.router)
-    app.include_router(api.health_router)
-    app.include_router(pages.router)
+    for router in (api_catalogue.router, api_catalogue.feedback_router, api.router, api.health_router, pages.router):
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     if settings.metrics_path:
@@ -93,7 +92,7 @@ def create_app(settings: Settings | None = None,
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "OPTIONS"],
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "HEAD", "OPTIONS", "POST"],
             allow_headers=["If-None-Match", "Content-Type", "Authorization"],
             expose_headers=["ETag", "X-Snapshot-Version", "Retry-After"], max_age=settings.cors_max_age_s,
         )

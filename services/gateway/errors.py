@@ -47,7 +47,7 @@ gateway, and a 5xx there must not be confused with a gateway bug (500)."""
 
 TITLES = {
     400: "Bad request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
-    409: "Conflict",
+    409: "Conflict", 413: "Content too large", 415: "Unsupported media type",
     422: "Invalid request parameters", 429: "Too many requests", 499: "Client closed request",
     501: "Not implemented", 502: "Upstream error", 503: "Service unavailable", 504: "Upstream timeout",
 }
@@ -101,7 +101,7 @@ def describe_validation(exc: RequestValidationError) -> tuple[str, list[FieldErr
     """Turn pydantic's error list into one readable sentence plus per-field entries."""
     fields = []
     for e in exc.errors():
-        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        loc = ".".join(str(p) for p in e.get("loc", ()))
         msg = str(e.get("msg", "invalid value"))
         if "input" in e and e.get("type") not in ("missing",):
             shown = repr(e["input"])
@@ -137,7 +137,8 @@ def install_handlers(app: Any, render_error_page: Any) -> None:
     async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
         detail = str(exc.detail) if exc.detail else TITLES.get(exc.status_code, "Error")
         if exc.status_code == 405:
-            detail = f"{request.method} is not supported on {request.url.path}; this API is read-only: use GET"
+            allow = (getattr(exc, "headers", None) or {}).get("Allow", "GET")
+            detail = f"{request.method} is not supported on {request.url.path}; use {allow}"
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no page or endpoint at {request.url.path}; see /api/v1 endpoints in /openapi.json"
         if wants_html(request):

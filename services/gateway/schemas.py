@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
@@ -65,6 +65,18 @@ class Capability(BaseModel):
     description: str
     unique: str
     vs_alternatives: str
+    intents: list[str] = Field(default_factory=list, description="The needs it serves, in users' words.")
+    best_for: list[str] = Field(default_factory=list)
+    limitations: list[str] = Field(default_factory=list)
+    input_types: list[str] = Field(default_factory=list)
+    output_types: list[str] = Field(default_factory=list)
+    requires: list[str] = Field(default_factory=list)
+
+    @classmethod
+    def from_pb(cls, c: pb.Capability) -> Capability:
+        return cls(title=c.title, description=c.description, unique=c.unique, vs_alternatives=c.vs_alternatives,
+                   intents=list(c.intents), best_for=list(c.best_for), limitations=list(c.limitations),
+                   input_types=list(c.input_types), output_types=list(c.output_types), requires=list(c.requires))
 
 
 class Signal(BaseModel):
@@ -99,6 +111,9 @@ class Pricing(BaseModel):
     tier: TierName
     label: str = Field(description='As shown on pages: "Free", "Freemium", "Paid" or "Unknown".')
     plans: list[PricingPlan]
+    model: str = Field("", description='open_source, free, usage, paid, freemium or unknown ("" = the tier\'s).')
+    starting_price: float | None = Field(None, description="USD per month of the cheapest paid way in; null = "
+                                                           "not known.")
 
 
 class Model(BaseModel):
@@ -115,6 +130,11 @@ class Model(BaseModel):
     version: str
     capabilities: list[Capability]
     external_quality: list[QualityEvidence]
+    slug: str = Field("", description='owner--name slug ("" = none: the id serves).')
+    url: str = Field("", description="The artifact's own page.")
+    pipeline_tag: str = ""
+    tags: list[str] = Field(default_factory=list)
+    links: dict[str, str] = Field(default_factory=dict, description="Repository, homepage, paper, ...")
 
     @classmethod
     def from_pb(cls, m: pb.ModelRecord) -> Model:
@@ -122,11 +142,13 @@ class Model(BaseModel):
         sig = lambda s: Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)  # noqa: E731 - a one-line converter used twice below
         return cls(
             id=m.id, name=m.name, aliases=list(m.aliases), type=_TYPE.get(m.type, "unspecified"),
-            pricing=Pricing(tier=tier, label=TIER_LABEL[tier], plans=[PricingPlan.from_pb(p) for p in m.pricing.plans]),
+            pricing=Pricing(tier=tier, label=TIER_LABEL[tier], plans=[PricingPlan.from_pb(p) for p in m.pricing.plans],
+                            model=m.pricing.model, starting_price=m.pricing.starting_price
+                            if m.pricing.HasField("starting_price") else None),
             adoption=[sig(s) for s in m.adoption], ecosystem=[sig(s) for s in m.ecosystem],
             serving_endpoint=m.serving_endpoint, version=m.version,
-            capabilities=[Capability(title=c.title, description=c.description, unique=c.unique,
-                                     vs_alternatives=c.vs_alternatives) for c in m.capabilities],
+            capabilities=[Capability.from_pb(c) for c in m.capabilities], slug=m.slug, url=m.url,
+            pipeline_tag=m.pipeline_tag, tags=list(m.tags), links={x.rel: x.url for x in m.links},
             external_quality=[QualityEvidence(benchmark=q.benchmark, score=q.score, source=q.source,
                                               observed_at=q.observed_at) for q in m.external_quality],
         )
@@ -275,19 +297,48 @@ class Comparison(BaseModel):
 class SearchHit(BaseModel):
     model_id: str
     name: str
+    slug: str = Field(description="owner--name slug (the id when it has none): /api/v1/passport/{slug}.")
+    type: str = Field(description='"model", "tool" or "api".')
     capability: str = Field(description='Best matching capability title ("" if the model row matched).')
-    score: float = Field(description="Reciprocal-rank-fusion score; higher is better.")
+    capability_uri: str = Field(description='capability://... of that capability ("" if none).')
+    intent: str = Field(description='Id of the query intent that capability serves ("" = matched on text only).')
+    match_score: float = Field(ge=0, le=1, description="0..1: how well it answers the query (intent and text).")
+    intent_score: float = Field(ge=0, le=1, description="0..1: the intent part of match_score.")
+    text_score: float = Field(ge=0, le=1, description="0..1: the full-text (and embedding) part of match_score.")
+    score: float = Field(description="Same as match_score (kept for older clients).")
     fts_rank: int = Field(ge=0, description="1-based rank in the full-text (BM25) list; 0 = not in it.")
     embedding_rank: int = Field(ge=0, description="1-based rank by embedding similarity; 0 = not used.")
     snippet: str = Field(description="Matching text with [brackets] around the hits.")
     url: str = Field(description="The model's page.")
+    passport_url: str = Field(description="Its trust passport.")
+
+
+class Intent(BaseModel):
+    """A query intent from the intent taxonomy."""
+
+    id: str
+    label: str
+    uri: str
+    confidence: float = Field(ge=0, le=1, description="How clearly the text expresses it.")
+    cues: list[str] = Field(description="The words or phrases that matched.")
+
+    @classmethod
+    def from_pb(cls, i: pb.Intent) -> Intent:
+        return cls(id=i.id, label=i.label, uri=i.uri, confidence=i.confidence, cues=list(i.cues))
 
 
 class SearchResults(BaseModel):
-    """GET /api/v1/search: models and capabilities matching free text."""
+    """GET /api/v1/search: models and capabilities matching free text, with the query's classified intent."""
+
+    model_config = ConfigDict(populate_by_name=True)
 
     query: str
+    intent: Intent | None = Field(None, description="The query's intent; null = none recognised.")
     hits: list[SearchHit]
+    match_record_id: str | None = Field(
+        None, alias="matchRecordId", description="Id of the match record this search created: send it back with "
+        "POST /api/feedback. null = none (no hit, recording off, or it failed: see match_record_error).")
+    match_record_error: str | None = Field(None, description="Why no match record was created, when it failed.")
     embeddings_used: bool
     degraded_reason: str = Field(description='Why embeddings were not used ("" when they were).')
     snapshot_version: int | None = Field(
@@ -298,9 +349,19 @@ class SearchResults(BaseModel):
     def from_pb(cls, query: str, r: pb.SearchResponse) -> SearchResults:
         return cls(query=query, embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason,
                    snapshot_version=snapshot_version(r),
-                   hits=[SearchHit(model_id=h.model_id, name=h.name, capability=h.capability, score=h.score,
-                                   fts_rank=h.fts_rank, embedding_rank=h.embedding_rank, snippet=h.snippet,
-                                   url=f"/models/{h.model_id}") for h in r.hits])
+                   intent=Intent.from_pb(r.intent) if r.HasField("intent") else None,
+                   hits=[SearchHit(model_id=h.model_id, name=h.name, slug=h.slug or h.model_id,
+                                   type=h.model_type or "model", capability=h.capability,
+                                   capability_uri=h.capability_uri, intent=h.intent,
+                                   match_score=_unit(h.match_score), intent_score=_unit(h.intent_score),
+                                   text_score=_unit(h.text_score), score=h.score, fts_rank=h.fts_rank,
+                                   embedding_rank=h.embedding_rank, snippet=h.snippet, url=f"/models/{h.model_id}",
+                                   passport_url=f"/api/v1/passport/{h.slug or h.model_id}") for h in r.hits])
+
+
+def _unit(x: float) -> float:
+    """Clamped into 0..1 (floating-point sums may land a hair outside)."""
+    return min(1.0, max(0.0, x))
 
 
 def snapshot_version(message: object) -> int | None:

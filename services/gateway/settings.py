@@ -61,6 +61,10 @@ class Settings(ListenerSettings):
     record_flush_s: float = Field(30.0, ge=0, description="Send a search event once it was quiet this long.")
     record_max_pending: int = Field(10_000, ge=1, description="Most unsent search events held in memory.")
     site_name: str = Field("unfragile", description="Name shown in page headers and titles.")
+    api_match_records: bool = Field(
+        True, description="Each /api/v1/search and /api/v1/resolve answer with results creates a match record "
+                          "(a MatchEvent on the writer: the query and the models answered) whose id POST "
+                          "/api/feedback refers to, as the real catalogue service does.")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

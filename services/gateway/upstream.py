@@ -21,12 +21,14 @@ import grpc.aio
 from services.core.client import DEFAULT_MAX_MESSAGE_BYTES, bearer, channel, retry_unavailable
 from services.core.names import full_name
 from services.gateway import metrics
+from services.gateway.catalogue_calls import READ_METHODS, CatalogueCalls
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
 SERVICE_FULL_NAME = full_name("matchgraph")
 # Reads are idempotent: one that meets a MatchGraph replica dying or draining is retried (round robin: on another).
-READ_RETRIES = retry_unavailable(SERVICE_FULL_NAME, ["GetModel", "Rank", "Compare", "Search", "GetSnapshot"])
+READ_RETRIES = retry_unavailable(SERVICE_FULL_NAME, ["GetModel", "Rank", "Compare", "Search", "GetSnapshot",
+                                                     *READ_METHODS])
 
 
 class UpstreamError(Exception):
@@ -42,7 +44,7 @@ class UpstreamError(Exception):
 class MatchGraphAPI(Protocol):
     """What the routes need; tests may hand in any object with these coroutines."""
 
-    async def search(self, query: str, limit: int) -> pb.SearchResponse: ...
+    async def search(self, query: str, limit: int, type_filter: str = "") -> pb.SearchResponse: ...
     async def rank(self, capability: str, limit: int, offset: int) -> pb.RankResponse: ...
     async def compare(self, a: str, b: str) -> pb.CompareResponse: ...
     async def get_model(self, model: str, explain: bool) -> pb.GetModelResponse: ...
@@ -73,7 +75,7 @@ class ChannelConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
-class GrpcMatchGraph:
+class GrpcMatchGraph(CatalogueCalls):
     """MatchGraphAPI over real ``grpc.aio`` channels: reads to ``cfg.target``, writes to ``writer_target``
     (the same channel when it is empty or equal)."""
 
@@ -107,8 +109,9 @@ class GrpcMatchGraph:
             metrics.UPSTREAM_CALLS.labels(name, code).inc()
             metrics.UPSTREAM_LATENCY.labels(name).observe(time.perf_counter() - start)
 
-    async def search(self, query: str, limit: int) -> pb.SearchResponse:
-        return await self._call("Search", self._stub.Search, pb.SearchRequest(query=query, limit=limit))
+    async def search(self, query: str, limit: int, type_filter: str = "") -> pb.SearchResponse:
+        return await self._call("Search", self._stub.Search, pb.SearchRequest(query=query, limit=limit,
+                                                                               type=type_filter))
 
     async def rank(self, capability: str, limit: int, offset: int) -> pb.RankResponse:
         request = pb.RankRequest(capability=capability, limit=limit, offset=offset)

@@ -226,5 +226,40 @@ def migrate(source: str = typer.Option(..., "--from", help="db_url to copy from,
                f"{report.rows.get('probe_runs', 0)} probe runs, {report.rows.get('graph_state', 0)} state rows")
 
 
+import_app = typer.Typer(help="Import into the MatchGraph: unfragile.yml manifests.", no_args_is_help=True)
+graph_app.add_typer(import_app, name="import")
+
+
+@import_app.command("manifest")
+def import_manifest(file: Path = typer.Argument(..., help="an unfragile.yml manifest (- = stdin)"),
+                    target: str = TargetOpt,
+                    check: bool = typer.Option(False, "--check", help="validate only; import nothing")) -> None:
+    """Import an unfragile.yml manifest: a new model, or an update of the model its slug, id or name names (its
+    adoption, ecosystem and quality evidence kept). Every problem is printed with the path of its field."""
+    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
+
+    text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    stub = _stub(target)
+    try:
+        v = stub.ValidateManifest(pb.ValidateManifestRequest(text=text), timeout=60)
+        for issue in v.warnings:
+            typer.echo(f"warning: {issue.path or '/'}: {issue.message}", err=True)
+        for issue in v.errors:
+            typer.echo(f"error: {issue.path or '/'}: {issue.message} [{issue.code}]", err=True)
+        if not v.valid:
+            raise typer.Exit(1)
+        if check:
+            typer.echo(f"valid: would {'update ' + v.updates if v.updates else 'add ' + v.model.id}")
+            return
+        r = stub.ImportManifest(pb.ValidateManifestRequest(text=text), timeout=60)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _fail(exc)
+        return
+    verb = "created" if r.created else "updated"
+    typer.echo(f"{verb} {r.model.id} (slug {r.model.slug or r.model.id}, {len(r.model.capabilities)} capabilities)")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(graph_app, name="graph")

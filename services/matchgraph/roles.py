@@ -21,7 +21,7 @@ from services.matchgraph import metrics
 from services.matchgraph.settings import Settings
 
 log = logging.getLogger(__name__)
-WRITE_RPCS = ("RecordMatches", "UpsertModel", "RunProbes")
+WRITE_RPCS = ("RecordMatches", "UpsertModel", "RunProbes", "RecordFeedback", "ImportManifest")
 
 
 def writes_refused(settings: Settings) -> str:
@@ -30,8 +30,9 @@ def writes_refused(settings: Settings) -> str:
         return ""
     where = f"at {settings.writer_address}" if settings.writer_address else \
         "(this reader does not know its address: set writer_address)"
-    return (f"this MatchGraph is a reader (role=reader): it serves GetModel, Rank, Compare, Search and "
-            f"GetSnapshot only; send {', '.join(WRITE_RPCS)} to the writer {where}")
+    return (f"this MatchGraph is a reader (role=reader): it serves GetModel, Rank, Compare, Search, GetSnapshot, "
+            f"GetPassport, GetMatch, Resolve and ValidateManifest only; send {', '.join(WRITE_RPCS)} to the writer "
+            f"{where}")
 
 
 class ProbeSchedule:

@@ -15,6 +15,7 @@ from graph.engine import Engine
 from graph.ingest import IngestResult
 from services.core.cancel import CancelToken
 from services.matchgraph import metrics
+from services.matchgraph import passport_types as pt
 from services.matchgraph import types as t
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
@@ -66,7 +67,7 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> pb.SearchResponse:
         req = t.SearchQuery.from_pb(request)
-        result, snapshot = self.engine.search(req.query, req.limit)
+        result, snapshot = self.engine.search(req.query, req.limit, req.type)
         metrics.observe_search(result)
         return t.stale(t.SearchQuery.to_pb(result, snapshot), self.engine.stale_seconds())
 
@@ -79,3 +80,30 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
 
     def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.GetSnapshotResponse:
         return t.snapshot_to_pb(self.engine.snapshot(), self.engine.graph_version(), self.engine.lag(), self.role)
+
+    def GetPassport(self, request: pb.GetPassportRequest, context: grpc.ServicerContext) -> pb.GetPassportResponse:
+        req = pt.PassportQuery.from_pb(request)
+        resp = pt.PassportQuery.to_pb(self.engine.passport(req.model))
+        resp.stale_seconds = self.engine.stale_seconds()
+        return resp
+
+    def RecordFeedback(self, request: pb.RecordFeedbackRequest,
+                       context: grpc.ServicerContext) -> pb.RecordFeedbackResponse:
+        return pt.feedback_answer(*self.engine.record_feedback(pt.feedback_from_pb(request)))
+
+    def GetMatch(self, request: pb.GetMatchRequest, context: grpc.ServicerContext) -> pb.GetMatchResponse:
+        return pt.match_answer(*self.engine.get_match(request.match_id))
+
+    def Resolve(self, request: pb.ResolveRequest, context: grpc.ServicerContext) -> pb.ResolveResponse:
+        req = pt.ResolveQuery.from_pb(request)
+        resp = pt.ResolveQuery.to_pb(self.engine.resolve(req.intent, req.limit))
+        resp.stale_seconds = self.engine.stale_seconds()
+        return resp
+
+    def ValidateManifest(self, request: pb.ValidateManifestRequest,
+                         context: grpc.ServicerContext) -> pb.ValidateManifestResponse:
+        return pt.validation_to_pb(*self.engine.validate_manifest(pt.manifest_text(request)))
+
+    def ImportManifest(self, request: pb.ValidateManifestRequest,
+                       context: grpc.ServicerContext) -> pb.ImportManifestResponse:
+        return pt.import_to_pb(*self.engine.import_manifest(pt.manifest_text(request)))

@@ -16,7 +16,18 @@ from graph.explain import EvidenceRow
 from graph.ingest import IngestResult
 from graph.probes import JudgeModel, ProbeBasis, ProbeRun, ServedModel
 from graph.rank import Score, ScoreCard
-from graph.records import Capability, MatchEvent, ModelRecord, Pricing, PricingPlan, QualityEvidence, Signal
+from graph.records import (
+    MODEL_TYPES,
+    Capability,
+    FailureMode,
+    Link,
+    MatchEvent,
+    ModelRecord,
+    Pricing,
+    PricingPlan,
+    QualityEvidence,
+    Signal,
+)
 from graph.search import SearchResult
 from graph.sync import Lag
 from graph.verdict import A_LEADS, B_LEADS, DimensionResult
@@ -34,22 +45,50 @@ ReadAnswer = TypeVar("ReadAnswer", pb.GetModelResponse, pb.RankResponse, pb.Comp
 
 
 # ---------------------------------------------------------------- records
+def capability_from_pb(c: pb.Capability) -> Capability:
+    return Capability(c.title, c.description, c.unique, c.vs_alternatives, intents=tuple(c.intents),
+                      best_for=tuple(c.best_for), limitations=tuple(c.limitations), input_types=tuple(c.input_types),
+                      output_types=tuple(c.output_types), requires=tuple(c.requires))
+
+
+def capability_to_pb(c: Capability) -> pb.Capability:
+    return pb.Capability(title=c.title, description=c.description, unique=c.unique, vs_alternatives=c.vs_alternatives,
+                         intents=c.intents, best_for=c.best_for, limitations=c.limitations,
+                         input_types=c.input_types, output_types=c.output_types, requires=c.requires)
+
+
+def _pricing_from_pb(p: pb.Pricing) -> Pricing:
+    if p.tier not in _TIER_FROM:
+        raise InvalidArgument(f"pricing.tier {p.tier} is not a known PricingTier")
+    plans = tuple(PricingPlan(x.name, x.usd_per_month, x.description, x.source, x.source_says, x.observed_at)
+                  for x in p.plans)
+    return Pricing(_TIER_FROM[p.tier], plans, model=p.model,
+                   starting_price=p.starting_price if p.HasField("starting_price") else None)
+
+
+def _pricing_to_pb(p: Pricing) -> pb.Pricing:
+    out = pb.Pricing(tier=_TIER_TO[p.tier], model=p.model, plans=[
+        pb.PricingPlan(name=x.name, usd_per_month=x.usd_per_month, description=x.description, source=x.source,
+                       source_says=x.source_says, observed_at=x.observed_at) for x in p.plans])
+    if p.starting_price is not None:
+        out.starting_price = p.starting_price
+    return out
+
+
 def record_from_pb(m: pb.ModelRecord) -> ModelRecord:
     if m.type not in _TYPE_FROM:
         raise InvalidArgument("model.type is unspecified: set MODEL_TYPE_MODEL, MODEL_TYPE_TOOL or MODEL_TYPE_API")
-    if m.pricing.tier not in _TIER_FROM:
-        raise InvalidArgument(f"pricing.tier {m.pricing.tier} is not a known PricingTier")
     rec = ModelRecord(
-        id=m.id, name=m.name, type=_TYPE_FROM[m.type], aliases=tuple(m.aliases),
-        pricing=Pricing(_TIER_FROM[m.pricing.tier],
-                        tuple(PricingPlan(p.name, p.usd_per_month, p.description, p.source, p.source_says,
-                                          p.observed_at) for p in m.pricing.plans)),
+        id=m.id, name=m.name, type=_TYPE_FROM[m.type], aliases=tuple(m.aliases), pricing=_pricing_from_pb(m.pricing),
         adoption=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.adoption),
         ecosystem=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.ecosystem),
         serving_endpoint=m.serving_endpoint, version=m.version,
-        capabilities=tuple(Capability(c.title, c.description, c.unique, c.vs_alternatives) for c in m.capabilities),
+        capabilities=tuple(capability_from_pb(c) for c in m.capabilities),
         external_quality=tuple(QualityEvidence(q.benchmark, q.score, q.source, q.observed_at)
                                for q in m.external_quality),
+        slug=m.slug, url=m.url, pipeline_tag=m.pipeline_tag, tags=tuple(m.tags),
+        failure_modes=tuple(FailureMode(f.mode, f.frequency, f.mitigation) for f in m.failure_modes),
+        links=tuple(Link(x.rel, x.url) for x in m.links),
     )
     rec.validate()
     return rec
@@ -57,20 +96,19 @@ def record_from_pb(m: pb.ModelRecord) -> ModelRecord:
 
 def record_to_pb(r: ModelRecord) -> pb.ModelRecord:
     return pb.ModelRecord(
-        id=r.id, name=r.name, aliases=list(r.aliases), type=_TYPE_TO[r.type],
-        pricing=pb.Pricing(tier=_TIER_TO[r.pricing.tier],
-                           plans=[pb.PricingPlan(name=p.name, usd_per_month=p.usd_per_month, description=p.description,
-                                                 source=p.source, source_says=p.source_says,
-                                                 observed_at=p.observed_at) for p in r.pricing.plans]),
+        id=r.id, name=r.name, aliases=list(r.aliases), type=_TYPE_TO[r.type], pricing=_pricing_to_pb(r.pricing),
         adoption=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
                   for s in r.adoption],
         ecosystem=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
                    for s in r.ecosystem],
         serving_endpoint=r.serving_endpoint, version=r.version,
-        capabilities=[pb.Capability(title=c.title, description=c.description, unique=c.unique,
-                                    vs_alternatives=c.vs_alternatives) for c in r.capabilities],
+        capabilities=[capability_to_pb(c) for c in r.capabilities],
         external_quality=[pb.QualityEvidence(benchmark=q.benchmark, score=q.score, source=q.source,
                                              observed_at=q.observed_at) for q in r.external_quality],
+        slug=r.slug, url=r.url, pipeline_tag=r.pipeline_tag, tags=list(r.tags),
+        failure_modes=[pb.FailureMode(mode=f.mode, frequency=f.frequency, mitigation=f.mitigation)
+                       for f in r.failure_modes],
+        links=[pb.Link(rel=x.rel, url=x.url) for x in r.links],
     )
 
 
@@ -143,6 +181,9 @@ class GetModel:
 
 
 def event_from_pb(e: pb.MatchEvent) -> MatchEvent:
+    if e.outcome != pb.MATCH_OUTCOME_UNSPECIFIED:
+        raise InvalidArgument(f"event {e.event_id!r} carries an outcome: outcomes come after the search; record the "
+                              f"event without it, then send the outcome with RecordFeedback")
     return MatchEvent(e.event_id, e.query, tuple(e.matched), tuple(e.compared), tuple(e.clicked), e.timestamp_ms)
 
 
@@ -206,6 +247,7 @@ def _dim_to_pb(d: DimensionResult) -> pb.DimensionComparison:
 class SearchQuery:
     query: str
     limit: int
+    type: str = ""
 
     @classmethod
     def from_pb(cls, req: pb.SearchRequest) -> SearchQuery:
@@ -216,14 +258,24 @@ class SearchQuery:
         limit = req.limit or 10
         if limit > 100:
             raise InvalidArgument(f"limit {req.limit} is over 100")
-        return cls(req.query, limit)
+        if req.type and req.type not in MODEL_TYPES:
+            raise InvalidArgument(f"type {req.type!r} must be one of {', '.join(MODEL_TYPES)} (or empty for all)")
+        return cls(req.query, limit, req.type)
 
     @staticmethod
     def to_pb(r: SearchResult, snapshot: int) -> pb.SearchResponse:
-        return pb.SearchResponse(embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason,
-                                 snapshot_version=snapshot, hits=[
+        out = pb.SearchResponse(embeddings_used=r.embeddings_used, degraded_reason=r.degraded_reason,
+                                snapshot_version=snapshot, hits=[
             pb.SearchHit(model_id=h.model_id, name=h.name, capability=h.capability, score=h.score,
-                         fts_rank=h.fts_rank, embedding_rank=h.embedding_rank, snippet=h.snippet) for h in r.hits])
+                         fts_rank=h.fts_rank, embedding_rank=h.embedding_rank, snippet=h.snippet,
+                         match_score=h.score, slug=h.slug, model_type=h.model_type, intent=h.intent,
+                         intent_score=h.intent_score, text_score=h.text_score, capability_uri=h.capability_uri)
+            for h in r.hits])
+        if r.intents:
+            i = r.intents[0]
+            out.intent.CopyFrom(pb.Intent(id=i.id, label=i.label, uri=i.uri, confidence=i.confidence,
+                                          cues=list(i.cues)))
+        return out
 
 
 @dataclass(frozen=True)

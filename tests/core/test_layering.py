@@ -70,8 +70,16 @@ def test_layers_import_only_downward():
 
 
 def _run_blocking(blocked: list[str], code: str) -> str:
-    """Run ``code`` in a fresh interpreter where importing any of ``blocked`` fails."""
-    prelude = "import sys\n" + "".join(f"sys.modules[{b!r}] = None\n" for b in blocked)
+    """Run ``code`` in a fresh interpreter where importing any of ``blocked`` fails as if it were not installed
+    (ModuleNotFoundError, and absent from sys.modules: libraries that probe sys.modules see what an image
+    without it shows them)."""
+    prelude = ("import sys\n"
+               "class _NotInstalled:\n"
+               "    def find_spec(self, name, path=None, target=None):\n"
+               f"        if name.split('.')[0] in {sorted(blocked)!r}:\n"
+               "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+               "        return None\n"
+               "sys.meta_path.insert(0, _NotInstalled())\n")
     out = subprocess.run([sys.executable, "-c", prelude + code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -108,3 +116,10 @@ def test_gateway_and_matchgraph_run_without_torch(service, extra_blocked, tmp_pa
                 "start_server(s, build_service(s)).stop(0)\nprint('ok')\n")
     code = "import services.cli\n" + code
     assert _run_blocking([*MODEL_STACK, *extra_blocked], code).strip().endswith("ok")
+
+
+def test_catalogue_json_shapes_import_without_fastapi():
+    """The passport, resolve, feedback and search JSON shapes serve other front ends (an MCP server) too."""
+    code = ("import services.gateway.passport, services.gateway.matching, services.gateway.catalogue_calls\n"
+            "print('ok')\n")
+    assert _run_blocking([*MODEL_STACK, "fastapi", "starlette", "uvicorn", "jinja2", "graph"], code).strip() == "ok"

@@ -69,8 +69,10 @@ def stub(matchgraph: RunningServer) -> Iterator[pb_grpc.MatchGraphStub]:
 
 @pytest.fixture(scope="session")
 def gateway(matchgraph: RunningServer) -> Iterator[RunningGateway]:
+    # API searches create no match records here: the shared graph stays as seeded (tests/gateway/test_gw_catalogue.py
+    # records them on graphs of their own).
     settings = GatewaySettings(port=0, metrics_port=-1, matchgraph_target=matchgraph.address,
-                               cors_origins=[FRONTEND_ORIGIN], log_level="WARNING")
+                               cors_origins=[FRONTEND_ORIGIN], log_level="WARNING", api_match_records=False)
     gw = start(settings)
     yield gw
     gw.stop()

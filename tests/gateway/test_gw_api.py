@@ -171,14 +171,20 @@ def test_cors_allows_the_configured_origin_only(http):
 def test_openapi_documents_every_json_endpoint(http):
     doc = http.get("/openapi.json").json()
     paths = doc["paths"]
-    for p in ("/api/v1/search", "/api/v1/rank", "/api/v1/compare", "/api/v1/models/{model}"):
+    for p in ("/api/v1/rank", "/api/v1/compare", "/api/v1/models/{model}", "/api/v1/passport/{slug}"):
         assert "get" in paths[p]
         responses = paths[p]["get"]["responses"]
         assert {"200", "304", "400", "404", "422", "429", "503"} <= set(responses)
         assert "ETag" in responses["200"]["headers"]
         assert "application/problem+json" in responses["404"]["content"]
         assert any(prm["name"] == "If-None-Match" and prm["in"] == "header" for prm in paths[p]["get"]["parameters"])
-        assert paths[p]["get"]["operationId"] in ("search", "rank", "compare", "getModel")
+        assert paths[p]["get"]["operationId"] in ("rank", "compare", "getModel", "passport")
+    # a search creates a match record: answered afresh every time, never 304
+    search = paths["/api/v1/search"]["get"]
+    assert search["operationId"] == "search" and "304" not in search["responses"]
+    assert {"400", "404", "422", "429", "503"} <= set(search["responses"])
+    for p, op in (("/api/v1/resolve", "resolve"), ("/api/feedback", "feedback"), ("/api/v1/validate", "validate")):
+        assert paths[p]["post"]["operationId"] == op
     assert "Problem" in doc["components"]["schemas"]
     assert not any(p.startswith("/compare") or p == "/" for p in paths), "pages stay out of the API document"
 

@@ -1,4 +1,5 @@
-"""Over gRPC with replaceable backends: Rank, Search (RRF + degradation), probes + BT, fragility."""
+"""Over gRPC with replaceable backends: Rank, Search (intents, full text, embeddings, degradation), probes + BT,
+fragility."""
 
 from __future__ import annotations
 
@@ -60,33 +61,35 @@ class FakeEmbedder:
         return out
 
 
-def test_search_fts_only_when_no_embedder(seeded):
+def test_search_full_text_only_when_no_embedder(seeded):
     r = seeded.stub.Search(pb.SearchRequest(query="inpainting masked region"))
-    assert not r.embeddings_used and "FTS5 only" in r.degraded_reason
+    assert not r.embeddings_used and "full text only" in r.degraded_reason
+    assert r.intent.id == "inpaint"
     assert r.hits[0].model_id == "stable-diffusion" and r.hits[0].capability == "Inpainting"
-    assert r.hits[0].fts_rank == 1 and r.hits[0].embedding_rank == 0
+    assert r.hits[0].fts_rank == 1 and r.hits[0].embedding_rank == 0 and r.hits[0].intent == "inpaint"
     assert "[" in r.hits[0].snippet
     grounded = seeded.stub.Search(pb.SearchRequest(query="grounding boxes for phrases", limit=1))
     assert [h.model_id for h in grounded.hits] == ["kosmos-2-patch14-224"]
 
 
-def test_search_fuses_embeddings_with_rrf(make_server, upsert_seed):
+def test_search_fuses_embeddings_into_the_text_score(make_server, upsert_seed):
     emb = FakeEmbedder()
     s = make_server(embedder=emb)
     upsert_seed(s.stub)
     r = s.stub.Search(pb.SearchRequest(query="text prompt image generation"))
     assert r.embeddings_used and r.degraded_reason == ""
     assert {h.model_id for h in r.hits} == {"stable-diffusion", "kosmos-2-patch14-224"}
+    top = r.hits[0]
+    assert top.model_id == "stable-diffusion" and top.intent == "generate" and top.embedding_rank > 0
     for h in r.hits:
-        expected = sum(1 / (60 + k) for k in (h.fts_rank, h.embedding_rank) if k)
-        assert h.score == pytest.approx(expected)
+        assert h.score == h.match_score and 0 <= h.text_score <= 1 and 0 <= h.intent_score <= 1
         assert h.embedding_rank > 0
     calls = emb.calls
     s.stub.Search(pb.SearchRequest(query="another query"))
     assert emb.calls == calls + 1  # documents embedded once, then only the query
 
 
-def test_search_degrades_to_fts_when_embedder_fails(make_server, upsert_seed):
+def test_search_degrades_to_full_text_when_embedder_fails(make_server, upsert_seed):
     s = make_server(embedder=FakeEmbedder(fail=True))
     upsert_seed(s.stub)
     r = s.stub.Search(pb.SearchRequest(query="inpainting"))
@@ -97,7 +100,7 @@ def test_search_degrades_to_fts_when_embedder_fails(make_server, upsert_seed):
 @pytest.mark.parametrize("db_backend", ["sqlite"])  # validation only: no storage involved
 def test_search_bad_input(seeded):
     for req in (pb.SearchRequest(query="  "), pb.SearchRequest(query="x" * 600),
-                pb.SearchRequest(query="a", limit=101)):
+                pb.SearchRequest(query="a", limit=101), pb.SearchRequest(query="a", type="dataset")):
         with pytest.raises(grpc.RpcError) as err:
             seeded.stub.Search(req)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

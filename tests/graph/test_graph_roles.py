@@ -111,13 +111,16 @@ def test_write_rpcs_on_a_reader_answer_failed_precondition_naming_the_writer(clu
         "UpsertModel": lambda: reader.stub.UpsertModel(pb.UpsertModelRequest(model=_records()[0]), timeout=10),
         "RecordMatches": lambda: reader.stub.RecordMatches(iter([_batch(3, 0)]), timeout=10),
         "RunProbes": lambda: reader.stub.RunProbes(pb.RunProbesRequest(), timeout=10),
+        "RecordFeedback": lambda: reader.stub.RecordFeedback(pb.RecordFeedbackRequest(
+            match_id="m", outcome=pb.MATCH_OUTCOME_SUCCESS), timeout=10),
+        "ImportManifest": lambda: reader.stub.ImportManifest(pb.ValidateManifestRequest(text="a: 1"), timeout=10),
     }
     for name, call in calls.items():
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
-        assert f"send RecordMatches, UpsertModel, RunProbes to the writer at {writer.running.address}" \
-            in err.value.details()
+        assert (f"send RecordMatches, UpsertModel, RunProbes, RecordFeedback, ImportManifest to the writer at "
+                f"{writer.running.address}") in err.value.details()
     assert reader.engine.store.event_count() == 0 and reader.engine.store.model_nodes() == []
 
 
