@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from services.stack import GATEWAY, SERVICES, Stack, settings_class
+from services.stack import GATEWAY, OPENAI, SERVICES, Stack, settings_class
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
@@ -40,7 +40,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def serve(
-    service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph | gateway"),
+    service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph | gateway | openai"),
     host: str | None = typer.Option(None, help="bind address"),
     port: int | None = typer.Option(None, help="gRPC port (0 = any free port)"),
     metrics_port: int | None = typer.Option(None, help="Prometheus port (-1 = off)"),
@@ -52,8 +52,9 @@ def serve(
     help_settings: bool = typer.Option(False, "--help-settings", help="list every setting with its default and exit"),
 ) -> None:
     """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0."""
-    if service not in (*SERVICES, GATEWAY):
-        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join([*SERVICES, GATEWAY])}")
+    if service not in (*SERVICES, GATEWAY, OPENAI):
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of "
+                                 f"{', '.join([*SERVICES, GATEWAY, OPENAI])}")
     settings_cls = settings_class(service)
     if help_settings:
         _print_settings(service, settings_cls)
@@ -75,6 +76,13 @@ def serve(
 
         assert isinstance(settings, GatewaySettings)
         run(settings)
+        return
+    if service == OPENAI:
+        from services.openai.server import run as run_openai
+        from services.openai.settings import Settings as OpenAISettings
+
+        assert isinstance(settings, OpenAISettings)
+        run_openai(settings)
         return
     from services.core.server import start_server
     from services.core.settings import GrpcServerSettings
@@ -131,6 +139,8 @@ def _run_stack(stack: Stack, after_start: Callable[[], None]) -> None:
         stack.start()
         for p in stack.procs:
             where = stack.gateway_url if p.name == GATEWAY else f"grpc {p.target}"
+            if p.name == OPENAI:
+                where = f"{stack.openai_url}/v1 (OpenAI-compatible API)"
             typer.echo(f"{p.name:15s} {where}   metrics {p.metrics_url}")
         after_start()
         typer.echo("stack is up; Ctrl-C to stop")

@@ -27,6 +27,8 @@ from services.core.settings import ListenerSettings
 
 # The HTTP gateway in front of MatchGraph (search pages, JSON); not a gRPC service.
 GATEWAY = "gateway"
+# The OpenAI-compatible HTTP API in front of VisionLanguage and Diffusion; not a gRPC service either.
+OPENAI = "openai"
 SERVICES = GRPC_SERVICES
 READER = "matchgraph-reader-"  # + 1..N: the MatchGraph readers of a scaled-out stack
 READER_PORT_STEP = 10  # default ports of reader i: the MatchGraph's + 10 * i (50063, 9113, ...)
@@ -62,7 +64,7 @@ class Stack:
     models_dir: Path = Path(".models")
     data_dir: Path = Path("var")
     ports: dict[str, tuple[int, int]] = field(
-        default_factory=lambda: {name: default_ports(name) for name in (*SERVICES, GATEWAY)})
+        default_factory=lambda: {name: default_ports(name) for name in (*SERVICES, GATEWAY, OPENAI)})
     procs: list[StackProcess] = field(default_factory=list)
     graph_db_url: str = ""  # "" = an SQLite file in data_dir
     graph_readers: int = 0  # > 0: the MatchGraph is one writer plus this many readers
@@ -104,7 +106,7 @@ class Stack:
         import socket
 
         socks, ports = [], {}
-        for name in names or [*SERVICES, GATEWAY]:
+        for name in names or [*SERVICES, GATEWAY, OPENAI]:
             pair = []
             for _ in range(2):
                 s = socket.socket()
@@ -128,6 +130,11 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.ports[GATEWAY][0]}"
 
+    @property
+    def openai_url(self) -> str:
+        """Base URL of the OpenAI-compatible API (clients add /v1)."""
+        return f"http://{self.host}:{self.ports[OPENAI][0]}"
+
     def _command(self, name: str) -> list[str]:
         port, mport = self.ports[name]
         service = "matchgraph" if name.startswith(READER) else name
@@ -145,12 +152,15 @@ class Stack:
             cmd += ["--set", f"matchgraph_target={self.graph_read_target()}"]
             if self.graph_readers:
                 cmd += ["--set", f"matchgraph_writer_target={self.target('matchgraph')}"]
+        if name == OPENAI:
+            cmd += [arg for svc in ("visionlanguage", "diffusion")
+                    for arg in ("--set", f"{svc}_target={self.target(svc) if svc in self.ports else ''}")]
         return cmd
 
     def start(self, names: list[str] | None = None, timeout: float = 300.0) -> None:
         """Start each service as a child process and wait until all report SERVING."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for name in self._expand(names or [*SERVICES, GATEWAY]):
+        for name in self._expand(names or [*SERVICES, GATEWAY, OPENAI]):
             proc = subprocess.Popen(self._command(name), env=os.environ.copy())
             self.procs.append(StackProcess(name, self.target(name), self.metrics_url(name), proc))
         deadline = time.monotonic() + timeout
@@ -159,6 +169,11 @@ class Stack:
                 from services.gateway.server import wait_until_ready
 
                 wait_until_ready(self.gateway_url, timeout=max(1.0, deadline - time.monotonic()))
+                continue
+            if p.name == OPENAI:
+                from services.openai.server import wait_until_ready as openai_ready
+
+                openai_ready(self.openai_url, timeout=max(1.0, deadline - time.monotonic()))
                 continue
             while True:  # wait for SERVING, but notice at once if the process died
                 if p.proc.poll() is not None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the Grafana dashboards (deploy/grafana/dashboards/*.json) from one spec.
 
-Why generated: four dashboards share the same request/error/latency panels, and every
+Why generated: the dashboards share the same request/error/latency panels, and every
 PromQL expression here is checked against a real Prometheus scraping the real services
 (tests/deploy/test_live_prometheus.py). Editing one spec keeps them consistent; the
 suite fails when the JSON files drift from this script.
@@ -256,6 +256,51 @@ GATEWAY = [
     ]),
 ]
 
+OA = "unfragile_openai_"
+OPENAI = [
+    Row("Health", [
+        targets_up_panel("openai"),
+        Panel("Requests in flight", "HTTP requests being served now, open streams included, all replicas (the HPA "
+              "scales on it per pod).", [(f"sum({OA}requests_in_flight)", "in flight")], kind="stat", width=6),
+        Panel("Server error ratio (5xx)", "Share of answers with a 5xx status; 0 when none. 503 = a model service "
+              "is down, 504 = it did not answer within chat_timeout_s / image_timeout_s, 502 = it failed.",
+              [(f'(sum(rate({OA}requests_total{{status=~"5.."}}[{RI}])) '
+                f"or sum(rate({OA}requests_total[{RI}])) * 0) / sum(rate({OA}requests_total[{RI}]))", "5xx")],
+              "percentunit", kind="stat", width=12),
+    ]),
+    Row("HTTP", [
+        Panel("Requests by route", "Requests per second by endpoint (/v1/chat/completions, /v1/embeddings, "
+              "/v1/images/...).", [(f"sum by (route) (rate({OA}requests_total[{RI}]))", "{{route}}")], "reqps"),
+        Panel("Responses by status", "Answers per second by HTTP status (400: bad input, 401: API key, 404: "
+              "unknown model, 413: too large, 429: a model queue is full).",
+              [(f"sum by (status) (rate({OA}requests_total[{RI}]))", "{{status}}")], "reqps"),
+        Panel("Latency p50 / p95 / p99", "Request start to the end of the response body (streams: to their last "
+              "event), all routes.", _percentiles(OA + "request_duration_seconds"), "s"),
+        Panel("Latency p95 by route", "Which endpoint is slow.",
+              [(_q(0.95, OA + "request_duration_seconds", "route"), "{{route}}")], "s"),
+        Panel("Time to first streamed chunk p95", "Streams: request start to the first content token (chat) or "
+              "partial image, by route.", [(_q(0.95, OA + "time_to_first_chunk_seconds", "route"), "{{route}}")],
+              "s"),
+        Panel("Tokens and images per second", "Chat tokens by kind (prompt, completion) and images returned by "
+              "operation (generations, edits).",
+              [(f"sum by (kind) (rate({OA}tokens_total[{RI}]))", "tokens {{kind}}"),
+               (f"sum by (operation) (rate({OA}images_total[{RI}]))", "images {{operation}}")]),
+    ]),
+    Row("Upstream: model services", [
+        Panel("gRPC calls by status code", "Calls the frontend made to VisionLanguage and Diffusion, by RPC and "
+              "gRPC status.",
+              [(f"sum by (rpc, code) (rate({OA}upstream_requests_total[{RI}]))", "{{rpc}} {{code}}")], "reqps"),
+        Panel("gRPC call latency p95", "As the frontend sees it (queue, generation and network).",
+              [(_q(0.95, OA + "upstream_duration_seconds", "rpc"), "{{rpc}}")], "s"),
+        Panel("Calls cancelled by client disconnects", "Generations stopped upstream because the HTTP client "
+              "went away (no work done for nobody).",
+              [(f"sum by (rpc) (rate({OA}upstream_cancelled_total[{RI}]))", "{{rpc}}")], "reqps"),
+        Panel("Remote image fetches", "http(s) image_url downloads by result: ok, refused by the SSRF guard, "
+              "failed (only with allow_remote_images).",
+              [(f"sum by (result) (rate({OA}remote_images_total[{RI}]))", "{{result}}")], "reqps"),
+    ]),
+]
+
 SERVICES = {
     # name: (dashboard uid, title, service-specific rows)
     "visionlanguage": ("unfragile-visionlanguage", "VisionLanguage (Kosmos-2)", VISIONLANGUAGE),
@@ -296,6 +341,12 @@ def overview_rows() -> list[Row]:
                   [(f"sum by (status) (rate({GW_HTTP}requests_total[{RI}]))", "{{status}}")], "reqps"),
             Panel("Gateway latency p95", "HTTP request start to the end of the response body.",
                   [(_q(0.95, GW_HTTP + "request_duration_seconds"), "p95")], "s"),
+        ]),
+        Row("OpenAI API", [
+            Panel("OpenAI API requests by status", "HTTP answers of the OpenAI-compatible frontend per second, "
+                  "by status.", [(f"sum by (status) (rate({OA}requests_total[{RI}]))", "{{status}}")], "reqps"),
+            Panel("OpenAI API latency p95 by route", "Request start to the end of the response body.",
+                  [(_q(0.95, OA + "request_duration_seconds", "route"), "{{route}}")], "s"),
         ]),
         Row("Load", [
             Panel("Queue depth", "Requests waiting in each model server's queue, all replicas.",
@@ -374,6 +425,7 @@ def dashboards() -> dict[str, dict]:
         health = Row("Health", [model_ready_panel(name), targets_up_panel(name)])
         out[f"{name}.json"] = _dashboard(uid, title, [health, *core_rows(name), *rows], [_method_var(name)])
     out["gateway.json"] = _dashboard("unfragile-gateway", "Gateway (HTTP)", GATEWAY, [])
+    out["openai.json"] = _dashboard("unfragile-openai", "OpenAI-compatible API", OPENAI, [])
     return out
 
 

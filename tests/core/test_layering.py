@@ -2,7 +2,7 @@
 
 common <- graph <- services.core <- services.<service> <- services.cli / stack / demo.
 graph/ imports no gRPC and nothing from services/; the gateway imports nothing from graph/;
-the gateway and MatchGraph run without torch (their images do not install it).
+the gateway, the OpenAI frontend and MatchGraph run without torch (their images do not install it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("visionlanguage", "diffusion", "matchgraph", "gateway")
+SERVICES = ("visionlanguage", "diffusion", "matchgraph", "gateway", "openai")
 TOP = ("services.cli", "services.stack", "services.demo")
 
 
@@ -48,7 +48,7 @@ def _forbidden(module: str) -> tuple[str, ...]:
     for s in SERVICES:
         if module.startswith(f"services.{s}"):
             others = tuple(f"services.{o}" for o in SERVICES if o != s)
-            return (*others, *top, *(("graph",) if s == "gateway" else ()))
+            return (*others, *top, *(("graph",) if s in ("gateway", "openai") else ()))
     return ()
 
 
@@ -100,6 +100,7 @@ MODEL_STACK = ["torch", "transformers", "diffusers", "peft", "accelerate", "PIL"
 @pytest.mark.parametrize("service,extra_blocked", [
     ("gateway", ["graph", "numpy", "scipy", "networkx", "sqlite_utils"]),
     ("matchgraph", ["fastapi", "starlette", "uvicorn", "jinja2"]),
+    ("openai", ["graph", "numpy", "scipy", "networkx", "sqlite_utils", "jinja2"]),
 ])
 def test_gateway_and_matchgraph_run_without_torch(service, extra_blocked, tmp_path):
     """What their images install is enough: the server is built, started and stopped."""
@@ -107,6 +108,10 @@ def test_gateway_and_matchgraph_run_without_torch(service, extra_blocked, tmp_pa
         code = ("from services.gateway.app import create_app\n"
                 "from services.gateway.settings import Settings\n"
                 "create_app(Settings(port=0))\nprint('ok')\n")
+    elif service == "openai":  # every route module imported; serving starts and stops (PIL loads lazily)
+        code = ("from services.openai.server import start\n"
+                "from services.openai.settings import Settings\n"
+                "start(Settings(port=0, log_level='WARNING')).stop()\nprint('ok')\n")
     else:
         db = tmp_path / "g.db"
         code = ("from services.core.server import start_server\n"

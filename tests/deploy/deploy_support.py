@@ -50,20 +50,23 @@ class HttpSvc:
 
 
 GATEWAY = HttpSvc("gateway", "UNFRAGILE_GATEWAY_", 8080)
-ENV_PREFIXES = {**{n: s.env_prefix for n, s in SERVICES.items()}, GATEWAY.name: GATEWAY.env_prefix}
-METRICS_PORTS = {**{n: s.metrics_port for n, s in SERVICES.items()}, GATEWAY.name: GATEWAY.port}
-DEPLOYED = [*SERVICES, GATEWAY.name]  # everything deploy/ runs
+# The OpenAI-compatible HTTP API in front of VisionLanguage and Diffusion (metrics on its HTTP port too).
+OPENAI = HttpSvc("openai", "UNFRAGILE_OPENAI_", 8000)
+HTTP_SERVICES = {GATEWAY.name: GATEWAY, OPENAI.name: OPENAI}
+ENV_PREFIXES = {**{n: s.env_prefix for n, s in SERVICES.items()}, **{n: s.env_prefix for n, s in HTTP_SERVICES.items()}}
+METRICS_PORTS = {**{n: s.metrics_port for n, s in SERVICES.items()}, **{n: s.port for n, s in HTTP_SERVICES.items()}}
+DEPLOYED = [*SERVICES, *HTTP_SERVICES]  # everything deploy/ runs
 
 
-def gateway_missing() -> str | None:
-    """Why the gateway cannot be started yet, or None (`unfragile serve gateway` runs
-    services.gateway.server.run)."""
+def gateway_missing(name: str = GATEWAY.name) -> str | None:
+    """Why the HTTP service ``name`` (gateway, openai) cannot be started yet, or None (`unfragile serve
+    NAME` runs services.NAME.server.run)."""
     try:
-        server = importlib.import_module("services.gateway.server")
-        importlib.import_module("services.gateway.settings")
+        server = importlib.import_module(f"services.{name}.server")
+        importlib.import_module(f"services.{name}.settings")
     except ModuleNotFoundError as exc:
-        return f"services/gateway is not importable yet ({exc})"
-    return None if hasattr(server, "run") else "services/gateway/server.py has no run() yet"
+        return f"services/{name} is not importable yet ({exc})"
+    return None if hasattr(server, "run") else f"services/{name}/server.py has no run() yet"
 
 
 def service_missing(name: str) -> str | None:
@@ -80,10 +83,10 @@ def service_missing(name: str) -> str | None:
 
 def settings_fields(name: str) -> set[str] | None:
     """Field names of the service's Settings class, or None while it does not exist."""
-    if name == GATEWAY.name:
-        if gateway_missing():
+    if name in HTTP_SERVICES:
+        if gateway_missing(name):
             return None
-        return set(importlib.import_module("services.gateway.settings").Settings.model_fields)
+        return set(importlib.import_module(f"services.{name}.settings").Settings.model_fields)
     if service_missing(name):
         return None
     app = importlib.import_module(f"services.{name}.app")

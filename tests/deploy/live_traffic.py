@@ -166,5 +166,62 @@ def gateway(base_url: str, phase: int) -> None:
     assert _get(f"{base_url}/api/v1/search")[0] in (400, 422)  # q is required
 
 
+def openai(base_url: str, phase: int) -> None:
+    """The OpenAI-compatible API over real HTTP: chat (unary and streamed), embeddings, images (unary,
+    streamed with partial images, an inpainting edit), and bad calls with their exact statuses."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+
+    def post(path: str, body: dict[str, object]) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"{base_url}/v1{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    status, _, models = _get(f"{base_url}/v1/models")
+    assert status == 200
+    vl, sd = (m["id"] for m in json.loads(models)["data"])
+    url = "data:image/png;base64," + base64.b64encode(_png(phase)).decode()
+    image = {"type": "image_url", "image_url": {"url": url}}
+    chat = {"model": vl, "messages": [{"role": "user", "content": [image]}], "max_tokens": 4, "seed": phase}
+    assert post("/chat/completions", chat)[0] == 200
+    status, body = post("/chat/completions", {**chat, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200 and body.rstrip().endswith(b"data: [DONE]")
+    assert post("/embeddings", {"model": vl, "input": ["a small square", image]})[0] == 200
+    gen = {"prompt": "a red cube", "size": "64x64", "seed": phase, "num_inference_steps": 2}
+    assert post("/images/generations", gen)[0] == 200
+    status, body = post("/images/generations", {**gen, "stream": True, "partial_images": 1})
+    assert status == 200 and b"image_generation.completed" in body
+    boundary = "livetraffic"
+    parts = [(name, f"{name}.png", data) for name, data in (("image", _png(phase, 64)), ("mask", _mask()))]
+    form = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{n}\"; filename=\"{f}\"\r\n"
+                    f"Content-Type: image/png\r\n\r\n".encode() + d + b"\r\n" for n, f, d in parts)
+    form += f"--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na hole\r\n" \
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"num_inference_steps\"\r\n\r\n2\r\n" \
+            f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{base_url}/v1/images/edits", data=form,
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        assert resp.status == 200
+    assert post("/chat/completions", {**chat, "messages": [{"role": "user", "content": "no image"}]})[0] == 400
+    assert post("/chat/completions", {**chat, "model": "no-such-model"})[0] == 404
+    assert post("/images/generations", {**gen, "model": sd, "size": "60x64"})[0] == 400  # the service's own check
+
+
+def _mask(size: int = 64) -> bytes:
+    from PIL import Image
+
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 TRAFFIC: dict[str, Traffic] = {"visionlanguage": visionlanguage, "diffusion": diffusion, "matchgraph": matchgraph,
-                               "gateway": gateway}
+                               "gateway": gateway, "openai": openai}

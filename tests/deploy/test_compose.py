@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, DEPLOYED, ENV_PREFIXES, GATEWAY, ROOT, SERVICES, settings_fields
+from deploy_support import DEPLOY, DEPLOYED, ENV_PREFIXES, GATEWAY, OPENAI, ROOT, SERVICES, settings_fields
 
 COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_GPU = DEPLOY / "docker-compose.gpu.yml"
@@ -76,6 +76,7 @@ def test_prometheus_gets_the_project_config_and_rules(compose) -> None:
     for name, svc in SERVICES.items():
         assert f"{name}:{svc.metrics_port}" in targets  # compose service DNS name + metrics port
     assert f"gateway:{GATEWAY.port}" in targets  # the gateway's /metrics is on its HTTP port
+    assert f"openai:{OPENAI.port}" in targets  # so is the OpenAI frontend's
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_dashboards(compose) -> None:
@@ -160,3 +161,16 @@ def test_gateway_waits_for_matchgraph_and_checks_readiness(compose) -> None:
     assert f"{GATEWAY.port}:{GATEWAY.port}" in gw["ports"]
     assert "/readyz" in " ".join(gw["healthcheck"]["test"])
     assert (DEPLOY / gw["build"]["context"] / gw["build"]["dockerfile"]).resolve().is_file()
+
+
+def test_openai_frontend_waits_for_the_model_servers_and_targets_them(compose) -> None:
+    oa = compose["services"]["openai"]
+    assert oa["depends_on"] == {"visionlanguage": {"condition": "service_healthy"},
+                                "diffusion": {"condition": "service_healthy"}}
+    env = oa["environment"]
+    assert env["UNFRAGILE_OPENAI_VISIONLANGUAGE_TARGET"] == f"visionlanguage:{SERVICES['visionlanguage'].port}"
+    assert env["UNFRAGILE_OPENAI_DIFFUSION_TARGET"] == f"diffusion:{SERVICES['diffusion'].port}"
+    assert f"{OPENAI.port}:{OPENAI.port}" in oa["ports"]
+    assert "/readyz" in " ".join(oa["healthcheck"]["test"])
+    assert int(oa["stop_grace_period"].rstrip("s")) > float(env["UNFRAGILE_OPENAI_GRACE_SECONDS"])
+    assert (DEPLOY / oa["build"]["context"] / oa["build"]["dockerfile"]).resolve().is_file()

@@ -13,11 +13,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from deploy_support import DEPLOY, GATEWAY, ROOT, SERVICES, settings_fields
+from deploy_support import DEPLOY, GATEWAY, HTTP_SERVICES, ROOT, SERVICES, settings_fields
 
 DOCKER = DEPLOY / "docker"
 VARIANTS = [(name, v) for name, s in SERVICES.items() for v in (("cpu", "cuda") if s.model_server else ("cpu",))]
-ALL_RECIPES = [*VARIANTS, (GATEWAY.name, "cpu")]
+ALL_RECIPES = [*VARIANTS, *((name, "cpu") for name in HTTP_SERVICES)]
+HEALTH_PATHS = {"gateway": "/healthz", "openai": "/health"}
 
 
 def _dockerfile(name: str, variant: str) -> Path:
@@ -81,22 +82,24 @@ def test_build_context_is_trimmed_and_copied_scripts_exist(name: str, variant: s
         assert (ROOT / script).is_file(), script
 
 
-def test_gateway_recipe_runs_non_root_and_serves_http() -> None:
-    path = _dockerfile(GATEWAY.name, "cpu")
+@pytest.mark.parametrize("name", list(HTTP_SERVICES))
+def test_http_recipe_runs_non_root_and_serves_http(name: str) -> None:
+    svc = HTTP_SERVICES[name]
+    path = _dockerfile(name, "cpu")
     ins = _instructions(path)
     args = {op: rest for op, rest in ins}
     assert re.fullmatch(r"\d+(:\d+)?", args["USER"]) and not args["USER"].startswith("0")
-    assert args["EXPOSE"].split() == [str(GATEWAY.port)]
-    assert f"http://127.0.0.1:{GATEWAY.port}/healthz" in args["HEALTHCHECK"]
-    assert args["ENTRYPOINT"] == '["python", "-m", "services.cli", "serve", "gateway"]'
-    assert 'pip install "/app[gateway]"' in path.read_text() and "TORCH" not in path.read_text()
+    assert args["EXPOSE"].split() == [str(svc.port)]
+    assert f"http://127.0.0.1:{svc.port}{HEALTH_PATHS[name]}" in args["HEALTHCHECK"]
+    assert args["ENTRYPOINT"] == f'["python", "-m", "services.cli", "serve", "{name}"]'
+    assert f'pip install "/app[{name}]"' in path.read_text() and "TORCH" not in path.read_text()
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for op, rest in ins if op == "ENV")))
-    assert env["UNFRAGILE_GATEWAY_HOST"] == "0.0.0.0" and env["UNFRAGILE_GATEWAY_PORT"] == str(GATEWAY.port)
-    fields = settings_fields(GATEWAY.name)
+    assert env[f"{svc.env_prefix}HOST"] == "0.0.0.0" and env[f"{svc.env_prefix}PORT"] == str(svc.port)
+    fields = settings_fields(name)
     if fields is not None:
         for var in env:
-            if var.startswith(GATEWAY.env_prefix):
-                assert var[len(GATEWAY.env_prefix):].lower() in fields, var
+            if var.startswith(svc.env_prefix):
+                assert var[len(svc.env_prefix):].lower() in fields, var
 
 
 @pytest.fixture()

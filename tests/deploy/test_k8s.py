@@ -23,6 +23,7 @@ from deploy_support import (
     K8S,
     METRICS_PORTS,
     MIN_K8S,
+    OPENAI,
     SERVICES,
     registered_metrics,
     settings_fields,
@@ -281,6 +282,7 @@ def test_servicemonitor_component_targets_every_metrics_port() -> None:
     for name in SERVICES:
         assert "metrics" in {p["name"] for p in services[name]["spec"]["ports"]}
     assert "http" in {p["name"] for p in services[GATEWAY.name]["spec"]["ports"]}
+    assert "http" in {p["name"] for p in services[OPENAI.name]["spec"]["ports"]}
 
 
 def test_env_variables_name_real_settings_fields(rendered) -> None:
@@ -337,3 +339,19 @@ def test_operator_component_renders_into_an_overlay(tmp_path: Path) -> None:
     if KUBECTL:
         key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731 - a sort key
         assert sorted(map(key, _render_kubectl(overlay))) == sorted(map(key, objs))
+
+
+def test_openai_frontend_is_probed_over_http_and_spreads_over_the_model_pods(rendered) -> None:
+    overlay, objs = rendered
+    deploy = _by_kind(objs, "Deployment")[OPENAI.name]
+    (container,) = _pod(deploy)["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": OPENAI.port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    env = _env(container)
+    for name in ("visionlanguage", "diffusion"):  # the headless Services: round robin over every model pod
+        assert env[f"UNFRAGILE_OPENAI_{name.upper()}_TARGET"] == f"dns:///{name}-headless:{SERVICES[name].port}"
+    assert env["UNFRAGILE_OPENAI_API_KEYS"]["secretKeyRef"]["optional"] is True  # keys from a Secret, if any
+    assert deploy["spec"]["replicas"] >= 2
+    hpa = _by_kind(objs, "HorizontalPodAutoscaler")[OPENAI.name]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == OPENAI.name and hpa["spec"]["minReplicas"] >= 2

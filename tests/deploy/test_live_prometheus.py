@@ -1,7 +1,7 @@
 """The real thing: the three services as processes (as `unfragile up --graph-readers 1` runs them:
 the MatchGraph as a writer plus one reader of its SQLite file) on tiny
-models plus the HTTP gateway (the command its image runs), Debian's real `prometheus` on
-loopback scraping them with the project's scrape config and alert rules, real gRPC and
+models plus the HTTP gateway and the OpenAI-compatible API (the commands their images run),
+Debian's real `prometheus` on loopback scraping them with the project's scrape config and alert rules, real gRPC and
 HTTP traffic (good and bad calls), and then, through
 Prometheus' HTTP API: every PromQL expression of every Grafana panel, every alert rule
 (its query without the threshold) and the Prometheus adapter's HPA query returns data,
@@ -29,6 +29,7 @@ import yaml
 from deploy_support import (
     DEPLOY,
     GATEWAY,
+    OPENAI,
     RULES,
     SERVICES,
     Query,
@@ -145,12 +146,17 @@ def _missing_services() -> dict[str, str]:
             missing["matchgraph"] = f"services/matchgraph/backends.py is not importable yet ({exc})"
     if why := gateway_missing() or ("matchgraph is not running" if "matchgraph" in missing else None):
         missing[GATEWAY.name] = why
+    model_servers_missing = "the model services are not running" if {"visionlanguage", "diffusion"} & set(
+        missing) else None
+    if why := gateway_missing(OPENAI.name) or model_servers_missing:
+        missing[OPENAI.name] = why
     return missing
 
 
-def _gateway_command() -> list[str]:
-    """The gateway image's ENTRYPOINT, run with this interpreter: what the container runs."""
-    dockerfile = (DEPLOY / "docker" / "gateway.Dockerfile").read_text()
+def _gateway_command(name: str = GATEWAY.name) -> list[str]:
+    """The gateway's (or another HTTP service's) image ENTRYPOINT, run with this interpreter: what the
+    container runs."""
+    dockerfile = (DEPLOY / "docker" / f"{name}.Dockerfile").read_text()
     entry = json.loads(next(line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT "))[11:])
     assert entry[0] == "python"
     return [sys.executable, *entry[1:]]
@@ -169,6 +175,16 @@ def _start_gateway(stack: Any, port: int) -> subprocess.Popen[bytes]:
     return gw
 
 
+def _start_openai(stack: Any, port: int) -> subprocess.Popen[bytes]:
+    """The OpenAI-compatible API as its image runs it, in front of both model servers."""
+    env = {**os.environ, "UNFRAGILE_OPENAI_HOST": "127.0.0.1", "UNFRAGILE_OPENAI_PORT": str(port),
+           "UNFRAGILE_OPENAI_VISIONLANGUAGE_TARGET": stack.target("visionlanguage"),
+           "UNFRAGILE_OPENAI_DIFFUSION_TARGET": stack.target("diffusion"), "UNFRAGILE_OPENAI_GRACE_SECONDS": "5"}
+    proc = subprocess.Popen(_gateway_command(OPENAI.name), env=env)
+    _wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=60)
+    return proc
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
     from services.stack import Stack
@@ -176,28 +192,33 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     missing = _missing_services()
     running = [n for n in SERVICES if n not in missing]
     with_gateway = GATEWAY.name not in missing
+    with_openai = OPENAI.name not in missing
     if not running:
         pytest.skip(f"no service can start yet: {missing}")
     tmp = tmp_path_factory.mktemp("live")
     # An empty models folder: each model server builds its tiny model there on first
     # start (the documented default), in parallel, as `unfragile up` on a fresh box does.
     models = tmp / "models"
-    free = iter(_free_ports(2 * len(SERVICES) + 4))
+    free = iter(_free_ports(2 * len(SERVICES) + 5))
     ports = {n: (next(free), next(free)) for n in [*SERVICES, READER_1]}
     stack = Stack(host="127.0.0.1", models_dir=models, data_dir=tmp / "data", ports=ports,
                   graph_readers=1 if "matchgraph" in running else 0)
-    prom_port, gw_port = next(free), next(free)
+    prom_port, gw_port, oa_port = next(free), next(free), next(free)
     metrics_ports = {n: [ports[n][1]] for n in running} | ({GATEWAY.name: [gw_port]} if with_gateway else {})
+    metrics_ports |= {OPENAI.name: [oa_port]} if with_openai else {}
     if stack.graph_readers:
         metrics_ports["matchgraph"].append(ports[READER_1][1])
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(_prometheus_config(metrics_ports, prom_port)))
-    targets = {n: stack.target(n) for n in running} | {GATEWAY.name: f"http://127.0.0.1:{gw_port}"}
-    prom = gw = None
+    targets = {n: stack.target(n) for n in running} | {GATEWAY.name: f"http://127.0.0.1:{gw_port}",
+                                                        OPENAI.name: f"http://127.0.0.1:{oa_port}"}
+    prom = gw = oa = None
     prom_log = open(tmp / "prometheus.log", "wb")
     try:
         stack.start(running, timeout=240)
         if with_gateway:
             gw = _start_gateway(stack, gw_port)
+        if with_openai:
+            oa = _start_openai(stack, oa_port)
         prom = subprocess.Popen(
             [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
@@ -223,9 +244,10 @@ def live(tmp_path_factory: pytest.TempPathFactory):
             prom.wait(timeout=30)
         prom_log.close()
         gw_code = {}
-        if gw is not None:
-            gw.send_signal(signal.SIGTERM)
-            gw_code = {GATEWAY.name: gw.wait(timeout=30)}
+        for name, proc in ((GATEWAY.name, gw), (OPENAI.name, oa)):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                gw_code[name] = proc.wait(timeout=30)
         codes = stack.stop() | gw_code
         assert all(code == 0 for code in codes.values()), f"services did not drain cleanly: {codes}"
 

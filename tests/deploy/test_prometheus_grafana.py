@@ -103,7 +103,7 @@ def test_local_config_is_the_compose_config_on_loopback() -> None:
     local = yaml.safe_load((PROM / "prometheus.local.yml").read_text())
     for job in main["scrape_configs"]:
         for sc in job.get("static_configs", []):
-            sc["targets"] = [re.sub(r"^(visionlanguage|diffusion|matchgraph|gateway):", "127.0.0.1:", t)
+            sc["targets"] = [re.sub(r"^(visionlanguage|diffusion|matchgraph|gateway|openai):", "127.0.0.1:", t)
                              for t in sc["targets"]]
     assert local == main
     jobs = {j["job_name"] for j in main["scrape_configs"]}

@@ -48,6 +48,7 @@ def test_demo_prints_page_saves_png_and_shuts_down_cleanly(tmp_path, tiny_models
     assert "(random-weight test model)" in text and "## What the quality probes ran on" in text
     assert "says nothing about the real models" in text and "random-weight test model" in page
     assert "Verdict" in page and "kosmos-2-patch14-224" in page
-    assert "stopped: {'visionlanguage': 0, 'diffusion': 0, 'matchgraph': 0, 'gateway': 0}" in text
+    assert "stopped: {'visionlanguage': 0, 'diffusion': 0, 'matchgraph': 0, 'gateway': 0, 'openai': 0}" in text
+    assert re.search(r"openai\s+http://127\.0\.0\.1:\d+/v1 \(OpenAI-compatible API\)", text)
     png = (out / "demo.png").read_bytes()
     assert decode_image(png).size == (64, 64)
