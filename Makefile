@@ -38,10 +38,12 @@ lint: setup
 bench: setup
 	$(PY) -m benchmarks.run
 
-# Real-size Kosmos-2 and Stable Diffusion served in fp16 on a CUDA GPU (docs/gpu.md). The script
-# installs what is missing itself (a CUDA torch in $(VENV)); GPU_CHECK_ARGS="--device cpu --quick" smoke-runs it.
+# Real-size Kosmos-2 and Stable Diffusion served in fp16 on a CUDA GPU (docs/gpu.md), results in
+# benchmarks/gpu/. The script makes $(GPU_VENV) on top of python3's own (CUDA) torch and installs the
+# project's extras there; GPU_CHECK_ARGS="--device cpu --quick" smoke-runs it.
+GPU_VENV ?= .venv-gpu
 bench-gpu:
-	VENV=$(VENV) benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
+	VENV=$(GPU_VENV) benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 # unfragile beside LitServe and PyTriton (their pinned venvs are built under .peers/ on first use)
 bench-peers: setup

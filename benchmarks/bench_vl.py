@@ -30,6 +30,19 @@ extraction) with no gRPC, queue or scheduler.
   per request (the MatchGraph search's query), every core for torch. Target >= 3.
 - ``vl.int8.size_over_fp32`` and ``vl.int8.latency_over_fp32``: dynamic int8 (torch.ao)
   serialized weights size and in-process caption p50, each / fp32. Targets <= 0.5 and <= 1.0.
+- ``vl.decode.static_over_dynamic_cache_step``: in-process decode step time of a batch of 16
+  with the preallocated static KV cache (written in place) / with transformers' DynamicCache
+  (concatenated every step), 96 steps from a ~80-token prompt, rounds interleaved; the token
+  streams must be equal (else the entry is void). Target <= 0.95: the per-step copy of the
+  whole cache is gone (what remains for a GPU, CUDA graphs through ``compile``, is not
+  measurable here).
+- ``vl.preprocess.scheduler_busy_per_request_workers_over_inline``: CPU time of the engine's
+  scheduler thread per Caption of one token (1600x1200 photos, one request at a time: the
+  image and prefill stage, where preprocessing ran; decode steps are the same either way)
+  with image preprocessing on the worker pool / on the scheduler thread. Target <= 0.9:
+  resizing and normalising a photo no longer occupies the thread that drives the model.
+
+``python -m benchmarks.bench_vl device`` re-measures only these last two.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ from __future__ import annotations
 import io
 import os
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -377,6 +391,127 @@ def _scaling(stub: Any, pb: Any, inproc: _InProcess, imgs: list[bytes], threads:
         f"with the server's gRPC and scheduler threads and the clients: see docs/visionlanguage.md)")
 
 
+def _decode_steps(runner: Any, imgs: list[Any], steps: int) -> tuple[float, list[list[int]]]:
+    """Mean seconds per decode step of a batch of ``len(imgs)`` greedy sequences, and their tokens."""
+    from services.visionlanguage.batch import PrefillItem
+
+    feats = runner.image_features(imgs)
+    batch, out = runner.prefill([PrefillItem(runner.prompt_ids("<grounding>An image of"), f) for f in feats])
+    toks = []
+    t = time.perf_counter()
+    for _ in range(steps):
+        nxt = out.greedy()
+        toks.append(nxt)
+        out = runner.decode(batch, nxt)
+    return (time.perf_counter() - t) / steps, toks
+
+
+def _static_cache(threads: int, rounds: int = 5, steps: int = 96) -> Result:
+    import torch
+    from PIL import Image
+
+    from services.visionlanguage.runner import Kosmos2Runner
+    from services.visionlanguage.types import ImageInput
+
+    imgs = [ImageInput.from_pil(Image.new("RGB", (96, 96), (15 * i, 255 - 15 * i, 90))) for i in range(16)]
+    runners = {kv: Kosmos2Runner(MODEL_DIR, torch.device("cpu"), torch.float32, threads=threads, kv_cache=kv)
+               for kv in ("static", "dynamic")}
+    for r in runners.values():
+        _decode_steps(r, imgs, 4)
+    ratios: list[float] = []
+    times: dict[str, list[float]] = {"static": [], "dynamic": []}
+    equal = True
+    for rnd in range(rounds):
+        order = ["static", "dynamic"] if rnd % 2 == 0 else ["dynamic", "static"]
+        got = {kv: _decode_steps(runners[kv], imgs, steps) for kv in order}
+        equal = equal and got["static"][1] == got["dynamic"][1]
+        for kv in order:
+            times[kv].append(got[kv][0])
+        ratios.append(got["static"][0] / got["dynamic"][0])
+    value = statistics.median(ratios)
+    return Result("vl.decode.static_over_dynamic_cache_step", value, 0.95, "lower", "ratio",
+                  "decode step time with transformers' DynamicCache (torch.cat of the whole cache every step)",
+                  f"batch 16, {steps} steps from a ~80-token prompt, {rounds} interleaved rounds: static "
+                  f"{statistics.median(times['static']) * 1000:.1f} ms/step, dynamic "
+                  f"{statistics.median(times['dynamic']) * 1000:.1f} ms/step; per-round ratios "
+                  + ", ".join(f"{r:.2f}" for r in ratios) + f"; token streams {'equal' if equal else 'DIFFER'}",
+                  void="" if equal else "static and dynamic caches gave different tokens")
+
+
+def photos(n: int, size: tuple[int, int] = (1600, 1200)) -> list[bytes]:
+    """Photo-sized JPEGs (camera uploads), each different."""
+    from PIL import Image
+
+    out = []
+    for i in range(n):
+        img = Image.effect_noise((size[0] // 8, size[1] // 8), 30 + i).convert("RGB").resize(size)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _scheduler_busy(runner: Any, reqs: list[Any], workers: int) -> float:
+    """CPU seconds the scheduler thread spends per Caption, with ``workers`` preprocessing threads."""
+    from services.core.cancel import CancelToken
+    from services.visionlanguage.engine import Engine
+    from services.visionlanguage.settings import EngineConfig
+
+    engine = Engine(runner, EngineConfig(max_batch_size=16, max_queue_delay_ms=0, preprocess_workers=workers,
+                                         feature_cache_size=0, prefix_cache_size=0))
+    try:
+        clock = time.pthread_getcpuclockid(engine._thread.ident or 0)
+        engine.caption(reqs[0], CancelToken())
+        t = time.clock_gettime(clock)
+        for req in reqs[1:]:
+            engine.caption(req, CancelToken())
+        return (time.clock_gettime(clock) - t) / (len(reqs) - 1)
+    finally:
+        engine.close()
+
+
+def _preprocess_offload(threads: int, rounds: int = 3, per_round: int = 12) -> Result:
+    import torch
+
+    from services.visionlanguage.runner import Kosmos2Runner
+    from services.visionlanguage.types import CaptionRequest, Limits
+    from unfragile.common.v1 import common_pb2
+    from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
+
+    runner = Kosmos2Runner(MODEL_DIR, torch.device("cpu"), torch.float32, threads=threads)
+    limits = Limits(model_id=runner.model_id)
+    data = photos(2 * rounds * (per_round + 1))
+
+    def request(blob: bytes) -> Any:
+        msg = pb.CaptionRequest(image=common_pb2.Image(data=blob))
+        msg.sampling.max_new_tokens = 1
+        return CaptionRequest.from_pb(msg, limits)
+
+    reqs = [request(b) for b in data]
+    busy: dict[int, list[float]] = {2: [], 0: []}
+    k = 0
+    for rnd in range(rounds):
+        for workers in ((2, 0) if rnd % 2 == 0 else (0, 2)):
+            busy[workers].append(_scheduler_busy(runner, reqs[k:k + per_round + 1], workers))
+            k += per_round + 1
+    ratios = [a / b for a, b in zip(busy[2], busy[0])]
+    return Result("vl.preprocess.scheduler_busy_per_request_workers_over_inline", statistics.median(ratios), 0.9,
+                  "lower", "ratio", "scheduler-thread CPU time per Caption with preprocessing on that thread",
+                  f"1600x1200 JPEG photos, {per_round} Captions of 1 token in a row x {rounds} interleaved rounds: "
+                  f"2 workers {statistics.median(busy[2]) * 1000:.1f} ms, inline "
+                  f"{statistics.median(busy[0]) * 1000:.1f} ms of scheduler CPU per request; per-round ratios "
+                  + ", ".join(f"{r:.2f}" for r in ratios))
+
+
+def device_paths(threads: int) -> list[Result]:
+    """The GPU-readiness entries: static vs dynamic KV cache, preprocessing off the scheduler thread."""
+    from services.visionlanguage.tiny import build_tiny_kosmos2
+
+    if not (MODEL_DIR / "config.json").exists():
+        build_tiny_kosmos2(MODEL_DIR, "bench")
+    return [_static_cache(threads), _preprocess_offload(threads)]
+
+
 def run() -> list[Result]:
     import torch
 
@@ -422,4 +557,24 @@ def run() -> list[Result]:
             f"served completions {min(TOKEN_COUNTS)}-{max(TOKEN_COUNTS)} tokens")
     for r in results:
         r.notes = f"{r.notes}; {note}"
+    return results + _noted(device_paths(threads), threads)
+
+
+def _noted(results: list[Result], threads: int) -> list[Result]:
+    for r in results:
+        r.notes += f"; bench Kosmos-2 (23.7 M params), {threads} torch thread(s)"
     return results
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["device"]:
+    import torch
+
+    from benchmarks.run import merge
+
+    n = max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(n)
+    fresh = _noted(device_paths(n), n)
+    for r in fresh:
+        print(f"  {r.name} = {r.value:.4g} (target {r.target}, {'met' if r.met else 'NOT met'}): {r.notes}",
+              file=sys.stderr)
+    merge(fresh, set())

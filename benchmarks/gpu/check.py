@@ -1,10 +1,11 @@
 """The GPU check: real-size Kosmos-2 and Stable Diffusion 1.5 served in fp16 over real gRPC.
 
-``benchmarks/gpu_check.sh`` (``make bench-gpu``) installs what is missing and runs this module.
+``benchmarks/gpu_check.sh`` (``make bench-gpu``) sets up what is missing and runs this module.
 It builds random-weight models at the real checkpoints' sizes (benchmarks/gpu/real_models.py),
 serves each with ``unfragile serve <service> --model DIR --device cuda --dtype float16`` in its
-own process, one at a time, drives it from client threads over gRPC, and merges ``gpu.*``
-entries into results.json / RESULTS.md with the card's name as the device:
+own process, one at a time (ready when the gRPC health service says SERVING), drives it from
+client threads over gRPC, and merges ``gpu.*`` entries into benchmarks/gpu/results.json and
+RESULTS.md, with the card's name, driver and torch/CUDA versions as the device:
 
 - ``gpu.vl.ttft_p50_ms.1_client`` / ``.32_clients``: StreamCaption time to the first token
   chunk, one call at a time / 32 calls started together.
@@ -21,6 +22,9 @@ entries into results.json / RESULTS.md with the card's name as the device:
   from outside the process (benchmarks/gpu/serving.py says how).
 - ``gpu.check.wall_s``: the whole check (builds included), target under 8 minutes.
 
+``--deadline-s`` bounds the run: past it (or on SIGTERM) the check stops measuring and writes
+what it has, marked incomplete, and exits with 4. Results are written after each server's
+measurements, so an external kill loses at most the server being measured.
 ``--device cpu --quick`` runs the same code with scaled-down models, fp32 and a few
 requests (the test suite does, so the script cannot rot).
 """
@@ -28,7 +32,12 @@ requests (the test suite does, so the script cannot rot).
 from __future__ import annotations
 
 import argparse
+import math
+import platform
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -41,9 +50,10 @@ from benchmarks.bench_vl import _stream_ttft, noise_images
 from benchmarks.common import Result, device_description
 from benchmarks.gpu.real_models import KOSMOS2_QUICK, KOSMOS2_REAL, SD15_QUICK, SD15_REAL, build_kosmos2, build_sd
 from benchmarks.gpu.serving import Server
-from benchmarks.run import HERE, merge
+from benchmarks.run import merge
 
 PREFIX = "gpu."
+RESULTS = Path(__file__).resolve().parent / "results.json"
 WALL_TARGET_S = 480.0
 MEMORY_TARGET_MB = 16384.0  # fits a 16 GB card
 
@@ -77,13 +87,53 @@ def log(msg: str) -> None:
     print(f"[gpu-check {time.perf_counter() - _T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
-def card_name(device: str) -> str:
-    """The card's name (``torch.cuda.get_device_name``) on cuda; the CPU's description otherwise."""
+class OutOfTime(Exception):
+    """The deadline passed, or the process was asked to stop (SIGTERM)."""
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds if seconds > 0 else math.inf
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def check(self, next_step: str) -> None:
+        if self.left() <= 0:
+            raise OutOfTime(f"out of time before {next_step}")
+
+
+def _driver_version() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "unknown"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return "unknown"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def environment(device: str) -> dict[str, str]:
+    """The card (or CPU), driver, torch, CUDA and Python versions the numbers were measured with."""
     import torch
 
+    env = {"torch": str(torch.__version__), "python": platform.python_version()}
     if device.startswith("cuda"):
-        return str(torch.cuda.get_device_name(torch.device(device)))
-    return device_description()
+        dev = torch.device(device)
+        memory = torch.cuda.get_device_properties(dev).total_memory / 2**30
+        env |= {"card": str(torch.cuda.get_device_name(dev)), "driver": _driver_version(),
+                "cuda": str(torch.version.cuda), "memory": f"{memory:.0f} GiB"}
+    else:
+        env["card"] = device_description()
+    return env
+
+
+def device_label(env: dict[str, str]) -> str:
+    """``NVIDIA H100 80GB HBM3 (driver 550.54.15, torch 2.13.0+cu128, CUDA 12.8)``; CPUs name torch only."""
+    if "driver" in env:
+        return f"{env['card']} (driver {env['driver']}, torch {env['torch']}, CUDA {env['cuda']})"
+    return f"{env['card']} (torch {env['torch']})"
 
 
 def sync(device: str) -> None:
@@ -240,7 +290,52 @@ def _peak(server: Server, name: str, weights_mb: float) -> Result:
                   f"{server.peak_method}; weights {weights_mb:.0f} MiB")
 
 
-def _serve_and_measure(args: argparse.Namespace, plan: Plan, work: Path, models: dict[str, Any]) -> list[Result]:
+class Run:
+    """The results of one check, written after each step so that a stopped run keeps what it measured."""
+
+    def __init__(self, args: argparse.Namespace, env: dict[str, str]) -> None:
+        self.args, self.env = args, env
+        self.results: list[Result] = []
+        self.incomplete = ""
+
+    def add(self, fresh: list[Result], suffix: str = "") -> None:
+        for r in fresh:
+            r.notes += suffix
+        self.results += fresh
+        self.save()
+
+    def save(self) -> None:
+        size = "scaled-down (--quick)" if self.args.quick else "real-size"
+        label = device_label(self.env)
+        out = []
+        for r in self.results:
+            notes = f"{r.notes}; {size} random-weight models, {self.args.dtype}"
+            if self.incomplete:
+                notes += f"; INCOMPLETE run ({self.incomplete})"
+            out.append(Result(r.name, r.value, r.target, r.better, r.unit, r.baseline, notes, r.void, label, r.date))
+        write_results(self.args.results, out, self.env, self.incomplete)
+
+
+def write_results(path: Path, fresh: list[Result], env: dict[str, str], incomplete: str) -> None:
+    """Merge ``fresh`` into ``path`` (entries of other areas kept) and write RESULTS.md beside it."""
+    merge(fresh, {PREFIX}, path)
+    table = [line for line in (path.parent / "RESULTS.md").read_text().splitlines() if line.startswith("|")]
+    facts = ", ".join(f"{k} {v}" for k, v in env.items())
+    head = [
+        "# GPU check results",
+        "",
+        "Written by `make bench-gpu` (benchmarks/gpu_check.sh; docs/gpu.md): real-size random-weight Kosmos-2 and",
+        "Stable Diffusion 1.5 served over gRPC. Absolute targets are GPU targets; a CPU smoke run's numbers only",
+        "show that the check runs.",
+        "",
+        f"Last run: {facts}.{' **Incomplete**: ' + incomplete + '.' if incomplete else ''}",
+        "",
+    ]
+    (path.parent / "RESULTS.md").write_text("\n".join(head + table) + "\n")
+
+
+def _serve_and_measure(args: argparse.Namespace, plan: Plan, work: Path, models: dict[str, Any], run: Run,
+                       deadline: Deadline) -> None:
     from services.core.client import channel
     from unfragile.diffusion.v1 import diffusion_pb2_grpc
     from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc
@@ -249,27 +344,31 @@ def _serve_and_measure(args: argparse.Namespace, plan: Plan, work: Path, models:
     threads = {"threads": 1} if cpu else {}
     vl_sets = {"max_batch_size": plan.vl_clients, "max_queue_size": 4 * plan.vl_clients, "feature_cache_size": 0,
                "prefix_cache_size": 0, "attn_implementation": args.attn, "log_level": "WARNING", **threads}
-    results: list[Result] = []
     vl = models["vl"]
+    deadline.check("serving Kosmos-2")
     log(f"serving Kosmos-2 ({vl.parameters / 1e6:.1f} M parameters) on {args.device} in {args.dtype}")
-    with Server("visionlanguage", vl.path, args.device, args.dtype, vl_sets, work / "visionlanguage.log") as srv:
+    results: list[Result] = []
+    with Server("visionlanguage", vl.path, args.device, args.dtype, vl_sets, work / "visionlanguage.log",
+                start_timeout_s=min(600.0, deadline.left())) as srv:
         log(f"visionlanguage SERVING at {srv.address}; measuring")
         with channel(srv.address) as ch:
             results += measure_vl(visionlanguage_pb2_grpc.VisionLanguageStub(ch), plan, args.dtype)
     results.append(_peak(srv, "gpu.vl.peak_memory_mb", vl.parameters * _bytes(args.dtype) / 2**20))
-    for r in results:
-        r.notes += f"; Kosmos-2 attention {args.attn}"
+    run.add(results, f"; Kosmos-2 attention {args.attn}")
     sd = models["sd"]
     sd_sets = {"max_batch_images": plan.sd_clients, "max_queue_delay_ms": 25, "batching": "true",
                "adapters_dir": str(work / "adapters"), "log_level": "WARNING",
                **({"torch_threads": 1} if cpu else {})}
+    deadline.check("serving Stable Diffusion")
     log(f"serving Stable Diffusion ({sd.parameters / 1e6:.1f} M parameters) on {args.device} in {args.dtype}")
-    with Server("diffusion", sd.path, args.device, args.dtype, sd_sets, work / "diffusion.log") as srv:
+    results = []
+    with Server("diffusion", sd.path, args.device, args.dtype, sd_sets, work / "diffusion.log",
+                start_timeout_s=min(600.0, deadline.left())) as srv:
         log(f"diffusion SERVING at {srv.address}; measuring")
         with channel(srv.address) as ch:
             results += measure_sd(diffusion_pb2_grpc.DiffusionStub(ch), plan)
     results.append(_peak(srv, "gpu.diffusion.peak_memory_mb", sd.parameters * _bytes(args.dtype) / 2**20))
-    return results
+    run.add(results)
 
 
 def _bytes(dtype: str) -> int:
@@ -282,47 +381,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default="", help="default float16 on cuda, float32 on cpu")
     p.add_argument("--quick", action="store_true", help="scaled-down models and a few requests (CPU smoke run)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="Kosmos-2 attention implementation")
-    p.add_argument("--results", type=Path, default=HERE / "results.json",
+    p.add_argument("--results", type=Path, default=RESULTS,
                    help="results JSON to merge into (RESULTS.md is written next to it)")
     p.add_argument("--work", type=Path, default=Path(".models/gpu-check"),
                    help="where the models are built (reused when already built the same way) and server logs go")
+    p.add_argument("--deadline-s", type=float, default=0.0,
+                   help="stop measuring after this many seconds and write what was measured (0 = no limit)")
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    def stop(signum: int, frame: Any) -> None:
+        raise OutOfTime("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return _check(parse_args(argv))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check(args: argparse.Namespace) -> int:
     import torch
 
-    args = parse_args(argv)
+    deadline = Deadline(args.deadline_s)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         log(f"torch {torch.__version__} sees no CUDA device; run with --device cpu --quick for the CPU smoke run")
         return 2
     plan = QUICK if args.quick else FULL
-    device_name = card_name(args.device)
-    log(f"device: {device_name}; torch {torch.__version__}; "
-        f"{'quick (scaled-down) models' if args.quick else 'real-size models'}")
-    t = time.perf_counter()
-    models = {"vl": build_kosmos2(args.work / ("kosmos2-quick" if args.quick else "kosmos2"),
-                                  KOSMOS2_QUICK if args.quick else KOSMOS2_REAL, args.device, args.dtype),
-              "sd": build_sd(args.work / ("sd15-quick" if args.quick else "sd15"),
-                             SD15_QUICK if args.quick else SD15_REAL, args.device, args.dtype)}
-    sync(args.device)
-    built = "; ".join(f"{k} {m.parameters / 1e6:.1f} M params {'reused' if m.reused else f'built in {m.seconds:.1f} s'}"
-                      for k, m in models.items())
-    log(f"models ready in {time.perf_counter() - t:.1f} s: {built}")
-    results = _serve_and_measure(args, plan, args.work, models)
+    env = environment(args.device)
+    run = Run(args, env)
+    log(f"device: {device_label(env)}; {'quick (scaled-down) models' if args.quick else 'real-size models'}"
+        f"{f'; deadline {args.deadline_s:.0f} s' if args.deadline_s else ''}")
+    built = ""
+    try:
+        t = time.perf_counter()
+        models = {"vl": build_kosmos2(args.work / ("kosmos2-quick" if args.quick else "kosmos2"),
+                                      KOSMOS2_QUICK if args.quick else KOSMOS2_REAL, args.device, args.dtype),
+                  "sd": build_sd(args.work / ("sd15-quick" if args.quick else "sd15"),
+                                 SD15_QUICK if args.quick else SD15_REAL, args.device, args.dtype)}
+        sync(args.device)
+        built = "; ".join(f"{k} {m.parameters / 1e6:.1f} M params "
+                          f"{'reused' if m.reused else f'built in {m.seconds:.1f} s'}" for k, m in models.items())
+        log(f"models ready in {time.perf_counter() - t:.1f} s: {built}")
+        _serve_and_measure(args, plan, args.work, models, run, deadline)
+    except OutOfTime as exc:
+        run.incomplete = str(exc)
+        log(f"INCOMPLETE: {exc}; writing what was measured")
     wall = time.perf_counter() - _T0
-    results.append(Result("gpu.check.wall_s", wall, WALL_TARGET_S, "lower", "s", "absolute",
-                          f"the whole check after installation: builds ({built}), two server starts, all requests"))
-    size = "scaled-down (--quick)" if args.quick else "real-size"
-    for r in results:
-        r.device = device_name
-        r.notes = f"{r.notes}; {size} random-weight models, {args.dtype}"
+    run.add([Result("gpu.check.wall_s", wall, WALL_TARGET_S, "lower", "s", "absolute",
+                    f"the whole check after installation: builds ({built or 'not finished'}), two server starts, "
+                    f"all requests")])
+    for r in run.results:
         log(f"{r.name} = {r.value:.4g} {r.unit} (target {r.target:g}, {'met' if r.met else 'NOT met'})")
-    merge(results, {PREFIX}, args.results)
-    log(f"wrote {len(results)} entries to {args.results} in {wall:.0f} s")
-    return 0
+    log(f"wrote {len(run.results)} entries to {args.results} in {wall:.0f} s")
+    return 4 if run.incomplete else 0
 
 
 if __name__ == "__main__":

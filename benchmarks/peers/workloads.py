@@ -50,7 +50,7 @@ def _png(img: Any) -> bytes:
 class Kosmos2Captioner:
     """Greedy BRIEF captions for a batch of images, through ``generate``."""
 
-    def __init__(self, model_dir: str, threads: int, attn_implementation: str = "eager") -> None:
+    def __init__(self, model_dir: str, threads: int, attn_implementation: str = "sdpa") -> None:
         import torch
         from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 

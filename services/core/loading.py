@@ -73,3 +73,39 @@ def pretrained_source(model: str | Path) -> tuple[str, dict[str, Any]]:
             f"(then copy ~/.cache/huggingface), or pass --model /path/to/a/checkpoint/folder"
         ) from None
     return name, {"local_files_only": True}
+
+
+FP16_VARIANT = "fp16"
+
+
+def _local_folder(source: str | Path) -> Path | None:
+    """The folder of a local path, or of a hub id in the local cache; None when neither."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source), local_files_only=True))
+    except Exception:
+        return None
+
+
+def weight_variant(source: str | Path, dtype: Any) -> str | None:
+    """``"fp16"`` when serving in float16 and the checkpoint ships fp16 weight files, else None.
+
+    Checkpoints often carry ``*.fp16.safetensors`` beside the full-precision files
+    (``model.fp16.safetensors``, ``unet/diffusion_pytorch_model.fp16.safetensors``, sharded
+    ``*.fp16-00001-of-00002.safetensors``): reading them halves the disk read of a float16
+    load. Pass the result as ``variant=`` to ``from_pretrained``.
+    """
+    if str(dtype).removeprefix("torch.") != "float16":
+        return None
+    folder = _local_folder(source)
+    if folder is None:
+        return None
+    marks = (f".{FP16_VARIANT}.safetensors", f".{FP16_VARIANT}-")
+    for path in (*folder.glob("*.safetensors"), *folder.glob("*/*.safetensors")):
+        if any(m in path.name for m in marks):
+            return FP16_VARIANT
+    return None

@@ -33,6 +33,7 @@ from PIL import Image
 
 from common.errors import Internal, PermissionDenied, ResourceExhausted, Unavailable, UnfragileError, is_out_of_memory
 from services.core.cancel import CancelToken
+from services.core.devicememory import release_cached_memory
 from services.core.modelinfo import ModelInfo
 from services.core.security import ANONYMOUS, Principal
 from services.diffusion import metrics as m
@@ -301,23 +302,30 @@ class Engine:
         m.BATCH_SIZE.labels(jobs[0].mode).observe(images)
         m.RUNNING.inc(len(jobs))
         self._running = list(jobs)
+        outputs: list[list[Image.Image]] = []
+        outcome = "done"
         try:
             outputs = self.runner.run([BatchItem(j.request, j.seeds) for j in jobs], self._step_hook(jobs))
         except Interrupted:
-            return
+            outcome = "interrupted"
         except Exception as exc:
-            if is_out_of_memory(exc) and len(jobs) > 1:
-                log.warning("out of memory on a batch of %d images; retrying each job alone", images)
-                for job in jobs:
-                    if not job.finished:
-                        self._run_batch([job])
-                return
-            self._fail_batch(jobs, exc, images)
-            return
+            outcome = "out of memory" if is_out_of_memory(exc) else "failed"
+            if outcome == "failed" or len(jobs) == 1:
+                self._fail_batch(jobs, exc, images)
         finally:
             self._running = []
             m.RUNNING.dec(len(jobs))
             self._batch_s_ema = 0.8 * self._batch_s_ema + 0.2 * (time.monotonic() - started)
+        if outcome == "out of memory":
+            # Only now, outside the handler, are the failed call's frames (and its tensors) gone.
+            release_cached_memory()
+            if len(jobs) > 1:
+                log.warning("out of memory on a batch of %d images; retrying each job alone", images)
+                for job in jobs:
+                    if not job.finished:
+                        self._run_batch([job])
+        if outcome != "done":
+            return
         ended = time.monotonic()
         for job, imgs in zip(jobs, outputs):
             if job.token.cancelled and not job.finished:

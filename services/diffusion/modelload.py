@@ -5,8 +5,10 @@ is loaded through that family's own diffusers pipeline class: ``from_pretrained`
 folder, ``from_single_file`` for a file, always with ``dtype=`` (no cast afterwards),
 safetensors only and without any network access. A single file's component configs and
 tokenizers come from ``single_file_config`` or from the configs shipped for its family.
-Img2img and inpaint pipelines share the loaded modules through ``from_pipe``; a folder may
-add a separate 9-channel inpaint UNet in ``unet_inpaint/``.
+Img2img and inpaint pipelines are built on the loaded modules themselves (``Class(**components)``:
+``from_pipe`` would cast them all to one dtype, T5's float32 ``wo`` layers included, which then
+overflow in float16); a folder may add a separate 9-channel inpaint UNet in ``unet_inpaint/``.
+Serving in float16, a folder's ``*.fp16.safetensors`` weight files are read where it ships them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ModelUnavailable
-from services.core.loading import pretrained_source
+from services.core.loading import pretrained_source, weight_variant
 from services.diffusion.families import SD, SD3, SDXL, Family, family_of_index, family_of_keys
 from services.diffusion.settings import LoadConfig
 
@@ -98,7 +100,8 @@ def load_pipelines(model: str, cfg: LoadConfig, device: Any, dtype: Any) -> Pipe
         folder = local_folder(model)
         family = family_of_index(_read_index(folder, model), model)
         pipe = _wrap(family, model, lambda: _class(family.txt2img).from_pretrained(
-            folder, dtype=dtype, use_safetensors=True, **_family_kwargs(family, cfg)))
+            folder, dtype=dtype, use_safetensors=True, variant=weight_variant(folder, dtype),
+            **_family_kwargs(family, cfg)))
         fmt, inpaint_unet = "diffusers folder", _inpaint_unet(family, folder, dtype)
     return _assemble(family, fmt, pipe, inpaint_unet, cfg, device, dtype)
 
@@ -251,9 +254,8 @@ def _assemble(family: Family, fmt: str, pipe: Any, inpaint_unet: Any, cfg: LoadC
             module.eval()
     pipe.to(device)
     extra = {"unet": inpaint_unet.to(device)} if has_inpaint else {}
-    # from_pipe casts the shared modules to its dtype argument (float32 when omitted): pass the served one
-    img2img = _class(family.img2img).from_pipe(pipe, dtype=dtype)
-    inpaint = _class(family.inpaint).from_pipe(pipe, dtype=dtype, **extra)
+    img2img = sharing(_class(family.img2img), pipe)
+    inpaint = sharing(_class(family.inpaint), pipe, **extra)
     loaded = Pipelines(family, fmt, pipe, img2img, inpaint, has_inpaint)
     if cfg.refiner:
         loaded.refiner = _load_refiner(family, pipe, cfg.refiner, device, dtype)
@@ -261,6 +263,19 @@ def _assemble(family: Family, fmt: str, pipe: Any, inpaint_unet: Any, cfg: LoadC
         if p is not None:
             p.set_progress_bar_config(disable=True)
     return loaded
+
+
+def sharing(cls: Any, pipe: Any, **components: Any) -> Any:
+    """A ``cls`` pipeline on ``pipe``'s own modules and options, cast to nothing.
+
+    What ``from_pipe`` does (same modules, the options both classes take) without its final
+    ``.to(dtype)``, which would cast modules loaded partly in float32 on purpose: T5's ``wo``
+    layers (``_keep_in_fp32_modules``) overflow in float16.
+    """
+    modules, options = cls._get_signature_keys(cls)
+    kwargs = {k: v for k, v in pipe.components.items() if k in modules}
+    kwargs |= {k: v for k, v in pipe.config.items() if k in options and not k.startswith("_")}
+    return cls(**(kwargs | components))
 
 
 def _load_refiner(family: Family, base: Any, refiner: str, device: Any, dtype: Any) -> Any:

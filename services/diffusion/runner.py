@@ -26,6 +26,7 @@ from PIL import Image
 
 from common.errors import FailedPrecondition
 from services.core.modelinfo import ModelInfo
+from services.diffusion import vae as vae_calls
 from services.diffusion.adapters import LORA_WEIGHT_NAME, AdapterCatalog, AdapterStore, LoraFile
 from services.diffusion.calls import Inputs, adain_blend, pipeline_call, restore_unmasked
 from services.diffusion.engine import BatchItem, Interrupted, StepHook
@@ -167,11 +168,9 @@ class DiffusersRunner:
         """Images of batch latents: the family's linear latent->RGB map (1/8 size), or a full VAE decode."""
         import torch
 
+        if mode == "vae":
+            return self.pipe.image_processor.postprocess(vae_calls.decode(self.pipe.vae, latents), output_type="pil")
         with torch.no_grad():
-            if mode == "vae":
-                vae = self.pipe.vae
-                decoded = vae.decode(self._unscale(latents.to(vae.dtype)), return_dict=False)[0]
-                return self.pipe.image_processor.postprocess(decoded, output_type="pil")
             if self._rgb is None or self._rgb[0].device != latents.device:
                 f = self.family
                 self._rgb = (torch.tensor(f.rgb_factors, dtype=torch.float32, device=latents.device),
@@ -181,19 +180,9 @@ class DiffusersRunner:
             arr = ((rgb + 1) / 2).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a, "RGB") for a in arr]
 
-    def _unscale(self, latents: Any) -> Any:
-        cfg = self.pipe.vae.config
-        return latents / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
-
     def encode_latents(self, images: list[Image.Image]) -> Any:
         """VAE latents (scaled and shifted as the denoiser sees them) of ``images``."""
-        import torch
-
-        vae = self.pipe.vae
-        px = self.pipe.image_processor.preprocess(images).to(self.device, vae.dtype)
-        with torch.no_grad():
-            mode = vae.encode(px).latent_dist.mode()
-        return (mode - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
+        return vae_calls.encode(self.pipe.vae, self.pipe.image_processor.preprocess(images).to(self.device))
 
     # ----------------------------------------------------------------- generation
     def run(self, items: Sequence[BatchItem], on_step: StepHook) -> list[list[Image.Image]]:
@@ -212,7 +201,11 @@ class DiffusersRunner:
         per_image = [it.request for it in items for _ in it.seeds]
         # captured now: the engine may release a cancelled job's inputs while the batch runs
         inputs = cast(Inputs, [(r.image, r.mask) for r in per_image])
-        images = pipeline_call(self, pipe, items, inputs, callback)
+        cfg = self.load_config
+        source = inputs[0][0]  # edits without a size run at their input's size
+        width, height = (p.width, p.height) if (p.width and p.height) or source is None else source.size
+        with vae_calls.for_call(self.pipe.vae, width, height, cfg.vae_slicing, cfg.vae_tiling_pixels):
+            images = pipeline_call(self, pipe, items, inputs, callback)
         result, k = [], 0
         for it in items:
             result.append(images[k:k + len(it.seeds)])

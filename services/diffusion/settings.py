@@ -70,6 +70,12 @@ class LoadConfig(BaseModel):
     lora_dir: Path | None = Field(
         None, description="Folder of community LoRA files (*.safetensors in the kohya or diffusers format) listed "
         "and usable beside the trained adapters; unset = none.")
+    vae_slicing: bool = Field(
+        True, description="Decode a batch's latents one image at a time (less peak memory for large batches; the "
+        "images are the same).")
+    vae_tiling_pixels: int = Field(
+        1024 * 1024, ge=0, description="Images of more pixels than this are decoded and encoded by the VAE in "
+        "overlapping tiles (much less memory at large sizes; faint seams are possible); 0 = never.")
 
 
 class Settings(Limits, EngineConfig, LoadConfig, ModelSettings, GrpcServerSettings):

@@ -5,16 +5,24 @@ the active adapters back to what each request asked for, and the engine's worker
 one ``step()`` at a time between batches. SDXL's UNet also gets the pooled embedding of its
 second text encoder and the ``add_time_ids`` (size and crop) conditioning, as its pipeline
 passes them at inference.
+
+Memory, for SDXL at 1024x1024 on a GPU: the UNet recomputes activations in the backward pass
+(gradient checkpointing, active only while gradients are on, so serving is unaffected); the
+batch follows from a per-family budget of pixels per step; a float16 model trains under
+bfloat16 autocast where the device supports it (no gradient underflow), else under float16
+autocast with a ``GradScaler``. The LoRA weights themselves are float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageOps
 
+from services.diffusion import vae as vae_calls
 from services.diffusion.types import FineTuneRequest, TrainingExample
 
 if TYPE_CHECKING:
@@ -23,6 +31,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+# Pixels per training step (batch x resolution²) each family trains with: SD 1.x/2.x 4 x 512², SDXL 2 x 1024²
+# (with gradient checkpointing, what a 24 GB card holds); at most MAX_BATCH images, at least one.
+STEP_PIXELS = {"sd": 4 * 512 * 512, "sdxl": 2 * 1024 * 1024}
+MAX_BATCH = 4
+
+
+def training_batch(family: str, resolution: int, examples: int) -> int:
+    """Images per training step for ``family`` at ``resolution``."""
+    per_step = STEP_PIXELS.get(family, STEP_PIXELS["sd"]) // (resolution * resolution)
+    return max(1, min(MAX_BATCH, examples, per_step))
+
+
+def precision(base_dtype: Any, bf16_supported: bool) -> str:
+    """How a step runs on a ``base_dtype`` UNet: "float32" as it is, "bf16-autocast", or "fp16-autocast+scaler"."""
+    import torch
+
+    if base_dtype == torch.float32:
+        return "float32"
+    return "bf16-autocast" if bf16_supported else "fp16-autocast+scaler"
+
+
+def bf16_supported(device: Any) -> bool:
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu"
 
 
 def _square(img: Image.Image, size: int) -> Image.Image:
@@ -48,15 +83,17 @@ class LoraTrainingRun:
         self.opt = torch.optim.AdamW(self.params, lr=req.learning_rate)
         self.noise = DDPMScheduler.from_config(runner.scheduler_config())
         self.gen = torch.Generator("cpu").manual_seed(req.seed)
-        self.batch = min(4, len(examples))
+        self.batch = training_batch(runner.family.key, size, len(examples))
+        self.precision = precision(self.unet.dtype, bf16_supported(runner.device))
+        self.scaler = torch.amp.GradScaler(runner.device.type) if self.precision == "fp16-autocast+scaler" else None
+        self.unet.enable_gradient_checkpointing()
 
     def _latents(self, images: list[Image.Image]) -> Any:
         import torch
 
         vae, pipe = self.runner.pipe.vae, self.runner.pipe
-        px = pipe.image_processor.preprocess(images).to(self.runner.device, vae.dtype)
-        latents = torch.cat([vae.encode(px[i:i + 8]).latent_dist.mode() for i in range(0, len(px), 8)])
-        return latents * vae.config.scaling_factor
+        px = pipe.image_processor.preprocess(images).to(self.runner.device)
+        return torch.cat([vae_calls.encode(vae, px[i:i + 8]) for i in range(0, len(px), 8)])
 
     def _conditioning(self, captions: list[str], size: int) -> tuple[Any, dict[str, Any]]:
         """Prompt embeddings, plus SDXL's pooled embedding and size/crop time ids (empty dict for SD)."""
@@ -103,14 +140,32 @@ class LoraTrainingRun:
         noisy = self.noise.add_noise(lat, noise, t)
         target = noise if self.noise.config.prediction_type == "epsilon" else self.noise.get_velocity(lat, noise, t)
         added = {k: v[idx] for k, v in self.added.items()} or None
+        embeds = self.embeds[idx]
+        if self.precision == "bf16-autocast":  # autocast cannot mix float16 inputs into bfloat16 ops (torch.cat)
+            noisy, embeds = noisy.to(torch.bfloat16), embeds.to(torch.bfloat16)
+            added = {k: v.to(torch.bfloat16) for k, v in added.items()} if added else None
         with torch.enable_grad():
-            pred = self.unet(noisy, t, encoder_hidden_states=self.embeds[idx], added_cond_kwargs=added,
-                             return_dict=False)[0]
+            with self._autocast():
+                pred = self.unet(noisy, t, encoder_hidden_states=embeds, added_cond_kwargs=added,
+                                 return_dict=False)[0]
             loss = F.mse_loss(pred.float(), target.float())
-            loss.backward()
-            self.opt.step()
+            if self.scaler is not None:  # float16 gradients underflow without scaling
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                loss.backward()
+                self.opt.step()
             self.opt.zero_grad(set_to_none=True)
         return float(loss.detach())
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16-autocast" else torch.float16
+        return torch.autocast(self.runner.device.type, dtype=dtype)
 
     def lora_state_dict(self) -> dict[str, Any]:
         from diffusers.utils import convert_state_dict_to_diffusers
@@ -121,6 +176,7 @@ class LoraTrainingRun:
 
     def discard(self) -> None:
         """Remove the training adapter from the shared UNet."""
+        self.unet.disable_gradient_checkpointing()
         try:
             with warnings.catch_warnings():  # "was active which is now deleted": generation resets it anyway
                 warnings.simplefilter("ignore", UserWarning)

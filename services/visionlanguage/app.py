@@ -73,7 +73,8 @@ def build_service(settings: Settings, runner_factory: Callable[[], ModelRunner] 
 
         device, dtype = settings.resolve_device_dtype()
         return Kosmos2Runner(resolve_model(settings), device, dtype, quantize=settings.quantize,
-                             threads=settings.threads, attn_implementation=settings.attn_implementation)
+                             threads=settings.threads, attn_implementation=settings.attn_implementation,
+                             kv_cache=settings.kv_cache, compile=settings.compile)
 
     def load() -> None:
         runner = (runner_factory or make_runner)()

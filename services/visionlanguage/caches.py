@@ -1,7 +1,9 @@
 """Per-image caches in front of the model: projected image features and image-prefix KV.
 
-Both are keyed by the image's content hash. ``CachedModel.features`` runs the vision
-encoder only for images not seen before (one batch for all misses);
+Both are keyed by the image's content hash. ``CachedModel.pixels`` starts an image's
+preprocessing (resize, normalise) on a worker thread as its request arrives, unless its
+features are cached; ``CachedModel.features`` runs the vision encoder only for images not
+seen before (one batch for all misses, on the preprocessed pixels);
 ``CachedModel.prefill`` runs whole prompts for images without a cached prefix (and
 keeps their prefix) and only the prompt tails for the others.
 """
@@ -9,14 +11,28 @@ keeps their prefix) and only the prompt tails for the others.
 from __future__ import annotations
 
 import collections
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import torch
 
 from services.visionlanguage import metrics as m
-from services.visionlanguage.batch import DecodeBatch, ImageFeatures, ImagePrefix, ModelRunner, PrefillItem, PromptIds
+from services.visionlanguage.batch import (
+    DecodeBatch,
+    ImageFeatures,
+    ImagePrefix,
+    ModelRunner,
+    PrefillItem,
+    PromptIds,
+    StepOutput,
+    concat_outputs,
+)
 from services.visionlanguage.types import ImageInput
+
+Pixels = Future[torch.Tensor] | None  # an image's preprocessing, running on a worker (None: not started)
 
 V = TypeVar("V")
 
@@ -50,6 +66,11 @@ class FeatureCache(LRU[ImageFeatures]):
         f = self.get(key)
         return None if f is None or (need_attention and f.slot_to_patch is None) else f
 
+    def holds(self, key: str, need_attention: bool = False) -> bool:
+        """Whether ``lookup`` would hit; from any thread (one dict read, the LRU order is left alone)."""
+        f = self._d.get(key)
+        return f is not None and (f.slot_to_patch is not None or not need_attention)
+
 
 class PrefixCache(LRU[ImagePrefix]):
     """Image-prefix KV caches ('<s><image>[slots]</image>')."""
@@ -70,32 +91,62 @@ class Prefilled:
 
     order: list[int]
     batch: DecodeBatch
-    logits: torch.Tensor
-    attention: torch.Tensor | None
+    out: StepOutput
 
 
 class CachedModel:
     """The runner's image and prefill work, with the feature and prefix caches in front."""
 
-    def __init__(self, runner: ModelRunner, feature_cache_size: int, prefix_cache_size: int) -> None:
+    def __init__(self, runner: ModelRunner, feature_cache_size: int, prefix_cache_size: int,
+                 preprocess_workers: int = 0) -> None:
         self.runner = runner
         self.features_cache = FeatureCache(feature_cache_size)
         self.prefix_cache = PrefixCache(prefix_cache_size)
+        self._pool = ThreadPoolExecutor(preprocess_workers, thread_name_prefix="vl-preprocess") \
+            if preprocess_workers > 0 else None
 
-    def features(self, images: list[ImageInput], with_attention: bool = False) -> list[ImageFeatures]:
-        """Features for each image: from the cache, else one vision batch for the misses."""
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def pixels(self, image: ImageInput, with_attention: bool = False) -> Pixels:
+        """Start preprocessing ``image`` on a worker (any thread); None when its features are cached or
+        there are no workers (then ``features`` preprocesses it on the calling thread)."""
+        if self._pool is None or self.features_cache.holds(image.digest, with_attention):
+            return None
+
+        def run() -> torch.Tensor:
+            t = time.perf_counter()
+            pixels = self.runner.preprocess([image])
+            m.PREPROCESS_TIME.observe(time.perf_counter() - t)
+            return pixels
+
+        return self._pool.submit(run)
+
+    def features(self, images: list[ImageInput], with_attention: bool = False,
+                 pixels: Sequence[Pixels] = ()) -> list[ImageFeatures]:
+        """Features for each image: from the cache, else one vision batch for the misses.
+
+        ``pixels[i]``, when given, is image i's preprocessing already running on a worker;
+        the misses without one are preprocessed here.
+        """
         out: dict[str, ImageFeatures] = {}
         missing: list[ImageInput] = []
-        for im in images:
+        ready: list[Pixels] = []
+        for i, im in enumerate(images):
             f = out.get(im.digest) or self.features_cache.lookup(im.digest, with_attention)
             if f is not None:
                 out[im.digest] = f
                 m.CACHE.labels("hit").inc()
             elif all(x.digest != im.digest for x in missing):
                 missing.append(im)
+                ready.append(pixels[i] if i < len(pixels) else None)
                 m.CACHE.labels("miss").inc()
         if missing:
-            for im, f in zip(missing, self.runner.image_features(missing, with_attention=with_attention)):
+            pv = torch.cat([fut.result() if fut is not None else self.runner.preprocess([im])
+                            for im, fut in zip(missing, ready)])
+            feats = self.runner.image_features(missing, with_attention=with_attention, pixel_values=pv)
+            for im, f in zip(missing, feats):
                 self.features_cache.put(im.digest, f)
                 out[im.digest] = f
         return [out[im.digest] for im in images]
@@ -124,9 +175,7 @@ class CachedModel:
         if hits:
             parts.append(self.runner.prefill([it for _, it in hits], with_attention=with_attention))
         batch, out = parts[0]
-        logits, attention = out.logits, out.attention
         if len(parts) == 2:
             batch = self.runner.merge(batch, parts[1][0])
-            logits = torch.cat([logits, parts[1][1].logits])
-            attention = None  # only the single-sequence path (AttentionMap) records attention
-        return Prefilled([i for i, _ in misses] + [i for i, _ in hits], batch, logits, attention)
+            out = concat_outputs(out, parts[1][1])  # only single-sequence steps (AttentionMap) record attention
+        return Prefilled([i for i, _ in misses] + [i for i, _ in hits], batch, out)

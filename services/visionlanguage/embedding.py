@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import is_out_of_memory
 from services.visionlanguage import metrics as m
-from services.visionlanguage.caches import CachedModel
+from services.visionlanguage.caches import CachedModel, Pixels
 from services.visionlanguage.events import Failed, Job, TaskDone, client_error
 from services.visionlanguage.results import EmbedResult, SimilarityResult, Timing
 from services.visionlanguage.types import ImageInput
@@ -33,6 +35,7 @@ class EmbedWork:
     job: Job
     images: tuple[ImageInput, ...]
     texts: tuple[str, ...]
+    pixels: list[Pixels] = field(default_factory=list)  # each image's preprocessing on a worker
 
     @property
     def size(self) -> int:
@@ -42,8 +45,9 @@ class EmbedWork:
 def embed_together(model: CachedModel, works: list[EmbedWork]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each work's (image vectors, text vectors), from one image batch and one text batch for all of them."""
     images = [im for w in works for im in w.images]
+    pixels = [px for w in works for px in (w.pixels or [None] * len(w.images))]
     texts = [t for w in works for t in w.texts]
-    img = model.runner.embed_images(model.features(images)) if images else torch.empty(0, 0)
+    img = model.runner.embed_images(model.features(images, pixels=pixels)) if images else torch.empty(0, 0)
     txt = model.runner.embed_texts(texts) if texts else torch.empty(0, 0)
     out = []
     i = j = 0
@@ -54,26 +58,35 @@ def embed_together(model: CachedModel, works: list[EmbedWork]) -> list[tuple[tor
     return out
 
 
-def run_embeds(model: CachedModel, works: list[EmbedWork]) -> None:
+def run_embeds(model: CachedModel, works: list[EmbedWork], release: Callable[[], None] = lambda: None) -> None:
     """Embed ``works`` together and post each its vectors.
 
     When the combined batch fails (one request's text over the context, memory), each
-    request runs alone, so an error reaches only the request that caused it.
+    request runs alone, so an error reaches only the request that caused it. After running
+    out of memory, ``release`` frees the cached memory (outside the handler, whose frames
+    hold the failed batch's tensors) before the smaller runs.
     """
     m.EMBED_BATCH.observe(len(works))
+    out_of_memory = False
     if len(works) > 1:
         try:
             results = embed_together(model, works)
-        except Exception:
+        except Exception as exc:
+            out_of_memory = is_out_of_memory(exc)
             log.info("a combined batch of %d embedding requests failed; running them one by one", len(works))
         else:
             for w, r in zip(works, results):
                 w.job.post(TaskDone(r))
             return
     for w in works:
+        if out_of_memory:
+            m.OUT_OF_MEMORY.labels("embed").inc()
+            release()
         try:
             w.job.post(TaskDone(embed_together(model, [w])[0]))
+            out_of_memory = False
         except Exception as exc:
+            out_of_memory = is_out_of_memory(exc)
             w.job.post(Failed(client_error(exc)))
 
 

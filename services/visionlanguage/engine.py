@@ -15,6 +15,11 @@ Each sequence samples from its own seeded generator with explicit position ids, 
 tokens do not depend on what else was batched with it. A cancelled or finished
 sequence leaves the batch before the next step: its slot is free at once.
 
+Request images are resized and normalised on a small worker pool as they arrive, so the
+scheduler thread only runs the model. Running out of device memory fails only the requests
+the failing call was for, frees the memory outside the handler and lowers the batch limit,
+so what waits runs smaller (outofmemory.py).
+
 Unary ``caption`` runs the same code as ``stream_caption`` (minus the per-token events
 and text decoding it does not need), so the streamed text equals the unary text. A
 sequence's token handling is in sequence.py, result assembly in assembly.py, attention
@@ -34,13 +39,14 @@ from typing import Any
 
 import torch
 
-from common.errors import ResourceExhausted, Unavailable, UnfragileError
+from common.errors import ResourceExhausted, Unavailable, UnfragileError, is_out_of_memory
 from services.core.cancel import CancelToken
+from services.core.devicememory import release_cached_memory
 from services.core.modelinfo import ModelInfo
 from services.visionlanguage import metrics as m
 from services.visionlanguage.assembly import caption_result, final_event
-from services.visionlanguage.attention import attention_result, step_attention
-from services.visionlanguage.batch import DecodeBatch, ModelRunner, PrefillItem, StepOutput
+from services.visionlanguage.attention import attention_result
+from services.visionlanguage.batch import DecodeBatch, ModelRunner, StepOutput
 from services.visionlanguage.caches import CachedModel, PrefillRow
 from services.visionlanguage.embedding import EmbedWork, embed_result, run_embeds, similarity_result
 from services.visionlanguage.events import (
@@ -53,6 +59,8 @@ from services.visionlanguage.events import (
     Tokens,
     client_error,
 )
+from services.visionlanguage.memory import fit_to_memory
+from services.visionlanguage.outofmemory import OUT_OF_MEMORY, BatchLimit, attempt, exhausted
 from services.visionlanguage.results import (
     AttentionMapResult,
     CaptionEvent,
@@ -61,8 +69,9 @@ from services.visionlanguage.results import (
     SimilarityResult,
     TokenizeResult,
 )
-from services.visionlanguage.sequence import Seq, SequenceFactory
+from services.visionlanguage.sequence import Seq, SequenceFactory, next_tokens
 from services.visionlanguage.settings import EngineConfig
+from services.visionlanguage.solo import beam_search, generate_alone
 from services.visionlanguage.types import (
     AttentionMapRequest,
     CaptionRequest,
@@ -91,8 +100,10 @@ class Engine:
 
     def __init__(self, runner: ModelRunner, config: EngineConfig) -> None:
         self.runner = runner
-        self.config = config
-        self.cached = CachedModel(runner, config.feature_cache_size, config.prefix_cache_size)
+        self.config, self.limits_note = fit_to_memory(config, runner)
+        config = self.config
+        self.cached = CachedModel(runner, config.feature_cache_size, config.prefix_cache_size,
+                                  config.preprocess_workers)
         self.sequences = SequenceFactory(runner)
         self._queue: collections.deque[_Item] = collections.deque()
         self._running: list[Seq] = []
@@ -100,6 +111,7 @@ class Engine:
         self._cond = threading.Condition()
         self._stop = False
         self._ewma_s = 0.5  # recent sequence duration, for retry hints
+        self.limit = BatchLimit(config.max_batch_size)
         self._thread = threading.Thread(target=self._loop, name="vl-scheduler", daemon=True)
         self._thread.start()
 
@@ -109,6 +121,7 @@ class Engine:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout=30)
+        self.cached.close()
 
     def stats(self) -> dict[str, int]:
         with self._cond:
@@ -119,8 +132,10 @@ class Engine:
         c = self.config
         info.details.update({"max_batch_size": str(c.max_batch_size), "max_queue_delay_ms": str(c.max_queue_delay_ms),
                              "max_queue_size": str(c.max_queue_size), "feature_cache_size": str(c.feature_cache_size),
-                             "prefix_cache_size": str(c.prefix_cache_size),
-                             "max_embed_batch_size": str(c.max_embed_batch_size)})
+                             "prefix_cache_size": str(self.cached.prefix_cache.capacity),
+                             "max_embed_batch_size": str(c.max_embed_batch_size),
+                             "preprocess_workers": str(c.preprocess_workers), "batch_limit": str(self.limit.value),
+                             "memory_limits": self.limits_note})
         return info
 
     def tokenize(self, req: TokenizeRequest) -> TokenizeResult:
@@ -162,7 +177,10 @@ class Engine:
         """
         job = Job(cancel, stream)
         seqs = self.sequences.make(req, job)
-        items: list[_Item] = [_Task(job, lambda: self._beam_search(seqs[0]))] if req.sampling.num_beams > 1 \
+        pixels = self.cached.pixels(req.image)
+        for s in seqs:
+            s.pixels = pixels
+        items: list[_Item] = [_Task(job, lambda: beam_search(self.cached, seqs[0]))] if req.sampling.num_beams > 1 \
             else list(seqs)
         self._enqueue(items, job)
         done: dict[int, Seq] = {}
@@ -193,9 +211,10 @@ class Engine:
     def attention_map(self, req: AttentionMapRequest, cancel: CancelToken) -> AttentionMapResult:
         job = Job(cancel)
         seq = self.sequences.make(req.caption, job, with_attention=True)[0]
+        seq.pixels = self.cached.pixels(req.caption.image, with_attention=True)
 
         def run() -> AttentionMapResult:
-            self._solo(seq)
+            generate_alone(self.cached, seq, self._on_token)
             feats = self.cached.features([seq.image], with_attention=True)[0]
             pieces = self.runner.token_strings(seq.gen_ids)
             return attention_result(seq, feats, pieces, caption_result(req.caption, [seq]), req.per_token_overlays)
@@ -206,7 +225,7 @@ class Engine:
                  cancel: CancelToken) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and text vectors, computed in a batch with other requests waiting for theirs."""
         job = Job(cancel)
-        self._enqueue([EmbedWork(job, images, texts)], job)
+        self._enqueue([EmbedWork(job, images, texts, [self.cached.pixels(im) for im in images])], job)
         return _task_value(job)
 
     def embed(self, req: EmbedRequest, cancel: CancelToken) -> EmbedResult:
@@ -230,22 +249,26 @@ class Engine:
                 exclusive, admitted = self._take()
                 m.WAITING.set(len(self._queue))
                 self._post_positions()
+            out_of_memory = False
             try:
                 self._iterate(exclusive, admitted)
             except Exception as exc:
+                out_of_memory = is_out_of_memory(exc)
                 err = client_error(exc)
                 for s in self._running + admitted:
                     if s.finish is None:
                         s.finish = "error"
                         s.job.post(Failed(err))
                 self._running, self._batch = [], None
+            if out_of_memory:  # after the handler: its frames (and the failed call's tensors) are gone
+                release_cached_memory()
             m.RUNNING.set(len(self._running))
 
     def _iterate(self, exclusive: list[_Task | EmbedWork], admitted: list[Seq]) -> None:
         """One scheduler iteration outside the lock: exclusive work, admissions, one decode step."""
         embeds = [w for w in exclusive if isinstance(w, EmbedWork)]
         if embeds:
-            run_embeds(self.cached, embeds)
+            run_embeds(self.cached, embeds, release_cached_memory)
         for task in exclusive:
             if isinstance(task, _Task):
                 self._exec_task(task)
@@ -261,7 +284,7 @@ class Engine:
         if self._running or not self._queue or self.config.max_queue_delay_ms <= 0:
             return
         deadline = time.perf_counter() + self.config.max_queue_delay_ms / 1000
-        while not self._stop and len(self._queue) < self.config.max_batch_size:
+        while not self._stop and len(self._queue) < self.limit.value:
             left = deadline - time.perf_counter()
             if left <= 0:
                 break
@@ -274,7 +297,7 @@ class Engine:
                 self._finish_cancelled(item)
             self._queue = collections.deque(x for x in self._queue if not x.job.cancel.cancelled)
         admitted: list[Seq] = []
-        free = self.config.max_batch_size - len(self._running)
+        free = self.limit.value - len(self._running)
         while free > 0 and self._queue and isinstance(head := self._queue[0], Seq):
             admitted.append(head)
             self._queue.popleft()
@@ -311,34 +334,71 @@ class Engine:
         item.job.post(Failed(item.job.cancel.error("generation")))
 
     def _exec_task(self, task: _Task) -> None:
+        out_of_memory = False
         try:
             task.job.post(TaskDone(task.fn()))
         except Exception as exc:
+            out_of_memory = is_out_of_memory(exc)
             task.job.post(Failed(client_error(exc)))
+        if out_of_memory:
+            m.OUT_OF_MEMORY.labels("task").inc()
+            release_cached_memory()
+
+    def _prefill(self, seqs: list[Seq]) -> Any:
+        feats = self.cached.features([s.image for s in seqs], pixels=[s.pixels for s in seqs])
+        return self.cached.prefill([PrefillRow(s.image.digest, s.pids, f) for s, f in zip(seqs, feats)])
 
     def _admit(self, seqs: list[Seq]) -> None:
         now = time.perf_counter()
         for s in seqs:
             s.started = now
             m.QUEUE_TIME.observe(now - s.job.accepted)
+            s.job.last_position = 0
             s.job.post(Queued(0))
-        feats = self.cached.features([s.image for s in seqs])
-        pre = self.cached.prefill([PrefillRow(s.image.digest, s.pids, f) for s, f in zip(seqs, feats)])
+        while (pre := attempt("prefill", self._prefill, seqs)) is OUT_OF_MEMORY:
+            if len(seqs) == 1:  # the request it hit: alone it does not fit beside the running batch
+                self._fail(seqs, len(self._running) + 1)
+                self.limit.lower(len(self._running))
+                return
+            keep = len(seqs) // 2  # the rest waits at the head of the queue for the lowered limit
+            with self._cond:
+                self._queue.extendleft(reversed(seqs[keep:]))
+            seqs = seqs[:keep]
+            self.limit.lower(len(self._running) + keep)
         seqs = [seqs[i] for i in pre.order]
         m.PREFILL_BATCH.observe(len(seqs))
         m.PROMPT_TOKENS.inc(sum(len(s.pids.ids) for s in seqs))
         self._batch = pre.batch if self._batch is None else self.runner.merge(self._batch, pre.batch)
         self._running.extend(seqs)
-        for i, s in enumerate(seqs):
-            self._on_logits(s, pre.logits[i])
+        self._feed(seqs, pre.out)
 
     def _step(self) -> None:
         assert self._batch is not None
         tokens = [s.next_token for s in self._running]
+        while (out := attempt("decode", self.runner.decode, self._batch, tokens)) is OUT_OF_MEMORY:
+            # The newest sequences leave (RESOURCE_EXHAUSTED); the step is retried with the older half.
+            keep = len(self._running) // 2
+            self._fail(self._running[keep:], len(self._running))
+            self.limit.lower(keep)
+            self._running, tokens = self._running[:keep], tokens[:keep]
+            if not keep:
+                self._batch = None
+                return
+            self._batch = self.runner.select(self._batch, list(range(keep)))
         m.BATCH_SIZE.observe(len(tokens))
-        out = self.runner.decode(self._batch, tokens)
-        for i, s in enumerate(self._running):
-            self._on_logits(s, out.logits[i])
+        self.limit.step_ok()
+        self._feed(self._running, out)
+
+    def _feed(self, seqs: list[Seq], out: StepOutput) -> None:
+        for s, tok in zip(seqs, next_tokens(seqs, out)):
+            self._on_token(s, tok)
+
+    def _fail(self, seqs: list[Seq], rows: int) -> None:
+        err = exhausted(rows)
+        for s in seqs:
+            s.finish = "error"
+            m.FINISHED.labels("error").inc()
+            s.job.post(Failed(err))
 
     def _drop_done(self) -> None:
         keep = [i for i, s in enumerate(self._running) if s.finish is None and not s.cancelled]
@@ -351,8 +411,8 @@ class Engine:
         self._running = [self._running[i] for i in keep]
         self._batch = self.runner.select(self._batch, keep) if keep and self._batch is not None else None
 
-    def _on_logits(self, s: Seq, logits: torch.Tensor) -> None:
-        if s.on_logits(logits, self.runner):
+    def _on_token(self, s: Seq, tok: int) -> None:
+        if s.on_token(tok, self.runner):
             self._ewma_s = 0.8 * self._ewma_s + 0.2 * (time.perf_counter() - s.job.accepted)
 
     def _fail_all(self, err: UnfragileError) -> None:
@@ -360,31 +420,6 @@ class Engine:
             item.job.post(Failed(err))
         self._queue.clear()
         self._running, self._batch = [], None
-
-    # ---- unbatched paths (run as exclusive tasks) -------------------------------------------------------
-    def _solo(self, s: Seq) -> None:
-        """Generate one sequence alone, recording attention when asked (AttentionMap)."""
-        s.started = time.perf_counter()
-        feats = self.cached.features([s.image], with_attention=s.with_attention)
-        pre = self.cached.prefill([PrefillRow(s.image.digest, s.pids, feats[0])], with_attention=s.with_attention)
-        batch, out = pre.batch, StepOutput(pre.logits, pre.attention)
-        while True:
-            if s.with_attention and out.attention is not None:
-                s.attn_steps.append(step_attention(out.attention[0], s))
-            self._on_logits(s, out.logits[0])
-            if s.finish is not None:
-                return
-            if s.cancelled:
-                raise s.job.cancel.error("generation")
-            out = self.runner.decode(batch, [s.next_token], with_attention=s.with_attention)
-
-    def _beam_search(self, s: Seq) -> None:
-        s.started = time.perf_counter()
-        feats = self.cached.features([s.image])
-        ids = self.runner.beam_search(PrefillItem(s.pids, feats[0]), s.sampling, lambda: s.cancelled)
-        if s.cancelled:
-            raise s.job.cancel.error("generation")
-        s.finish_beam(ids, self.runner)
 
 
 def _task_value(job: Job) -> Any:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from common.errors import Internal, UnfragileError
+from common.errors import Internal, ResourceExhausted, UnfragileError, is_out_of_memory
 from services.core.cancel import CancelToken
 
 if TYPE_CHECKING:
@@ -95,9 +95,14 @@ class Job:
 
 
 def client_error(exc: Exception) -> UnfragileError:
-    """What the client is told about a failed piece of work: typed errors as they are; anything
-    else is a bug on our side, logged here and reported as INTERNAL without its details."""
+    """What the client is told about a failed piece of work: typed errors as they are; running out
+    of memory is RESOURCE_EXHAUSTED (retry later); anything else is a bug on our side, logged here
+    and reported as INTERNAL without its details."""
     if isinstance(exc, UnfragileError):
         return exc
+    if is_out_of_memory(exc):
+        log.warning("out of memory: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return ResourceExhausted("the model ran out of device memory on this request; retry later or with a "
+                                 "smaller request", retry_after_s=1.0)
     log.error("model execution failed", exc_info=exc)
     return Internal("model execution failed; the server logged the details")

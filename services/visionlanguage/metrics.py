@@ -36,3 +36,10 @@ FINISHED = Counter(_P + "request_success_total", "Finished sequences by finish r
 REJECTED = Counter(_P + "requests_rejected_total", "Requests refused because the queue was full.")
 EMBED_BATCH = Histogram(_P + "embed_batch_requests", "Embed and Similarity requests combined into one model batch.",
                         buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
+OUT_OF_MEMORY = Counter(_P + "out_of_memory_total", "Model calls that ran out of device memory, by stage (prefill, "
+                        "decode, task, embed); the requests they hit got RESOURCE_EXHAUSTED or were retried smaller.",
+                        ["stage"])
+BATCH_LIMIT = Gauge(_P + "batch_limit", "Sequences the scheduler admits now: max_batch_size, lowered after running "
+                    "out of memory and grown back step by step.")
+PREPROCESS_TIME = Histogram(_P + "image_preprocess_seconds", "Resizing and normalising one request image (on the "
+                            "preprocessing workers, off the scheduler thread).", buckets=_FAST)

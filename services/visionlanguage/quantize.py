@@ -20,12 +20,18 @@ from common.errors import InvalidArgument
 KINDS = ("", "int8")
 
 
-def quantize_model(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
-    """``model`` with every ``nn.Linear`` swapped for a dynamic int8 one (fp32 activations)."""
+def check_quantization(kind: str, device: torch.device) -> None:
+    """Refuse a quantization the device cannot run, before any weights are read."""
     if kind not in KINDS:
         raise InvalidArgument(f"quantize={kind!r} is not supported; use '' or 'int8'")
-    if device.type != "cpu":
-        raise InvalidArgument("int8 dynamic quantization runs on CPU only; set device=cpu or quantize=''")
+    if kind and device.type != "cpu":
+        raise InvalidArgument(f"int8 dynamic quantization runs on CPU only, not on {device}; set device=cpu or "
+                              f"quantize=''")
+
+
+def quantize_model(model: nn.Module, kind: str, device: torch.device) -> nn.Module:
+    """``model`` with every ``nn.Linear`` swapped for a dynamic int8 one (fp32 activations)."""
+    check_quantization(kind, device)
     model = model.float()
     with warnings.catch_warnings():  # deprecated in favour of torchao, whose CPU path is slower (see above)
         warnings.simplefilter("ignore")

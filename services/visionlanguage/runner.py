@@ -13,6 +13,12 @@ one step for whatever batch it is given:
 Position ids are passed explicitly. Kosmos-2 derives them from the number of cached
 positions, which counts left padding, so a padded row would drift from its unpadded
 run; explicit positions keep batched output equal to unbatched output.
+
+On a GPU: attention runs with SDPA (eager only for the steps that must return attention
+weights), decode steps write into a preallocated static KV cache (kvcache.py; optionally
+compiled), logits stay on the device (greedy rows copy only their token ids, see
+``StepOutput``), image preprocessing is a separate call the engine runs on worker threads,
+and a checkpoint's ``fp16`` weight files are read when serving in float16.
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ import torch
 from torch import nn
 
 from common.errors import InvalidArgument, ModelUnavailable
-from services.core.loading import pretrained_source, test_model_details
+from services.core import devicememory
+from services.core.loading import pretrained_source, test_model_details, weight_variant
 from services.core.modelinfo import ModelInfo
 from services.visionlanguage import batch as batching
+from services.visionlanguage import kvcache
 from services.visionlanguage.batch import DecodeBatch, ImageFeatures, ImagePrefix, PrefillItem, PromptIds, StepOutput
-from services.visionlanguage.quantize import quantize_model
+from services.visionlanguage.memory import kv_bytes_per_position
+from services.visionlanguage.quantize import check_quantization, quantize_model
 from services.visionlanguage.types import ImageInput, Sampling
 
 log = logging.getLogger(__name__)
@@ -41,22 +50,30 @@ class Kosmos2Runner:
     """Runs a Kosmos2ForConditionalGeneration loaded with from_pretrained."""
 
     def __init__(self, model_source: str | Path, device: torch.device, dtype: torch.dtype,
-                 quantize: str = "", threads: int = 0, attn_implementation: str = "eager") -> None:
+                 quantize: str = "", threads: int = 0, attn_implementation: str = "sdpa", kv_cache: str = "static",
+                 compile: str = "") -> None:
         from transformers import AutoProcessor, Kosmos2ForConditionalGeneration
 
+        check_quantization(quantize, device)  # before reading any weights
+        if compile and kv_cache != "static":
+            raise InvalidArgument(f"compile={compile!r} needs kv_cache='static' (a dynamic cache changes shape "
+                                  f"every step)")
         if threads > 0:
             torch.set_num_threads(threads)
         source, extra = pretrained_source(model_source)
         self.model_id = str(model_source)
+        self.variant = weight_variant(source, dtype)
         try:
             self.processor = AutoProcessor.from_pretrained(source, **extra)
             # transformers models are typed loosely (``to`` is a wrapped function, submodules come from
             # nn.Module.__getattr__): the model is handled as Any.
             model: Any = Kosmos2ForConditionalGeneration.from_pretrained(  # safetensors only: never unpickle weights
-                source, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True, **extra)
+                source, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
+                variant=self.variant, **extra)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"could not load Kosmos-2 from {self.model_id!r}: {exc}") from None
         self.device, self.dtype = device, dtype
+        self.kv_cache = kv_cache
         model = model.to(device).eval()
         self.parameters = sum(p.numel() for p in model.parameters())  # before quantization packs Linear weights
         self.quantization = quantize
@@ -84,6 +101,8 @@ class Kosmos2Runner:
         self._boi = self.tokenizer.convert_tokens_to_ids("<image>")
         self._eoi = self.tokenizer.convert_tokens_to_ids("</image>")
         self._attn_impl = attn_implementation
+        self.compile = compile
+        self._step_model: Any = self._compiled(compile) if compile else model.text_model
 
     # ---- facts -----------------------------------------------------------------------------------
     def info(self) -> ModelInfo:
@@ -99,7 +118,8 @@ class Kosmos2Runner:
                 "text_hidden_size": str(self.hidden), "text_layers": str(self.text_cfg.layers),
                 "vision_hidden_size": str(self.model.config.vision_config.hidden_size),
                 "vision_layers": str(self.model.config.vision_config.num_hidden_layers),
-                "attn_implementation": self._attn_impl,
+                "attn_implementation": self._attn_impl, "kv_cache": self.kv_cache,
+                "compile": self.compile or "off", "weights_variant": self.variant or "default",
                 "torch_threads": str(torch.get_num_threads()),
                 **test_model_details(self.model_id),
             },
@@ -130,12 +150,16 @@ class Kosmos2Runner:
         return PromptIds(ids, mask, start + self.num_slots + 1)
 
     # ---- images -----------------------------------------------------------------------------------
+    def preprocess(self, images: list[ImageInput]) -> torch.Tensor:
+        """Resized, normalised pixels of ``images`` on the CPU (thread-safe; the engine runs it on workers)."""
+        return self.processor.image_processor([im.image for im in images], return_tensors="pt")["pixel_values"]
+
     @torch.inference_mode()
-    def image_features(self, images: list[ImageInput], with_attention: bool = False) -> list[ImageFeatures]:
+    def image_features(self, images: list[ImageInput], with_attention: bool = False,
+                       pixel_values: torch.Tensor | None = None) -> list[ImageFeatures]:
         if not images:
             return []
-        pv = self.processor.image_processor([im.image for im in images], return_tensors="pt")["pixel_values"]
-        pv = pv.to(self.device, self.dtype)
+        pv = (self.preprocess(images) if pixel_values is None else pixel_values).to(self.device, self.dtype)
         m = self.model
         vis = m.vision_model(pixel_values=pv)
         emb = m.vision_model.model.post_layernorm(vis[0])
@@ -169,36 +193,24 @@ class Kosmos2Runner:
         return _Ctx()
 
     # ---- generation ---------------------------------------------------------------------------------
-    def _cache_tensors(self, cache: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+    def _compiled(self, mode: str) -> Any:
+        """The text model's forward for decode steps, through torch.compile."""
+        if mode == "inductor":
+            return torch.compile(self.model.text_model, mode="reduce-overhead" if self.device.type == "cuda" else None)
+        return torch.compile(self.model.text_model, backend=mode)
 
-    def _cache(self, batch: DecodeBatch) -> Any:
-        return self._adopt(batch.keys, batch.values)
+    def kv_bytes_per_position(self) -> int:
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return kv_bytes_per_position(int(self.text_cfg.layers), self.hidden, elem)
 
-    def _adopt(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> Any:
-        """A DynamicCache holding these tensors as they are.
+    def free_memory(self) -> int:
+        return devicememory.free_bytes(self.device)
 
-        ``DynamicCache(ddp_cache_data=...)`` would ``torch.cat`` each onto an empty tensor:
-        a full copy of the KV cache before every step (5-25 % of a batch-16 caption in
-        profiles, far more on a busy machine). The forward pass never writes into them (it
-        concatenates the new position into a new tensor), so the batch's tensors stay valid.
-        """
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-
-        cache = DynamicCache()  # no config: building the layer list from it costs more than the layers do
-        for k, v in zip(keys, values):
-            layer = DynamicLayer()
-            layer.lazy_initialization(k, v)
-            layer.keys, layer.values = k, v
-            cache.layers.append(layer)
-        return cache
-
-    def _attention_summary(self, out: Any) -> torch.Tensor | None:
+    def _attention_summary(self, out: Any, kv_len: int) -> torch.Tensor | None:
         if getattr(out, "attentions", None) is None:
             return None
-        # each layer [B, H, q, kv] -> newest query, mean over heads and layers
-        return torch.stack([a[:, :, -1, :].float().mean(1) for a in out.attentions]).mean(0).cpu()
+        # each layer [B, H, q, kv] -> newest query over the used positions, mean over heads and layers
+        return torch.stack([a[:, :, -1, :kv_len].float().mean(1) for a in out.attentions]).mean(0).cpu()
 
     @torch.inference_mode()
     def image_prefix(self, feats: list[ImageFeatures]) -> list[ImagePrefix]:
@@ -215,7 +227,7 @@ class Kosmos2Runner:
             image_embeds_position_mask=torch.tensor([img_mask] * n, device=dev, dtype=torch.bool),
             position_ids=torch.tensor([list(range(self.pad_id + 1, self.pad_id + 1 + len(ids)))] * n, device=dev),
             past_key_values=DynamicCache(config=self.text_cfg), use_cache=True, logits_to_keep=1)
-        keys, values = self._cache_tensors(out.past_key_values)
+        keys, values = kvcache.taken(out.past_key_values)
         return [ImagePrefix([k[i].clone() for k in keys], [v[i].clone() for v in values]) for i in range(n)]
 
     def prefixes_from(self, batch: DecodeBatch, items: list[PrefillItem]) -> list[ImagePrefix]:
@@ -245,18 +257,18 @@ class Kosmos2Runner:
         prefixes = [it.prefix for it in items if it.prefix is not None]
         assert len(prefixes) == len(items), "only called when every item has its image prefix"
         layers = len(prefixes[0].keys)
-        cache = self._adopt([torch.stack([p.keys[i] for p in prefixes]) for i in range(layers)],
-                            [torch.stack([p.values[i] for p in prefixes]) for i in range(layers)])
+        cache = kvcache.adopt_dynamic([torch.stack([p.keys[i] for p in prefixes]) for i in range(layers)],
+                                      [torch.stack([p.values[i] for p in prefixes]) for i in range(layers)])
         attn = torch.tensor(mask, device=dev)
         with self._eager(with_attention):
             out = self.model.text_model(
                 input_ids=torch.tensor(ids, device=dev), attention_mask=attn,
                 position_ids=torch.tensor(pos, device=dev),
                 past_key_values=cache, use_cache=True, logits_to_keep=1, output_attentions=with_attention)
-        keys, values = self._cache_tensors(out.past_key_values)
+        keys, values = kvcache.taken(out.past_key_values)
         next_pos = torch.tensor([self.pad_id + 1 + len(it.prompt.ids) for it in items], device=dev)
-        attention = self._attention_summary(out) if with_attention else None
-        return DecodeBatch(keys, values, attn, next_pos), StepOutput(out.logits[:, -1, :].float().cpu(), attention)
+        attention = self._attention_summary(out, attn.shape[1]) if with_attention else None
+        return DecodeBatch(keys, values, attn, next_pos), StepOutput(out.logits[:, -1, :], attention)
 
     def _prefill_full(self, items: list[PrefillItem], with_attention: bool) -> tuple[DecodeBatch, StepOutput]:
         """Prefill whole prompts (image prefix included), left padded."""
@@ -281,25 +293,53 @@ class Kosmos2Runner:
                 image_embeds_position_mask=torch.tensor(img_mask, device=dev, dtype=torch.bool),
                 position_ids=torch.tensor(pos, device=dev), past_key_values=DynamicCache(config=self.text_cfg),
                 use_cache=True, logits_to_keep=1, output_attentions=with_attention)
-        keys, values = self._cache_tensors(out.past_key_values)
+        keys, values = kvcache.taken(out.past_key_values)
         next_pos = torch.tensor([self.pad_id + 1 + len(it.prompt.ids) for it in items], device=dev)
         batch = DecodeBatch(keys, values, attn, next_pos)
-        attention = self._attention_summary(out) if with_attention else None
-        return batch, StepOutput(out.logits[:, -1, :].float().cpu(), attention)
+        attention = self._attention_summary(out, n) if with_attention else None
+        return batch, StepOutput(out.logits[:, -1, :], attention)
 
     @torch.inference_mode()
     def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput:
+        """One token per row. The batch is updated only when the step succeeds (an out-of-memory
+        error leaves it as it was, so the engine can retry the step with fewer rows)."""
+        if self.kv_cache == "static" and not with_attention:
+            return self._decode_static(batch, tokens)
         dev = self.device
-        batch.mask = torch.cat([batch.mask, torch.ones(batch.size, 1, dtype=batch.mask.dtype, device=dev)], dim=1)
-        cache = self._cache(batch)
+        n = batch.length
+        mask = torch.cat([batch.mask[:, :n], torch.ones(batch.size, 1, dtype=batch.mask.dtype, device=dev)], dim=1)
+        keys = batch.keys if batch.capacity == n else [k[:, :, :n] for k in batch.keys]
+        values = batch.values if batch.capacity == n else [v[:, :, :n] for v in batch.values]
+        cache = kvcache.adopt_dynamic(keys, values)
         with self._eager(with_attention):
             out = self.model.text_model(
-                input_ids=torch.tensor(tokens, device=dev).unsqueeze(1), attention_mask=batch.mask,
+                input_ids=torch.tensor(tokens, device=dev).unsqueeze(1), attention_mask=mask,
                 position_ids=batch.next_pos.unsqueeze(1), past_key_values=cache, use_cache=True,
                 output_attentions=with_attention)
-        batch.keys, batch.values = self._cache_tensors(out.past_key_values)
+        batch.keys, batch.values = kvcache.taken(out.past_key_values)
+        batch.mask, batch.length, batch.cache = mask, n + 1, None
         batch.next_pos = batch.next_pos + 1
-        return StepOutput(out.logits[:, -1, :].float().cpu(), self._attention_summary(out) if with_attention else None)
+        return StepOutput(out.logits[:, -1, :], self._attention_summary(out, n + 1) if with_attention else None)
+
+    def _decode_static(self, batch: DecodeBatch, tokens: list[int]) -> StepOutput:
+        n = batch.length
+        if n >= batch.capacity:  # no free column: grow by a block (once per BLOCK steps)
+            grown = batching.with_capacity(batch, kvcache.block_capacity(n))
+            batch.keys, batch.values, batch.mask, batch.cache = grown.keys, grown.values, grown.mask, None
+        if batch.cache is None:
+            batch.cache = kvcache.adopt_static(batch, mark_static=bool(self.compile))
+        batch.mask[:, n] = 1
+        try:
+            out = self._step_model(
+                input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1), attention_mask=batch.mask,
+                position_ids=batch.next_pos.unsqueeze(1), past_key_values=batch.cache, use_cache=True)
+        except BaseException:
+            batch.mask[:, n] = 0  # column n stays free; the cache object may have moved its write position
+            batch.cache = None
+            raise
+        batch.length = n + 1
+        batch.next_pos = batch.next_pos + 1
+        return StepOutput(out.logits[:, -1, :])
 
     def merge(self, a: DecodeBatch, b: DecodeBatch) -> DecodeBatch:
         return batching.merge(a, b)

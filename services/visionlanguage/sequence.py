@@ -1,21 +1,23 @@
 """One generating sequence: its prompt, sampler, tokens, text, finish reason and timings.
 
 ``SequenceFactory`` turns a caption request into sequences (one per prompt; PHRASES
-mode has several). ``Seq.on_logits`` takes the model's logits for the sequence's next
-position, samples a token from the sequence's own generator, keeps the decoded text
-and the stop-sequence check up to date, and posts the request's events.
+mode has several). ``next_tokens`` picks every sequence's next token from one model step
+(greedy rows: the argmax taken on the device; sampling rows: from the sequence's own
+generator, on a CPU copy of just their logits); ``Seq.on_token`` keeps the decoded text and
+the stop-sequence check up to date and posts the request's events.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from concurrent.futures import Future
 
 import torch
 
 from common.errors import InvalidArgument
 from services.visionlanguage import metrics as m
-from services.visionlanguage.batch import ModelRunner, PromptIds
+from services.visionlanguage.batch import ModelRunner, PromptIds, StepOutput
 from services.visionlanguage.events import Job, SequenceDone, Tokens
 from services.visionlanguage.sampling import sample_next
 from services.visionlanguage.stops import find_stop, visible_delta
@@ -42,6 +44,7 @@ class Seq:
         self.started = 0.0
         self.first_token = 0.0
         self.last_token = 0.0
+        self.pixels: Future[torch.Tensor] | None = None  # the image's preprocessing on a worker thread
 
     @property
     def cancelled(self) -> bool:
@@ -53,12 +56,11 @@ class Seq:
         assert self.pending is not None, "a running sequence always has a sampled token"
         return self.pending
 
-    def on_logits(self, logits: torch.Tensor, runner: ModelRunner) -> bool:
-        """Sample this sequence's next token and update its text, finish state and events.
+    def on_token(self, tok: int, runner: ModelRunner) -> bool:
+        """Take this sequence's next token and update its text, finish state and events.
 
         Returns True when the sequence finished with this token.
         """
-        tok = sample_next(logits, self.sampling, self.generator)
         self._clock()
         if tok == runner.eos_id:
             return self._finish("eos", [], runner)
@@ -117,6 +119,14 @@ class Seq:
         self.finish = reason
         m.FINISHED.labels(reason).inc()
         self.job.post(SequenceDone(self))
+
+
+def next_tokens(seqs: list[Seq], out: StepOutput) -> list[int]:
+    """Each sequence's next token from one step's output (row i belongs to ``seqs[i]``)."""
+    sampled = [i for i, s in enumerate(seqs) if not s.sampling.greedy]
+    greedy = out.greedy() if len(sampled) < len(seqs) else []
+    rows = dict(zip(sampled, out.rows_on_cpu(sampled))) if sampled else {}
+    return [sample_next(rows[i], s.sampling, s.generator) if i in rows else greedy[i] for i, s in enumerate(seqs)]
 
 
 class SequenceFactory:

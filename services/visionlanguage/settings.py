@@ -17,7 +17,9 @@ from services.core.settings import GrpcServerSettings, ModelSettings, settings_c
 class EngineConfig(BaseModel):
     """Continuous batching and caches of the VisionLanguage engine."""
 
-    max_batch_size: int = Field(16, ge=1, le=256, description="Most sequences decoded together in one step.")
+    max_batch_size: int = Field(0, ge=0, le=256, description="Most sequences decoded together in one step; 0 = "
+                                                           "derived at start from the memory free after loading "
+                                                           "(see kv_cache_memory_fraction).")
     max_queue_delay_ms: float = Field(2.0, ge=0, description="With an empty batch, how long to wait for more "
                                                              "requests before starting (Triton's knob).")
     max_queue_size: int = Field(64, ge=1, description="Waiting work items beyond which requests get "
@@ -28,7 +30,16 @@ class EngineConfig(BaseModel):
     feature_cache_size: int = Field(256, ge=0, description="Images whose projected features are kept (LRU by "
                                                            "content hash); 0 disables the cache.")
     prefix_cache_size: int = Field(32, ge=0, description="Images whose prompt-prefix KV cache ('<s><image>[64 "
-                                                        "slots]</image>') is kept for reuse (LRU); 0 = recompute.")
+                                                        "slots]</image>') is kept for reuse (LRU); 0 = recompute. "
+                                                        "Lowered at start when the entries would not fit a tenth "
+                                                        "of the free memory.")
+    kv_cache_memory_fraction: float = Field(
+        0.5, gt=0, le=0.95, description="Share of the device memory free after loading that the running batch's KV "
+        "cache may use when max_batch_size is 0: each sequence is counted at the whole model context, so the cache "
+        "cannot outgrow it (at most 16 sequences on a CPU, 64 on a GPU).")
+    preprocess_workers: int = Field(
+        2, ge=0, le=64, description="Threads that resize and normalise request images while the scheduler thread "
+        "runs the model; 0 = preprocess on the scheduler thread.")
 
 
 class RequestLimits(BaseModel):
@@ -46,8 +57,17 @@ class RunnerOptions(BaseModel):
                                        "'' = <models_dir>/tiny-kosmos2, built on first start if missing.")
     quantize: str = Field("", description="'' (none) or 'int8': dynamic int8 quantization of Linear layers (CPU).")
     threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default (all cores).")
-    attn_implementation: str = Field("eager", description="'eager' (needed for attention maps; the default) or "
-                                                          "'sdpa' (switched to eager only for AttentionMap).")
+    attn_implementation: str = Field("sdpa", pattern="^(sdpa|eager)$",
+                                     description="'sdpa' (the default; AttentionMap requests, which need attention "
+                                                 "weights, run with 'eager' alone between steps) or 'eager'.")
+    kv_cache: str = Field("static", pattern="^(static|dynamic)$",
+                          description="'static': each batch's KV cache is preallocated in blocks of 64 positions and "
+                                      "decode steps write into it in place (what torch.compile / CUDA graphs need); "
+                                      "'dynamic': transformers' DynamicCache, concatenated every step.")
+    compile: str = Field("", description="'' = off; 'inductor' compiles the decode step with torch.compile (CUDA "
+                                         "graphs on a GPU: mode 'reduce-overhead'); another torch.compile backend "
+                                         "name (e.g. 'eager', 'aot_eager') traces without generating code. Needs "
+                                         "kv_cache='static'.")
 
 
 class JudgeOptions(BaseModel):
