@@ -132,6 +132,15 @@ VISIONLANGUAGE = [
         Panel("Rejected (queue full)", "Requests refused with RESOURCE_EXHAUSTED because the queue was full.",
               [(f"sum(rate({VL}requests_rejected_total[{RI}]))", "rejected")], "reqps"),
     ]),
+    Row("Device memory", [
+        Panel("Out of device memory", "Model calls that ran out of device memory, by stage; the requests hit got "
+              "RESOURCE_EXHAUSTED or were retried in a smaller batch.",
+              [(f"sum by (stage) (rate({VL}out_of_memory_total[{RI}]))", "{{stage}}")], "ops"),
+        Panel("Admitted batch limit", "Sequences the scheduler admits now: max_batch_size, lowered after running "
+              "out of memory and grown back step by step.", [(f"min({VL}batch_limit)", "limit")]),
+        Panel("Image preprocessing", "Resizing and normalising one request image on the preprocessing workers.",
+              _percentiles(VL + "image_preprocess_seconds"), "s"),
+    ]),
 ]
 
 DF = "unfragile_diffusion_"

@@ -34,7 +34,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -80,19 +79,10 @@ from services.visionlanguage.types import (
     SimilarityRequest,
     TokenizeRequest,
 )
+from services.visionlanguage.work import Item, Task, take_exclusive, task_value
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class _Task:
-    """Exclusive work run on the scheduler thread between decode steps."""
-
-    job: Job
-    fn: Callable[[], Any]
-
-
-_Item = Seq | _Task | EmbedWork
 
 
 class Engine:
@@ -105,7 +95,7 @@ class Engine:
         self.cached = CachedModel(runner, config.feature_cache_size, config.prefix_cache_size,
                                   config.preprocess_workers)
         self.sequences = SequenceFactory(runner)
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[Item] = collections.deque()
         self._running: list[Seq] = []
         self._batch: DecodeBatch | None = None
         self._cond = threading.Condition()
@@ -143,7 +133,7 @@ class Engine:
         return TokenizeResult(req, ids, self.runner.token_strings(ids))
 
     # ---- submission (request threads) ---------------------------------------------------------------
-    def _enqueue(self, items: list[_Item], job: Job) -> None:
+    def _enqueue(self, items: list[Item], job: Job) -> None:
         with self._cond:
             if self._stop:
                 raise Unavailable("the engine is shutting down; retry on another replica")
@@ -167,8 +157,8 @@ class Engine:
 
     def _submit_task(self, job: Job, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the scheduler thread (between decode steps) and wait for its value."""
-        self._enqueue([_Task(job, fn)], job)
-        return _task_value(job)
+        self._enqueue([Task(job, fn)], job)
+        return task_value(job)
 
     def stream_caption(self, req: CaptionRequest, cancel: CancelToken, stream: bool = True) -> Iterator[CaptionEvent]:
         """Queue position events, then text deltas, then one event with the final result.
@@ -180,7 +170,7 @@ class Engine:
         pixels = self.cached.pixels(req.image)
         for s in seqs:
             s.pixels = pixels
-        items: list[_Item] = [_Task(job, lambda: beam_search(self.cached, seqs[0]))] if req.sampling.num_beams > 1 \
+        items: list[Item] = [Task(job, lambda: beam_search(self.cached, seqs[0]))] if req.sampling.num_beams > 1 \
             else list(seqs)
         self._enqueue(items, job)
         done: dict[int, Seq] = {}
@@ -226,7 +216,7 @@ class Engine:
         """Image and text vectors, computed in a batch with other requests waiting for theirs."""
         job = Job(cancel)
         self._enqueue([EmbedWork(job, images, texts, [self.cached.pixels(im) for im in images])], job)
-        return _task_value(job)
+        return task_value(job)
 
     def embed(self, req: EmbedRequest, cancel: CancelToken) -> EmbedResult:
         t0 = time.perf_counter()
@@ -264,13 +254,13 @@ class Engine:
                 release_cached_memory()
             m.RUNNING.set(len(self._running))
 
-    def _iterate(self, exclusive: list[_Task | EmbedWork], admitted: list[Seq]) -> None:
+    def _iterate(self, exclusive: list[Task | EmbedWork], admitted: list[Seq]) -> None:
         """One scheduler iteration outside the lock: exclusive work, admissions, one decode step."""
         embeds = [w for w in exclusive if isinstance(w, EmbedWork)]
         if embeds:
             run_embeds(self.cached, embeds, release_cached_memory)
         for task in exclusive:
-            if isinstance(task, _Task):
+            if isinstance(task, Task):
                 self._exec_task(task)
         if admitted:
             self._admit(admitted)
@@ -290,7 +280,7 @@ class Engine:
                 break
             self._cond.wait(left)
 
-    def _take(self) -> tuple[list[_Task | EmbedWork], list[Seq]]:
+    def _take(self) -> tuple[list[Task | EmbedWork], list[Seq]]:
         """Pop the exclusive work at the head, or as many sequences as there are free slots."""
         if any(item.job.cancel.cancelled for item in self._queue):  # leave the queue at once, wherever they are
             for item in [x for x in self._queue if x.job.cancel.cancelled]:
@@ -305,23 +295,7 @@ class Engine:
         # keep FIFO order: exclusive work behind admitted sequences runs next iteration
         if admitted or not self._queue or isinstance(self._queue[0], Seq):
             return [], admitted
-        return self._take_exclusive(), admitted
-
-    def _take_exclusive(self) -> list[_Task | EmbedWork]:
-        """The task at the head, or the run of embedding work there (up to max_embed_batch_size items)."""
-        first = self._queue.popleft()
-        if not isinstance(first, EmbedWork):
-            assert isinstance(first, _Task)
-            return [first]
-        works: list[_Task | EmbedWork] = [first]
-        size = first.size
-        while self._queue and isinstance(nxt := self._queue[0], EmbedWork):
-            if size + nxt.size > self.config.max_embed_batch_size:
-                break
-            works.append(nxt)
-            self._queue.popleft()
-            size += nxt.size
-        return works
+        return take_exclusive(self._queue, self.config.max_embed_batch_size), admitted
 
     def _post_positions(self) -> None:
         for pos, item in enumerate(self._queue, start=1):
@@ -329,11 +303,11 @@ class Engine:
                 item.job.last_position = pos
                 item.job.post(Queued(pos))
 
-    def _finish_cancelled(self, item: _Item) -> None:
+    def _finish_cancelled(self, item: Item) -> None:
         m.FINISHED.labels("cancelled").inc()
         item.job.post(Failed(item.job.cancel.error("generation")))
 
-    def _exec_task(self, task: _Task) -> None:
+    def _exec_task(self, task: Task) -> None:
         out_of_memory = False
         try:
             task.job.post(TaskDone(task.fn()))
@@ -420,8 +394,3 @@ class Engine:
             item.job.post(Failed(err))
         self._queue.clear()
         self._running, self._batch = [], None
-
-
-def _task_value(job: Job) -> Any:
-    """Wait for the value of the job's exclusive work (raises its error, or the cancellation)."""
-    return next(e.value for e in job.events_until_stopped() if isinstance(e, TaskDone))

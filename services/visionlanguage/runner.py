@@ -37,7 +37,7 @@ from services.core import devicememory
 from services.core.loading import pretrained_source, test_model_details, weight_variant
 from services.core.modelinfo import ModelInfo
 from services.visionlanguage import batch as batching
-from services.visionlanguage import kvcache
+from services.visionlanguage import beam, kvcache
 from services.visionlanguage.batch import DecodeBatch, ImageFeatures, ImagePrefix, PrefillItem, PromptIds, StepOutput
 from services.visionlanguage.memory import kv_bytes_per_position
 from services.visionlanguage.quantize import check_quantization, quantize_model
@@ -347,29 +347,10 @@ class Kosmos2Runner:
     def select(self, batch: DecodeBatch, rows: list[int]) -> DecodeBatch:
         return batching.select(batch, rows)
 
-    @torch.inference_mode()
     def beam_search(self, item: PrefillItem, sampling: Sampling, should_stop: Callable[[], bool]) -> list[int]:
         """Beam search through transformers' generate (one sequence, not batched)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class _Cancel(StoppingCriteria):
-            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kw: Any) -> torch.Tensor:
-                return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
-
-        dev = self.device
-        p = item.prompt
-        out = self.model.text_model.generate(
-            input_ids=torch.tensor([p.ids], device=dev),
-            attention_mask=torch.ones(1, len(p.ids), device=dev, dtype=torch.long),
-            image_embeds=item.features.embeds.unsqueeze(0).to(dev, self.dtype),
-            image_embeds_position_mask=torch.tensor([p.image_mask], device=dev, dtype=torch.bool),
-            num_beams=sampling.num_beams, do_sample=False, max_new_tokens=sampling.max_new_tokens,
-            eos_token_id=self.eos_id, pad_token_id=self.pad_id, use_cache=True,
-            stopping_criteria=StoppingCriteriaList([_Cancel()]))
-        gen = out[0, len(p.ids):].tolist()
-        while gen and gen[-1] in (self.pad_id,):
-            gen.pop()
-        return gen
+        return beam.generate(self.model.text_model, item, sampling, should_stop, self.device, self.dtype,
+                             self.eos_id, self.pad_id)
 
     # ---- embeddings ---------------------------------------------------------------------------------
     @torch.inference_mode()
