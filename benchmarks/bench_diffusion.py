@@ -23,6 +23,10 @@ SD 3 ones carry the family: ``diffusion.sdxl.…`` and ``diffusion.sd3.…``.
   measured by the job's own progress events. Absolute; target >= 1 on 2 CPU cores.
 - ``diffusion.finetune.adapter_over_unet_size``: size of the saved safetensors adapter
   divided by the base UNet weights file. Target <= 0.05 (absolute size in notes).
+
+FLUX.1 ([dev], ``diffusion.flux.…``) gets the same three serving ratios; the controlled-generation
+figures (``diffusion.control.…``) are in diffusion_control.py. ``python -m
+benchmarks.bench_diffusion flux control`` re-measures some parts only (``sd`` is the SD 1.x one).
 """
 
 from __future__ import annotations
@@ -64,39 +68,49 @@ def _served_call(stub: Any, pb: Any, seed: int, **kw: Any) -> Any:
     return result
 
 
-def _inprocess(runner: Any, seeds: list[int]) -> None:
-    """One pipeline call for ``seeds`` in this process: the requests' prompts, the default negative."""
+def _inprocess(runner: Any, seeds: list[int], pipe: Any = None, **extra: Any) -> None:
+    """One pipeline call for ``seeds`` in this process: the requests' prompts, the default negative and
+    guidance (FLUX.1: no negative side, its embedded guidance); ``pipe``/``extra``: a controlled pipeline."""
     import torch
 
-    same = {"max_sequence_length": runner.load_config.t5_max_tokens} if runner.family.key == "sd3" else {}
+    family = runner.family
+    same: dict[str, Any] = {"max_sequence_length": runner.load_config.t5_max_tokens} if family.key in (
+        "sd3", "flux") else {}
+    if family.negative_prompt:
+        same["negative_prompt"] = [""] * len(seeds)
     runner.activate(())
-    runner.pipe(prompt=[_prompt(s) for s in seeds], negative_prompt=[""] * len(seeds), height=SIZE, width=SIZE,
-                num_inference_steps=STEPS, guidance_scale=7.5,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="pil", **same)
+    (pipe or runner.pipe)(prompt=[_prompt(s) for s in seeds], height=SIZE, width=SIZE, num_inference_steps=STEPS,
+                          guidance_scale=runner.default_guidance(),
+                          generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], output_type="pil",
+                          **same, **extra)
 
 
-def _inprocess_batch_gain(runner: Any, rounds: int = 3) -> float:
+def _inprocess_batch_gain(runner: Any, rounds: int = 3, **inproc_kw: Any) -> float:
     """What batching can win at all here: 4 single pipeline calls ÷ one call of 4 (best of ``rounds``)."""
     gains = []
     for r in range(rounds):
         seeds = [500 + 4 * r + k for k in range(4)]
         t = time.perf_counter()
         for seed in seeds:
-            _inprocess(runner, [seed])
+            _inprocess(runner, [seed], **inproc_kw)
         single = time.perf_counter() - t
         t = time.perf_counter()
-        _inprocess(runner, seeds)
+        _inprocess(runner, seeds, **inproc_kw)
         gains.append(single / (time.perf_counter() - t))
     return max(gains)
 
 
-def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int, family: str) -> Result:
+def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int, family: str, name: str = "",
+                         served_kw: dict[str, Any] | None = None, inproc_kw: dict[str, Any] | None = None) -> Result:
     def inproc(seed: int) -> None:
-        _inprocess(runner, [seed])
+        _inprocess(runner, [seed], **(inproc_kw or {}))
+
+    def served(seed: int) -> None:
+        _served_call(stub, pb, seed, **(served_kw or {}))
 
     for seed in range(3):  # warm both paths
         inproc(seed)
-        _served_call(stub, pb, seed)
+        served(seed)
     t_in, t_srv = [], []
 
     def timed(fn: Any, seed: int) -> float:
@@ -104,7 +118,6 @@ def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int, family: str) -
         fn(seed)
         return time.perf_counter() - t
 
-    served = lambda seed: _served_call(stub, pb, seed)  # noqa: E731 - the timed callable, named for the pairing below
     for i in range(n):  # alternate which side goes first, so order effects cancel too
         if i % 2:
             t_srv.append(timed(served, 100 + i))
@@ -115,21 +128,21 @@ def _served_vs_inprocess(stub: Any, pb: Any, runner: Any, n: int, family: str) -
     ips_in, ips_srv = 1 / statistics.median(t_in), 1 / statistics.median(t_srv)
     # median of per-pair ratios: each pair ran back to back, so machine-load drift cancels out
     ratio = statistics.median(a / b for a, b in zip(t_in, t_srv))
-    return Result(_name(family, "served_over_inprocess.images_per_s"), ratio, 0.9, "higher", "ratio",
+    return Result(name or _name(family, "served_over_inprocess.images_per_s"), ratio, 0.9, "higher", "ratio",
                   f"in-process {type(runner.pipe).__name__} images/s, same params (median of back-to-back pairs)",
                   f"{SIZE}x{SIZE}, {STEPS} {runner.family.default_scheduler} steps, concurrency 1, {n} pairs: "
                   f"served {ips_srv:.2f} img/s, "
                   f"in-process {ips_in:.2f} img/s (medians)")
 
 
-def _throughput(stub: Any, pb: Any, clients: int, per_client: int) -> tuple[float, float]:
+def _throughput(stub: Any, pb: Any, clients: int, per_client: int, **kw: Any) -> tuple[float, float]:
     """(images/s, mean batch size seen) with ``clients`` threads each sending requests in a row."""
     batches: list[int] = []
     lock = threading.Lock()
 
     def worker(c: int) -> None:
         for i in range(per_client):
-            res = _served_call(stub, pb, 1000 * c + i)
+            res = _served_call(stub, pb, 1000 * c + i, **kw)
             with lock:
                 batches.append(res.batch_images)
 
@@ -146,21 +159,22 @@ def _throughput(stub: Any, pb: Any, clients: int, per_client: int) -> tuple[floa
 QUEUE_DELAY_MS = 25.0  # the batching server's max_queue_delay_ms (a fraction of one request's time)
 
 
-def _batching(stub_b: Any, stub_u: Any, pb: Any, runner: Any, rounds: int, family: str) -> Result:
+def _batching(stub_b: Any, stub_u: Any, pb: Any, runner: Any, rounds: int, family: str, name: str = "",
+              inproc_kw: dict[str, Any] | None = None, **kw: Any) -> Result:
     """Alternate rounds on the batching and the non-batching server; median of per-round ratios."""
-    _throughput(stub_b, pb, 4, 1)  # warm-up
-    _throughput(stub_u, pb, 4, 1)
-    ceiling = _inprocess_batch_gain(runner)
+    _throughput(stub_b, pb, 4, 1, **kw)  # warm-up
+    _throughput(stub_u, pb, 4, 1, **kw)
+    ceiling = _inprocess_batch_gain(runner, **(inproc_kw or {}))
     ratios, ips_b, ips_u, batch = [], [], [], []
     for _ in range(rounds):
-        b, mean_batch = _throughput(stub_b, pb, 4, 4)
-        u, _ = _throughput(stub_u, pb, 4, 4)
+        b, mean_batch = _throughput(stub_b, pb, 4, 4, **kw)
+        u, _ = _throughput(stub_u, pb, 4, 4, **kw)
         ratios.append(b / u)
         ips_b.append(b)
         ips_u.append(u)
         batch.append(mean_batch)
     return Result(
-        _name(family, "batching.throughput_4_clients"), statistics.median(ratios), 1.5, "higher", "ratio",
+        name or _name(family, "batching.throughput_4_clients"), statistics.median(ratios), 1.5, "higher", "ratio",
         "images/s of the same load on a server with batching off (median of alternating rounds)",
         f"4 clients x 4 requests per round, {rounds} rounds, {SIZE}x{SIZE}, {STEPS} steps, "
         f"max_queue_delay_ms {QUEUE_DELAY_MS:g}, max_batch_images 4: batched "
@@ -282,12 +296,12 @@ def _family(family: str, tmp: Path, threads: int) -> list[Result]:
     runner.close()
     for r in results:
         r.notes += f"; bench preset tiny {family}, {threads} torch thread(s), each server in its own process"
-        if family == "sd3":
+        if family in ("sd3", "flux"):
             r.notes += f", t5_max_tokens {SD3_T5_TOKENS}"
     return results
 
 
-def run() -> list[Result]:
+def run(parts: tuple[str, ...] = ("sd", "sdxl", "sd3", "flux", "control")) -> list[Result]:
     import torch
 
     # One intra-op thread everywhere (served worker and in-process baseline alike): on a shared
@@ -295,11 +309,25 @@ def run() -> list[Result]:
     torch.set_num_threads(THREADS)
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-diffusion-") as tmp:
-        for family in ("sd", "sdxl", "sd3"):
-            results.extend(_family(family, Path(tmp), THREADS))
+        for part in parts:
+            if part == "control":
+                from benchmarks.diffusion_control import controls
+
+                results.extend(controls(Path(tmp), THREADS))
+            else:
+                results.extend(_family(part, Path(tmp), THREADS))
     return results
 
 
 if __name__ == "__main__":  # pragma: no cover
-    for r in run():
+    # ``python -m benchmarks.bench_diffusion flux control``: re-measure those parts only and merge
+    # them into results.json (``make bench`` runs every part).
+    import sys
+
+    from benchmarks.run import merge
+
+    parts = tuple(sys.argv[1:]) or ("sd", "sdxl", "sd3", "flux", "control")
+    fresh = run(parts)
+    for r in fresh:
         print(f"{r.name} = {r.value:.4g} (target {r.target}, {'met' if r.met else 'NOT met'}) {r.notes}")
+    merge(fresh, {PREFIX if p == "sd" else f"{PREFIX}{p}." for p in parts})

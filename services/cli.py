@@ -202,9 +202,12 @@ def build_tiny(out: Path, preset: str = "tiny", families: tuple[str, ...] = ("sd
 def build_tiny_cmd(
     out: Path = typer.Option(Path(".models"), help="output folder"),
     preset: str = typer.Option("tiny", help="tiny (tests) or bench (~25M params, for benchmarks)"),
-    family: list[str] = typer.Option(["sd"], "--family", help="Stable Diffusion families to build: sd, sdxl, sd3"),
+    family: list[str] = typer.Option(["sd"], "--family", help="diffusion families to build: sd, sdxl, sd3, flux "
+                                                              "(FLUX.1 [dev]), flux-schnell"),
     single_file: bool = typer.Option(False, help="also export each Stable Diffusion folder as one .safetensors "
                                                  "file (<folder>.safetensors) with its configs (<folder>-config)"),
+    controls: bool = typer.Option(False, help="also build tiny control models for the families (ControlNets, "
+                                              "T2I-Adapters, IP-Adapters, a depth model) under <out>/controls"),
 ) -> None:
     """Write tiny, randomly initialised Kosmos-2, CLIP (the quality judge) and Stable Diffusion folders in HF format."""
     from services.diffusion.settings import TINY_FOLDERS
@@ -212,9 +215,18 @@ def build_tiny_cmd(
     unknown = sorted(set(family) - set(TINY_FOLDERS))
     if unknown:
         raise typer.BadParameter(f"unknown family {', '.join(unknown)}; choose from {', '.join(TINY_FOLDERS)}")
-    for name, folder in build_tiny(out, preset, tuple(dict.fromkeys(family))).items():
+    built = build_tiny(out, preset, tuple(dict.fromkeys(family)))
+    if controls:
+        from services.diffusion.tinycontrol import build_tiny_controls
+
+        folders = {f: built[TINY_FOLDERS[f]] for f in dict.fromkeys(family)}
+        made = build_tiny_controls(folders, out / "controls")
+        typer.echo("controls: serve with " + " ".join(f"--set {k}={v}" for k, v in made.items()))
+    for name, folder in built.items():
         typer.echo(f"{name}: {folder}")
-        if single_file and name not in ("tiny-kosmos2", "tiny-clip"):
+        if single_file and name.startswith("tiny-flux"):
+            typer.echo("  no single file: diffusers converts only the released FLUX.1 widths from one")
+        elif single_file and name not in ("tiny-kosmos2", "tiny-clip"):
             from services.diffusion.singlefile import copy_configs, export_single_file
 
             file = export_single_file(folder, folder.with_name(f"{folder.name}.safetensors"))

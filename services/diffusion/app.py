@@ -20,7 +20,7 @@ from services.diffusion.engine import Engine
 from services.diffusion.finetune import FineTuner
 from services.diffusion.jobs import JobRegistry
 from services.diffusion.runner import DiffusersRunner
-from services.diffusion.settings import EngineConfig, Limits, LoadConfig, Settings
+from services.diffusion.settings import ControlConfig, EngineConfig, Limits, LoadConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build_backend(settings: Settings) -> DiffusionBackend:
     limits = section(settings, Limits)
     registry = JobRegistry()
     runner = DiffusersRunner(settings.model_path(), device, dtype, settings.adapters_path(),
-                             section(settings, LoadConfig))
+                             section(settings, LoadConfig), section(settings, ControlConfig))
     engine = Engine(runner, section(settings, EngineConfig), registry)
     store = AdapterStore(settings.adapters_path())
     finetuner = FineTuner(runner, store, registry, limits, settings.data_root, wake=engine.wake)

@@ -11,6 +11,7 @@ the rest (``denoising_start``) on the same latents, with one continuous progress
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ Inputs = list[tuple[Image.Image, Image.Image]]  # (input image, mask) per image;
 Texts = tuple[list[str], list[str]]  # (prompt, negative prompt) per image
 
 
-def _common(items: Sequence[BatchItem], callback: Callback) -> tuple[dict[str, Any], Texts]:
+def _common(pipe: Any, items: Sequence[BatchItem], callback: Callback) -> tuple[dict[str, Any], Texts]:
     """The pipeline arguments every mode shares, and the texts of every image."""
     import torch
 
@@ -39,8 +40,13 @@ def _common(items: Sequence[BatchItem], callback: Callback) -> tuple[dict[str, A
             prompts.append(it.request.params.prompt)
             negatives.append(it.request.params.negative_prompt)
             gens.append(torch.Generator("cpu").manual_seed(seed % 2**64))
-    return dict(num_inference_steps=p.steps, guidance_scale=p.guidance_scale, generator=gens,
-                callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"]), (prompts, negatives)
+    common: dict[str, Any] = dict(num_inference_steps=p.steps, guidance_scale=p.guidance_scale, generator=gens)
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+        common |= dict(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])
+    else:  # older pipelines (SD 1.x T2I-Adapter) report steps through callback(step, t, latents)
+        total = _Total(p.steps)
+        common |= dict(callback=lambda i, t, latents: callback(total, i, t, {"latents": latents}), callback_steps=1)
+    return common, (prompts, negatives)
 
 
 def encode_texts(runner: DiffusersRunner, pipe: Any, prompts: list[str], negatives: list[str]) -> dict[str, Any]:
@@ -52,14 +58,22 @@ def encode_texts(runner: DiffusersRunner, pipe: Any, prompts: list[str], negativ
     """
     import torch
 
-    texts = list(dict.fromkeys(prompts + negatives))
-    args: dict[str, Any] = dict(device=runner.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    guided = runner.family.negative_prompt  # FLUX.1 is guidance-distilled: no negative side at all
+    texts = list(dict.fromkeys(prompts + negatives if guided else prompts))
+    args: dict[str, Any] = dict(device=runner.device, num_images_per_prompt=1)
     if runner.family.key == "sd3":
         args.update(prompt_2=None, prompt_3=None, max_sequence_length=runner.load_config.t5_max_tokens)
+    if guided:
+        args.update(do_classifier_free_guidance=False)
+    else:
+        args.update(prompt_2=None, max_sequence_length=runner.load_config.t5_max_tokens)
     with torch.no_grad():
         encoded = pipe.encode_prompt(texts, **args)
     row = {t: i for i, t in enumerate(texts)}
-    pos, neg = [row[t] for t in prompts], [row[t] for t in negatives]
+    pos = [row[t] for t in prompts]
+    if not guided:  # (T5 sequence, CLIP pooled, text ids)
+        return {"prompt_embeds": encoded[0][pos], "pooled_prompt_embeds": encoded[1][pos]}
+    neg = [row[t] for t in negatives]
     out = {"prompt_embeds": encoded[0][pos], "negative_prompt_embeds": encoded[0][neg]}
     if len(encoded) == 4:  # SDXL and SD 3 also pool the last text encoder's output
         out |= {"pooled_prompt_embeds": encoded[2][pos], "negative_pooled_prompt_embeds": encoded[2][neg]}
@@ -67,16 +81,22 @@ def encode_texts(runner: DiffusersRunner, pipe: Any, prompts: list[str], negativ
 
 
 def pipeline_call(runner: DiffusersRunner, pipe: Any, items: Sequence[BatchItem], inputs: Inputs,
-                  callback: Callback) -> list[Image.Image]:
-    """Run ``pipe`` once for the whole batch; PIL images in batch order (inpaint: unmasked pixels restored)."""
+                  callback: Callback, extra: dict[str, Any] | None = None) -> list[Image.Image]:
+    """Run ``pipe`` once for the whole batch; PIL images in batch order (inpaint: unmasked pixels restored).
+
+    ``extra``: the control arguments (control maps, scales, IP-Adapter embeddings) of a controlled batch;
+    such a batch runs the SDXL base alone (the refiner takes no controls).
+    """
     import torch
 
     first = items[0].request
     p, mode = first.params, first.mode
-    common, texts = _common(items, callback)
-    if mode == "txt2img" and runner.pipes.refiner is not None:
+    common, texts = _common(pipe, items, callback)
+    if mode == "txt2img" and runner.pipes.refiner is not None and not extra:
         return _with_refiner(runner, pipe, common, texts, p.height, p.width)
-    common |= encode_texts(runner, pipe, *texts)
+    common |= encode_texts(runner, pipe, *texts) | (extra or {})
+    if runner.family.packed_latents and mode != "txt2img":  # FLUX.1's img2img would resize to 1024 otherwise
+        common |= {"height": p.height, "width": p.width}
     if mode == "txt2img":
         out = pipe(height=p.height, width=p.width, output_type="pil", **common)
     elif mode == "img2img":
@@ -90,8 +110,9 @@ def pipeline_call(runner: DiffusersRunner, pipe: Any, items: Sequence[BatchItem]
             latents.extend([adain_blend(c, s, it.request.style_weight)] * len(it.seeds))
         out = pipe(image=torch.cat(latents), strength=first.strength, output_type="pil", **common)
     else:  # inpaint
-        out = pipe(image=[img for img, _ in inputs], mask_image=[mask for _, mask in inputs], height=p.height,
-                   width=p.width, strength=first.strength, output_type="pil", **common)
+        common |= {"height": p.height, "width": p.width}
+        out = pipe(image=[img for img, _ in inputs], mask_image=[mask for _, mask in inputs],
+                   strength=first.strength, output_type="pil", **common)
         return [restore_unmasked(orig, img, mask) for (orig, mask), img in zip(inputs, out.images)]
     return list(out.images)
 

@@ -3,6 +3,9 @@
 ``unfragile generate "a red cat" --out cat.png`` shows the queue position while waiting,
 then a progress bar fed by the per-step events of the stream, and saves the images
 (``cat.png``, or ``cat-0.png``, ``cat-1.png`` ... with ``--num-images``) with their seeds.
+``--control NAME:IMAGE[:SCALE[:PREPROCESS]]`` (repeatable) steers it with a ControlNet or
+T2I-Adapter, ``--ip-adapter NAME --reference IMAGE`` with an image prompt; ``--control-maps``
+saves the maps the server made (``cat-control-0.png`` ...).
 """
 
 from __future__ import annotations
@@ -46,6 +49,41 @@ def _params(prompt: str, negative: str, width: int, height: int, steps: int, gui
     return p
 
 
+def _controls(specs: list[str], reference: list[Path], ip_adapter: str, ip_scale: float | None,
+              control_maps: bool) -> dict[str, Any]:
+    """GenerationParams fields for ``--control NAME:IMAGE[:SCALE[:PREPROCESS]]`` and ``--ip-adapter``."""
+    _, pb, _ = _pb()
+    controls = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) < 2 or not parts[0] or not parts[1]:
+            raise typer.BadParameter(f"--control {spec!r}: use NAME:IMAGE[:SCALE[:PREPROCESS]], e.g. "
+                                     f"canny:edges.png:0.8 or canny:photo.png:1:canny")
+        c = pb.Control(controlnet=parts[0], image=_image(Path(parts[1])))
+        if len(parts) > 2 and parts[2]:
+            try:
+                c.conditioning_scale = float(parts[2])
+            except ValueError:
+                raise typer.BadParameter(f"--control {spec!r}: {parts[2]!r} is not a number") from None
+        if len(parts) > 3:
+            c.preprocess = parts[3]
+        controls.append(c)
+    fields: dict[str, Any] = {"controls": controls, "return_control_maps": control_maps and bool(controls)}
+    if ip_adapter or reference:
+        fields |= {"ip_adapter": ip_adapter, "reference_images": [_image(r) for r in reference]}
+        if ip_scale is not None:
+            fields["ip_adapter_scale"] = ip_scale
+    return fields
+
+
+ControlOpt = typer.Option([], "--control", help="NAME:IMAGE[:SCALE[:PREPROCESS]]: a ControlNet / T2I-Adapter "
+                                                 "(see `unfragile controlnets`) with its control image (repeatable)")
+IpAdapterOpt = typer.Option("", "--ip-adapter", help="IP-Adapter name (image prompt)")
+ReferenceOpt = typer.Option([], "--reference", help="IP-Adapter reference image (repeatable)")
+IpScaleOpt = typer.Option(None, "--ip-scale", help="IP-Adapter scale in [0, 2] (default 1)")
+MapsOpt = typer.Option(False, "--control-maps", help="also save the control maps the server made")
+
+
 def _out_path(out: Path, i: int, n: int) -> Path:
     return out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix or '.png'}")
 
@@ -76,6 +114,10 @@ def consume(stream: Iterator[Any], out: Path, preview_dir: Path | None = None) -
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(img.image.data)
                     typer.echo(f"{path}  seed={img.seed}  {img.width}x{img.height}")
+                for j, m in enumerate(res.control_maps):
+                    path = out.with_name(f"{out.stem}-control-{j}{out.suffix or '.png'}")
+                    path.write_bytes(m.data)
+                    typer.echo(f"{path}  control map {j}")
                 typer.echo(f"job {ev.job_id}: {res.steps} steps ({res.scheduler}), queue {res.timings.queue_ms:.0f} ms,"
                            f" total {res.timings.total_ms:.0f} ms, batch of {res.batch_images} image(s)", err=True)
                 return res
@@ -127,6 +169,11 @@ def register(root: typer.Typer) -> None:
         adapter: list[str] = typer.Option([], help="LoRA adapter NAME or NAME:WEIGHT (repeatable)"),
         preview_every: int = typer.Option(0, help="save a preview every N steps into --preview-dir"),
         preview_dir: Path | None = typer.Option(None, help="where previews go"),
+        control: list[str] = ControlOpt,
+        ip_adapter: str = IpAdapterOpt,
+        reference: list[Path] = ReferenceOpt,
+        ip_scale: float | None = IpScaleOpt,
+        control_maps: bool = MapsOpt,
         target: str = TargetOpt,
         token: str | None = TokenOpt,
     ) -> None:
@@ -134,6 +181,7 @@ def register(root: typer.Typer) -> None:
         _, pb, _ = _pb()
         p = _params(prompt, negative, width, height, steps, guidance, scheduler, seed, num_images, adapter,
                     preview_every)
+        p.MergeFrom(pb.GenerationParams(**_controls(control, reference, ip_adapter, ip_scale, control_maps)))
         _generate(target, token, "TextToImage", pb.TextToImageRequest(params=p), out, preview_dir)
 
     @root.command()
@@ -146,12 +194,18 @@ def register(root: typer.Typer) -> None:
         seed: int | None = typer.Option(None),
         scheduler: str = typer.Option(""),
         adapter: list[str] = typer.Option([], help="NAME or NAME:WEIGHT"),
+        control: list[str] = ControlOpt,
+        ip_adapter: str = IpAdapterOpt,
+        reference: list[Path] = ReferenceOpt,
+        ip_scale: float | None = IpScaleOpt,
+        control_maps: bool = MapsOpt,
         target: str = TargetOpt,
         token: str | None = TokenOpt,
     ) -> None:
         """Image to image."""
         _, pb, _ = _pb()
         p = _params(prompt, "", 0, 0, steps, None, scheduler, seed, 1, adapter, 0)
+        p.MergeFrom(pb.GenerationParams(**_controls(control, reference, ip_adapter, ip_scale, control_maps)))
         _generate(target, token, "ImageToImage",
                   pb.ImageToImageRequest(params=p, image=_image(image), strength=strength), out)
 
@@ -164,14 +218,20 @@ def register(root: typer.Typer) -> None:
         steps: int = typer.Option(0),
         strength: float = typer.Option(1.0, help="noise strength in (0, 1]"),
         seed: int | None = typer.Option(None),
+        control: list[str] = ControlOpt,
+        ip_adapter: str = IpAdapterOpt,
+        reference: list[Path] = ReferenceOpt,
+        ip_scale: float | None = IpScaleOpt,
+        control_maps: bool = MapsOpt,
         target: str = TargetOpt,
         token: str | None = TokenOpt,
     ) -> None:
         """Inpaint the white part of a mask; the rest is kept byte for byte."""
         _, pb, _ = _pb()
+        p = _edit_params(prompt, steps, seed)
+        p.MergeFrom(pb.GenerationParams(**_controls(control, reference, ip_adapter, ip_scale, control_maps)))
         _generate(target, token, "Inpaint",
-                  pb.InpaintRequest(params=_edit_params(prompt, steps, seed), image=_image(image),
-                                    mask=_image(mask), strength=strength), out)
+                  pb.InpaintRequest(params=p, image=_image(image), mask=_image(mask), strength=strength), out)
 
     @root.command()
     def style(
@@ -251,3 +311,16 @@ def register(root: typer.Typer) -> None:
         for a in resp.adapters:
             typer.echo(f"{a.name}\tfamily={a.family or '?'}\t{a.source}/{a.format}\trank={a.rank}\tsteps={a.steps}\t"
                    f"loss={a.final_loss:.4f}\t{a.size_bytes} B\t{a.created_at}")
+
+    @root.command()
+    def controlnets(target: str = TargetOpt, token: str | None = TokenOpt) -> None:
+        """List the control models of a Diffusion server (ControlNets, T2I-Adapters, IP-Adapters)."""
+        _, pb, pb_grpc = _pb()
+        with channel(target) as ch:
+            resp = pb_grpc.DiffusionStub(ch).ListControlNets(pb.ListControlNetsRequest(),
+                                                             metadata=bearer(token) if token else None)
+        for m in resp.models:
+            modes = ",".join(m.modes) or "not on this model"
+            typer.echo(f"{m.name}\t{m.kind}\tfamily={m.family or '?'}\t{m.format}\t{m.class_name}\t{modes}\t"
+                       f"{m.size_bytes} B{'  (loaded)' if m.loaded else ''}")
+        typer.echo(f"preprocessors: {', '.join(resp.preprocessors)}")

@@ -8,9 +8,10 @@ step.
 
 Batching: when the worker takes the head of the queue it also takes every queued job
 with the same ``batch_key`` (mode, size, steps, scheduler, guidance, strength,
-adapters) up to ``max_batch_images`` images, and the runner denoises them in one UNet
-batch, each image with its own prompt and seed. Results equal unbatched runs within
-float tolerance (bit-identical only for the same batch composition).
+adapters, control models with their scales and windows, IP-Adapter) up to
+``max_batch_images`` images, and the runner denoises them in one UNet batch, each image
+with its own prompt and seed. Results equal unbatched runs within float tolerance
+(bit-identical only for the same batch composition).
 
 Cancellation: a queued job leaves the queue at once; a running one is noticed at the
 next denoising step (its stream ends, its slot is free); when every job of a batch is
@@ -37,7 +38,7 @@ from services.core.devicememory import release_cached_memory
 from services.core.modelinfo import ModelInfo
 from services.core.security import ANONYMOUS, Principal
 from services.diffusion import metrics as m
-from services.diffusion.events import AdapterInfo, GenerateEventT, JobSnapshot, StatusEvent
+from services.diffusion.events import AdapterInfo, ControlModelInfo, GenerateEventT, JobSnapshot, StatusEvent
 from services.diffusion.genjob import GenJob
 from services.diffusion.jobs import RUNNING, JobRegistry
 from services.diffusion.settings import EngineConfig
@@ -70,6 +71,7 @@ class Runner(Protocol):
     def run(self, items: Sequence[BatchItem], on_step: StepHook) -> list[list[Image.Image]]: ...
     def preview(self, latents: Any, mode: str) -> list[Image.Image]: ...
     def list_adapters(self) -> list[AdapterInfo]: ...
+    def list_controls(self) -> tuple[list[ControlModelInfo], list[str]]: ...
 
 
 class Trainer(Protocol):
@@ -182,6 +184,9 @@ class Engine:
 
     def list_adapters(self) -> list[AdapterInfo]:
         return self.runner.list_adapters()
+
+    def list_controls(self) -> tuple[list[ControlModelInfo], list[str]]:
+        return self.runner.list_controls()
 
     def queue_length(self) -> int:
         with self._cv:

@@ -86,6 +86,7 @@ class ResultEvent:
     batch_images: int
     steps: int
     scheduler: str
+    control_maps: tuple[Image.Image, ...] = ()
 
     def to_pb(self, job_id: str) -> pb.GenerateEvent:
         return pb.GenerateEvent(job_id=job_id, result=pb.GeneratedImages(
@@ -93,7 +94,8 @@ class ResultEvent:
                     for i in self.images],
             timings=cpb.Timings(queue_ms=self.queue_ms, inference_ms=self.inference_ms, total_ms=self.total_ms,
                                 first_token_ms=self.first_preview_ms),
-            batch_images=self.batch_images, steps=self.steps, scheduler=self.scheduler))
+            batch_images=self.batch_images, steps=self.steps, scheduler=self.scheduler,
+            control_maps=[_png(m) for m in self.control_maps]))
 
 
 GenerateEventT = StatusEvent | ProgressEvent | PreviewEvent | ResultEvent
@@ -126,6 +128,25 @@ class JobSnapshot:
         return pb.JobEvent(status=self.status_pb(), kind=self.kind, step=self.step, total_steps=self.total_steps,
                            loss=self.loss, elapsed_ms=self.elapsed_ms, eta_ms=self.eta_ms,
                            adapter_name=self.adapter_name)
+
+
+@dataclass(frozen=True)
+class ControlModelInfo:
+    """One control model as ListControlNets shows it."""
+
+    name: str
+    kind: str  # "controlnet", "t2i_adapter" or "ip_adapter"
+    family: str
+    format: str
+    class_name: str
+    size_bytes: int
+    loaded: bool = False
+    modes: tuple[str, ...] = ()
+
+    def to_pb(self) -> pb.ControlModel:
+        return pb.ControlModel(name=self.name, kind=self.kind, family=self.family, format=self.format,
+                               class_name=self.class_name, size_bytes=self.size_bytes, loaded=self.loaded,
+                               modes=list(self.modes))
 
 
 @dataclass(frozen=True)

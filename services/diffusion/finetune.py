@@ -96,8 +96,9 @@ class FineTuner:
         if not family.finetune:
             raise FailedPrecondition(
                 f"StartFineTune trains LoRA adapters for Stable Diffusion 1.x/2.x and SDXL; this server runs "
-                f"{family.title}. Train an SD 3 LoRA with diffusers' train_dreambooth_lora_sd3.py and put the "
-                f".safetensors file in the server's lora_dir, or fine-tune on an SD 1.x/SDXL server")
+                f"{family.title}. Train a {family.title} LoRA with diffusers' "
+                f"train_dreambooth_lora_{family.key}.py and put the .safetensors file in the server's lora_dir, "
+                f"or fine-tune on an SD 1.x/SDXL server")
         examples = req.examples
         if not examples:
             folder = confined_folder(self.data_root, req.data_folder)
@@ -156,6 +157,7 @@ class FineTuner:
             self._end(job, CANCELLED, f"job {job.id} stopped: {job.token.reason}")
             return
         try:
+            self.runner.controls.unload_image_prompts()  # the training step runs the UNet without image embeddings
             t = time.monotonic()
             loss = run.step()
             m.FINETUNE_STEP_TIME.observe(time.monotonic() - t)

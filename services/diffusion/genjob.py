@@ -95,6 +95,7 @@ class GenJob(Job):
     def release_inputs(self) -> None:
         """Drop decoded input images once finished (finished jobs stay in the registry a while)."""
         self.request.image = self.request.mask = self.request.style_image = None
+        self.request.controls.release()
 
     def finish_cancelled(self) -> None:
         err = self.token.error(f"job {self.id}")
@@ -109,6 +110,12 @@ class GenJob(Job):
             self.release_inputs()
             m.JOBS_FINISHED.labels(self.mode, "failed").inc()
 
+    def _control_maps(self) -> tuple[Image.Image, ...]:
+        c = self.request.controls
+        if not c.return_control_maps:
+            return ()
+        return tuple(x.control_map for x in c.controls if x.control_map is not None)
+
     def finish_ok(self, images: list[Image.Image], started: float, ended: float, batch_images: int) -> None:
         now = time.monotonic()
         outs = tuple(OutputImage(img, seed, img.width, img.height) for img, seed in zip(images, self.seeds))
@@ -121,6 +128,7 @@ class GenJob(Job):
             batch_images=batch_images,
             steps=self.snapshot.total_steps,
             scheduler=self.request.params.scheduler,
+            control_maps=self._control_maps(),
         ))
         self.update(state=SUCCEEDED, eta_ms=0.0)
         self.release_inputs()

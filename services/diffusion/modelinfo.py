@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from services.core.loading import test_model_details
 from services.core.modelinfo import ModelInfo
+from services.diffusion.controlargs import modes
 
 if TYPE_CHECKING:
     from services.diffusion.runner import DiffusersRunner
@@ -48,8 +49,14 @@ def model_facts(runner: DiffusersRunner) -> ModelInfo:
         "lora_formats": ",".join(family.lora_formats),
         "finetune": "LoRA on the UNet" if family.finetune else "no",
     }
+    details["default_guidance"] = f"{runner.default_guidance():g}"
+    details["controls"] = "; ".join(f"{kind}: {','.join(modes(family.key, kind)) or 'none'}"
+                                    for kind in ("controlnet", "t2i_adapter", "ip_adapter"))
+    details["negative_prompt"] = "yes" if family.negative_prompt else "no (guidance-distilled)"
     if family.key == "sd3":
         details["t5"] = "on" if getattr(pipe, "text_encoder_3", None) is not None else "off"
+    if family.key == "flux":
+        details["variant"] = "dev" if denoiser.config.guidance_embeds else "schnell"
     if pipes.refiner is not None:
         details["refiner"] = runner.load_config.refiner
     details.update(test_model_details(runner.model))

@@ -1,6 +1,6 @@
 """Find, recognise and load a checkpoint: a diffusers folder, a cached hub id, or one .safetensors file.
 
-The family (SD 1.x/2.x, SDXL, SD 3) is detected first (``families``), then the checkpoint
+The family (SD 1.x/2.x, SDXL, SD 3, FLUX.1) is detected first (``families``), then the checkpoint
 is loaded through that family's own diffusers pipeline class: ``from_pretrained`` for a
 folder, ``from_single_file`` for a file, always with ``dtype=`` (no cast afterwards),
 safetensors only and without any network access. A single file's component configs and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
 # diffusers' own model types per family (what from_single_file would fetch configs for), and the
 # type used when a file's shapes match none of the released models (tiny or custom checkpoints).
 _REFERENCE_TYPES = {"sd": ("v1", "v2", "inpainting", "inpainting_v2"), "sdxl": ("xl_base", "xl_inpaint"),
-                    "sd3": ("sd35_medium", "sd3", "sd35_large")}
+                    "sd3": ("sd35_medium", "sd3", "sd35_large"), "flux": ("flux-dev", "flux-schnell")}
 T5_KEY = "text_encoders.t5xxl.transformer.shared.weight"
 
 
@@ -84,6 +85,8 @@ def prepare_libraries() -> None:
 
     dlogging.disable_progress_bar()
     tlogging.disable_progress_bar()
+    # FluxControlNetModel builds its rotary embedding through the old import path diffusers itself deprecates
+    warnings.filterwarnings("ignore", message=".*FluxPosEmbed.* is deprecated", category=FutureWarning)
     noisy = logging.getLogger("diffusers.models.modeling_utils")
     if not any(isinstance(f, _SpuriousCastWarning) for f in noisy.filters):
         noisy.addFilter(_SpuriousCastWarning())

@@ -7,10 +7,11 @@ denoising step through ``callback_on_step_end`` so the engine can stream progres
 render previews and stop cancelled work. All model access happens on the engine's
 single worker thread, so no locking is needed here.
 
-The same code runs every family (``families.py``): SD 1.x/2.x and SDXL (UNet) and SD 3
-(MMDiT, flow matching). Img2img and inpaint pipelines share the loaded modules; inpaint
-uses a 9-channel inpaint UNet when the checkpoint has one, otherwise the family's own
-inpaint pipeline blends latents with the mask every step.
+The same code runs every family (``families.py``): SD 1.x/2.x and SDXL (UNet), SD 3
+(MMDiT, flow matching) and FLUX.1 (packed latents: unpacked before the step hook sees
+them). Img2img and inpaint pipelines share the loaded modules; inpaint uses a 9-channel
+inpaint UNet when the checkpoint has one, otherwise the family's own inpaint pipeline
+blends latents with the mask every step.
 """
 
 from __future__ import annotations
@@ -24,16 +25,17 @@ from typing import Any, cast
 
 from PIL import Image
 
-from common.errors import FailedPrecondition
+from common.errors import FailedPrecondition, InvalidArgument
 from services.core.modelinfo import ModelInfo
 from services.diffusion import vae as vae_calls
 from services.diffusion.adapters import LORA_WEIGHT_NAME, AdapterCatalog, AdapterStore, LoraFile
 from services.diffusion.calls import Inputs, adain_blend, pipeline_call, restore_unmasked
+from services.diffusion.controls import Controls
 from services.diffusion.engine import BatchItem, Interrupted, StepHook
-from services.diffusion.events import AdapterInfo
+from services.diffusion.events import AdapterInfo, ControlModelInfo
 from services.diffusion.families import Family
 from services.diffusion.modelload import Pipelines, load_pipelines
-from services.diffusion.settings import LoadConfig
+from services.diffusion.settings import ControlConfig, LoadConfig
 from services.diffusion.types import AdapterSpec, GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -57,9 +59,10 @@ class DiffusersRunner:
     """Runs the pipelines of one loaded checkpoint; adapters hot-load from the adapter catalogue."""
 
     def __init__(self, model: str, device: Any, dtype: Any, adapters_dir: Path,
-                 load: LoadConfig | None = None) -> None:
+                 load: LoadConfig | None = None, controls: ControlConfig | None = None) -> None:
         self.model, self.device, self.dtype = model, device, dtype
         self.load_config = load or LoadConfig.model_validate({})
+        self.controls = Controls(controls or ControlConfig.model_validate({}), device, dtype)
         self.catalog = AdapterCatalog(AdapterStore(adapters_dir), self.load_config.lora_dir)
         self.loaded: Pipelines | None = None
         self._base_scheduler_config: Any = None
@@ -75,8 +78,10 @@ class DiffusersRunner:
         self._base_scheduler_config = self.pipe.scheduler.config
         self._schedulers = {}
         self.catalog.bind(self.family, self.cross_attention_width())
+        self.controls.bind(self)
 
     def close(self) -> None:
+        self.controls.close()
         self.loaded = None
 
     @property
@@ -98,7 +103,15 @@ class DiffusersRunner:
         return self.pipes.denoiser
 
     def native_size(self) -> int:
-        return int(self.denoiser.config.sample_size * self.pipe.vae_scale_factor)
+        """The image side the checkpoint was trained for (FLUX.1 pipelines default to 1024 themselves)."""
+        latent = getattr(self.denoiser.config, "sample_size", None) or self.pipe.default_sample_size
+        return int(latent * self.pipe.vae_scale_factor)
+
+    def default_guidance(self) -> float:
+        """Guidance when a request leaves it unset; 0 for FLUX.1 [schnell], which takes none."""
+        if self.family.packed_latents and not self.denoiser.config.guidance_embeds:
+            return 0.0
+        return self.family.default_guidance
 
     def cross_attention_width(self) -> int:
         """In-features of the UNet's cross-attention (what a UNet LoRA must match); 0 for a transformer."""
@@ -124,15 +137,33 @@ class DiffusersRunner:
         if request.mode != "inpaint" and family.denoiser == "unet" and self.denoiser.config.in_channels == 9:
             raise FailedPrecondition(f"this checkpoint is a {family.title} inpainting model; use Inpaint")
         changes: dict[str, Any] = {"scheduler": family.scheduler(p.scheduler)}
+        if p.guidance_scale is None:
+            changes["guidance_scale"] = self.default_guidance()
+        if p.negative_prompt.strip() and not family.negative_prompt:
+            raise InvalidArgument(
+                f"negative_prompt is set, but {family.title} is guidance-distilled: it has no unconditional branch to "
+                f"steer away from and takes no negative prompt. Leave negative_prompt empty and describe what you want "
+                f"in the prompt (guidance_scale sets the distilled guidance strength)")
         if request.mode == "txt2img" and not (p.width and p.height):
             native = self.native_size()
             changes.update(width=p.width or native, height=p.height or native)
+        if family.packed_latents:
+            for side, what in ((changes.get("width", p.width), "width"), (changes.get("height", p.height), "height")):
+                if side % 16:
+                    raise InvalidArgument(
+                        f"{what} {side} is not a multiple of 16: {family.title} packs 2x2 latent patches, so image "
+                        f"sides must be multiples of 16 (e.g. {side // 16 * 16 or 16})")
         for a in p.adapters:
             self.catalog.get(a.name)  # NOT_FOUND, or FAILED_PRECONDITION for another family's adapter
+        self.controls.check(request)
         return replace(request, params=replace(p, **changes))
 
     def list_adapters(self) -> list[AdapterInfo]:
         return self.catalog.list()
+
+    def list_controls(self) -> tuple[list[ControlModelInfo], list[str]]:
+        """The control models and the preprocessor names of this server."""
+        return self.controls.list(), self.controls.preprocessors.names()
 
     # ----------------------------------------------------------------- adapters
     def _ensure_loaded(self, adapter: LoraFile) -> None:
@@ -184,17 +215,27 @@ class DiffusersRunner:
         """VAE latents (scaled and shifted as the denoiser sees them) of ``images``."""
         return vae_calls.encode(self.pipe.vae, self.pipe.image_processor.preprocess(images).to(self.device))
 
+    def _spatial_latents(self, height: int, width: int) -> Any:
+        """Latents as (batch, channels, h, w) for the step hook: FLUX.1's packed sequence unpacked."""
+        if not self.family.packed_latents:
+            return lambda latents: latents
+        pipe = self.pipe
+        return lambda latents: pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+
     # ----------------------------------------------------------------- generation
     def run(self, items: Sequence[BatchItem], on_step: StepHook) -> list[list[Image.Image]]:
         first = items[0].request
         p = first.params
-        pipe = {"txt2img": self.pipes.txt2img, "img2img": self.pipes.img2img, "style": self.pipes.img2img,
+        base = {"txt2img": self.pipes.txt2img, "img2img": self.pipes.img2img, "style": self.pipes.img2img,
                 "inpaint": self.pipes.inpaint}[first.mode]
+        pipe = self.controls.pipeline(base, first)  # base itself without controls
         pipe.scheduler = self._scheduler(p.scheduler)
         self.activate(p.adapters)
 
+        spatial = self._spatial_latents(p.height, p.width)
+
         def callback(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_step(i + 1, _pipe.num_timesteps, kwargs["latents"]):
+            if on_step(i + 1, _pipe.num_timesteps, spatial(kwargs["latents"])):
                 raise Interrupted()
             return {}
 
@@ -204,8 +245,9 @@ class DiffusersRunner:
         cfg = self.load_config
         source = inputs[0][0]  # edits without a size run at their input's size
         width, height = (p.width, p.height) if (p.width and p.height) or source is None else source.size
-        with vae_calls.for_call(self.pipe.vae, width, height, cfg.vae_slicing, cfg.vae_tiling_pixels):
-            images = pipeline_call(self, pipe, items, inputs, callback)
+        with (vae_calls.for_call(self.pipe.vae, width, height, cfg.vae_slicing, cfg.vae_tiling_pixels),
+              self.controls.batch(pipe, items) as extra):
+            images = pipeline_call(self, pipe, items, inputs, callback, extra)
         result, k = [], 0
         for it in items:
             result.append(images[k:k + len(it.seeds)])

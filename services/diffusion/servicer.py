@@ -54,5 +54,9 @@ class DiffusionServicer(pb_grpc.DiffusionServicer):
     def ListAdapters(self, request: pb.ListAdaptersRequest, context: Any) -> pb.ListAdaptersResponse:
         return pb.ListAdaptersResponse(adapters=[a.to_pb() for a in self.engine.list_adapters()])
 
+    def ListControlNets(self, request: pb.ListControlNetsRequest, context: Any) -> pb.ListControlNetsResponse:
+        models, preprocessors = self.engine.list_controls()
+        return pb.ListControlNetsResponse(models=[m.to_pb() for m in models], preprocessors=preprocessors)
+
     def ModelInfo(self, request: cpb.ModelInfoRequest, context: Any) -> cpb.ModelInfoResponse:
         return self.engine.model_info().to_pb()

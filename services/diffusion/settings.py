@@ -1,8 +1,9 @@
 """Diffusion configuration, each setting declared once.
 
 ``EngineConfig`` (queue and cross-request batching), ``Limits`` (request validation) and
-``LoadConfig`` (single-file configs, SDXL refiner, SD 3's T5, community LoRA files) are what
-the engine, the request types and the model loader receive; ``Settings`` composes them with
+``LoadConfig`` (single-file configs, SDXL refiner, SD 3's T5, community LoRA files) and
+``ControlConfig`` (ControlNet / IP-Adapter folders, the depth model, their memory budget) are
+what the engine, the request types, the model loader and the control models receive; ``Settings`` composes them with
 the gRPC server and model bases (environment prefix ``UNFRAGILE_DIFFUSION_``).
 """
 
@@ -14,7 +15,8 @@ from pydantic import BaseModel, Field
 
 from services.core.settings import GrpcServerSettings, ModelSettings, settings_config
 
-TINY_FOLDERS = {"sd": "tiny-sd", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3"}
+TINY_FOLDERS = {"sd": "tiny-sd", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux",
+                "flux-schnell": "tiny-flux-schnell"}
 
 
 class EngineConfig(BaseModel):
@@ -47,6 +49,8 @@ class Limits(BaseModel, frozen=True):
     max_prompt_chars: int = Field(2000, gt=0, description="Longest prompt or negative prompt (characters).")
     max_finetune_steps: int = Field(5000, gt=0, description="Largest number of steps of a fine-tune job.")
     max_training_examples: int = Field(1000, gt=0, description="Largest training set of a fine-tune job.")
+    max_controls: int = Field(4, gt=0, description="Most controls (ControlNets / T2I-Adapters) in one request.")
+    max_reference_images: int = Field(4, gt=0, description="Most IP-Adapter reference images in one request.")
 
 
 class LoadConfig(BaseModel):
@@ -78,7 +82,25 @@ class LoadConfig(BaseModel):
         "overlapping tiles (much less memory at large sizes; faint seams are possible); 0 = never.")
 
 
-class Settings(Limits, EngineConfig, LoadConfig, ModelSettings, GrpcServerSettings):
+class ControlConfig(BaseModel):
+    """Where control models (ControlNet, T2I-Adapter, IP-Adapter, depth estimator) come from, and their memory."""
+
+    controlnet_dir: Path | None = Field(
+        None, description="Folder of ControlNets and T2I-Adapters: diffusers folders (config.json + weights) and "
+        "single .safetensors ControlNet files (original or diffusers layout), each named by its folder or file "
+        "stem; unset = none.")
+    ip_adapter_dir: Path | None = Field(
+        None, description="Folder of IP-Adapters: NAME/ holding a .safetensors file and image_encoder/, or "
+        "NAME.safetensors files sharing image_encoder/ beside them (the layout of h94/IP-Adapter); unset = none.")
+    depth_model: str = Field(
+        "", description="A transformers depth-estimation model (DPT / Depth Anything folder or cached hub id) for "
+        "the \"depth\" preprocessor; \"\" = that preprocessor is unavailable.")
+    control_cache_mb: int = Field(
+        8192, ge=0, description="Memory budget of the loaded control models (least recently used ones are dropped "
+        "beyond it; one that is larger than the budget alone is still loaded for its batch).")
+
+
+class Settings(Limits, EngineConfig, LoadConfig, ControlConfig, ModelSettings, GrpcServerSettings):
     """Diffusion service settings (environment prefix ``UNFRAGILE_DIFFUSION_``)."""
 
     model_config = settings_config("UNFRAGILE_DIFFUSION_") | {"frozen": False}
@@ -89,8 +111,8 @@ class Settings(Limits, EngineConfig, LoadConfig, ModelSettings, GrpcServerSettin
         "", description='Checkpoint: a diffusers folder, a single .safetensors file or a cached hub id; "" = the '
         "tiny model of tiny_family under models_dir (built if missing).")
     tiny_family: str = Field(
-        "sd", pattern="^(sd|sdxl|sd3)$", description="Family of the tiny model built when model is empty: sd, sdxl "
-        "or sd3.")
+        "sd", pattern="^(sd|sdxl|sd3|flux|flux-schnell)$", description="Family of the tiny model built when model "
+        "is empty: sd, sdxl, sd3, flux (FLUX.1 [dev]) or flux-schnell.")
     tiny_preset: str = Field("tiny", description="Preset used when the default tiny model has to be built.")
     adapters_dir: Path | None = Field(None, description="Where LoRA adapters are saved; default <models_dir>/adapters.")
     data_root: Path | None = Field(

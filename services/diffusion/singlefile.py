@@ -73,6 +73,30 @@ def _unet_key(key: str, per: int, attn_up: list[bool]) -> str:
     return f"{name}.{index}.0.{_renamed(rest, _RESNET)}" if kind == "resnets" else f"{name}.{index}.1.{rest}"
 
 
+def controlnet_to_ldm(sd: Tensors, config: dict[str, Any]) -> Tensors:
+    """Diffusers ControlNetModel tensors -> the original layout (``input_hint_block``, ``zero_convs``, …,
+    without the ``control_model.`` prefix): the inverse of diffusers' ``convert_controlnet_checkpoint``."""
+    cn = _ldm_mapping("controlnet")
+    top = dict(cn["layers"])
+    top.update(cn["addition_embed_type"] if config.get("addition_embed_type") == "text_time" else {})
+    top.update(cn["class_embed_type"] if config.get("class_embed_type") else {})
+    per = int(config["layers_per_block"]) + 1
+    out: Tensors = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if key in top:
+            out[top[key]] = value
+        elif parts[0] == "controlnet_down_blocks":
+            out[f"zero_convs.{parts[1]}.0.{parts[2]}"] = value
+        elif parts[0] == "controlnet_mid_block":
+            out[f"middle_block_out.0.{parts[1]}"] = value
+        elif parts[0] == "controlnet_cond_embedding":  # blocks.j -> input_hint_block.(2j + 2)
+            out[f"input_hint_block.{2 * int(parts[2]) + 2}.{parts[3]}"] = value
+        else:
+            out[_unet_key(key, per, [])] = value
+    return out
+
+
 def vae_to_ldm(sd: Tensors, config: dict[str, Any]) -> Tensors:
     """Diffusers AutoencoderKL tensors -> LDM ``encoder.down.N.block…`` (attention as 1x1 convs)."""
     top: dict[str, str] = _ldm_mapping("vae")

@@ -1,11 +1,14 @@
-"""Tiny, randomly initialised Stable Diffusion checkpoints of each family, built offline.
+"""Tiny, randomly initialised diffusion checkpoints of each family, built offline.
 
 No weights can be downloaded here, so tests, the demo and the benchmarks run on *real*
 diffusers pipelines whose weights are seeded noise: ``StableDiffusionPipeline`` (UNet,
 four-block ``AutoencoderKL`` so the VAE scale factor is 8 like real SD, CLIP text encoder),
 ``StableDiffusionXLPipeline`` (two CLIP text encoders of different widths, a UNet with
-``text_time`` added conditioning) and ``StableDiffusion3Pipeline`` (MMDiT transformer with
-qk RMS-norm, 16-channel VAE with shift/scale factors, CLIP-L, CLIP-G and T5 encoders).
+``text_time`` added conditioning), ``StableDiffusion3Pipeline`` (MMDiT transformer with
+qk RMS-norm, 16-channel VAE with shift/scale factors, CLIP-L, CLIP-G and T5 encoders) and
+``FluxPipeline`` (FLUX.1 transformer with double- and single-stream blocks and rotary
+positions, CLIP pooled + T5 sequence conditioning, 16-channel VAE; [dev] embeds the
+guidance scale, [schnell] does not and uses a fixed-shift schedule).
 They are saved in the diffusers folder layout and the server loads them back with
 ``from_pretrained`` exactly like a real checkpoint (``singlefile.py`` writes the original
 single-file layout of each too). The SD folder also holds a separate 9-channel inpainting
@@ -31,9 +34,12 @@ _WORDS = (
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 64x64 images, ~0.1 s for 4 steps on 2 CPU cores.
-    "tiny": {"unet_channels": (32, 64), "vae_channels": (16, 16, 32, 32), "text_hidden": 32, "sample": 64},
-    # A little wider, for benchmarks that want the denoiser to dominate the cost.
-    "bench": {"unet_channels": (64, 128), "vae_channels": (32, 32, 64, 64), "text_hidden": 64, "sample": 64},
+    "tiny": {"unet_channels": (32, 64), "vae_channels": (16, 16, 32, 32), "text_hidden": 32, "sample": 64,
+             "flux_blocks": (1, 2)},
+    # A little wider, for benchmarks that want the denoiser to dominate the cost (FLUX.1: double- and
+    # single-stream blocks; the real ones have 19 and 38).
+    "bench": {"unet_channels": (64, 128), "vae_channels": (32, 32, 64, 64), "text_hidden": 64, "sample": 64,
+              "flux_blocks": (2, 4)},
 }
 
 
@@ -252,11 +258,49 @@ def build_tiny_sd3(out: Path, preset: str = "tiny") -> Path:
     return _finish(out, "sd3", preset)
 
 
-BUILDERS = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3}
+# The released FLUX.1 schedulers: [dev] shifts by resolution, [schnell] does not.
+_FLUX_SCHEDULERS = {
+    "dev": dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                max_image_seq_len=4096),
+    "schnell": dict(shift=1.0, use_dynamic_shifting=False, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                    max_image_seq_len=4096),
+}
+
+
+def build_tiny_flux(out: Path, preset: str = "tiny", variant: str = "dev") -> Path:
+    """A tiny FLUX.1 checkpoint in ``out``: [dev] (guidance embedding) or [schnell] (none, fixed shift)."""
+    p, out = _preset(preset), Path(out)  # first: prepares the libraries
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    out.mkdir(parents=True, exist_ok=True)
+    clip_tok, t5_tok = build_tokenizer(), build_t5_tokenizer()
+    hidden = p["text_hidden"]
+    clip = _seeded(2, lambda: _clip(clip_tok, hidden, with_projection=False))
+    t5 = _seeded(6, lambda: _t5(t5_tok, 3 * hidden))
+    inner = p["unet_channels"][0]
+    transformer = _seeded(0, lambda: FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=p["flux_blocks"][0], num_single_layers=p["flux_blocks"][1],
+        attention_head_dim=16, num_attention_heads=inner // 16, joint_attention_dim=3 * hidden,
+        pooled_projection_dim=hidden,
+        guidance_embeds=variant == "dev", axes_dims_rope=(4, 6, 6)))
+    vae = _seeded(1, lambda: _vae(p, 16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                                  use_post_quant_conv=False))
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**_FLUX_SCHEDULERS[variant]), vae=vae, text_encoder=clip,
+        tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer)
+    _save(pipe, out)
+    return _finish(out, "flux" if variant == "dev" else "flux-schnell", preset)
+
+
+def build_tiny_flux_schnell(out: Path, preset: str = "tiny") -> Path:
+    return build_tiny_flux(out, preset, variant="schnell")
+
+
+BUILDERS = {"sd": build_tiny_sd, "sdxl": build_tiny_sdxl, "sd3": build_tiny_sd3, "flux": build_tiny_flux,
+            "flux-schnell": build_tiny_flux_schnell}
 
 
 def build_tiny(family: str, out: Path, preset: str = "tiny") -> Path:
-    """The tiny checkpoint of ``family`` ("sd", "sdxl" or "sd3") in ``out``."""
+    """The tiny checkpoint of ``family`` ("sd", "sdxl", "sd3", "flux" or "flux-schnell") in ``out``."""
     if family not in BUILDERS:
         raise ValueError(f"unknown family {family!r}; choose one of {sorted(BUILDERS)}")
     return BUILDERS[family](out, preset=preset)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.core.images import decode_image
+from services.diffusion.controltypes import RequestControls, no_controls
 from services.diffusion.families import SCHEDULER_ALIASES, SCHEDULER_NAMES
 from services.diffusion.settings import Limits
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
@@ -86,7 +87,7 @@ class GenerationParams:
     width: int = 0
     height: int = 0
     steps: int = 20
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None until the engine resolves the family default
     scheduler: str = ""  # "" until the engine resolves the family default
     seed: int | None = None
     num_images: int = 1
@@ -108,9 +109,10 @@ class GenerationParams:
         steps = msg.steps or limits.default_steps
         if not 1 <= steps <= limits.max_steps:
             raise InvalidArgument(f"steps {steps} is out of range; use 1..{limits.max_steps}")
-        guidance = msg.guidance_scale if msg.HasField("guidance_scale") else 7.5
-        if not 0.0 <= guidance <= 30.0:
-            raise InvalidArgument(f"guidance_scale {guidance} is out of range; use 0..30 (7.5 is typical)")
+        guidance = msg.guidance_scale if msg.HasField("guidance_scale") else None
+        if guidance is not None and not 0.0 <= guidance <= 30.0:
+            raise InvalidArgument(f"guidance_scale {guidance} is out of range; use 0..30 (7.5 is typical; 3.5 for "
+                                  f"FLUX.1 [dev])")
         num = msg.num_images or 1
         if not 1 <= num <= limits.max_images_per_request:
             raise InvalidArgument(f"num_images {num} is out of range; use 1..{limits.max_images_per_request}")
@@ -128,7 +130,7 @@ class GenerationParams:
             width=width,
             height=height,
             steps=steps,
-            guidance_scale=float(guidance),
+            guidance_scale=None if guidance is None else float(guidance),
             scheduler=normalise_scheduler(msg.scheduler),
             seed=int(msg.seed) if msg.HasField("seed") else None,
             num_images=num,
@@ -156,6 +158,7 @@ class GenerateRequest:
     style_image: Image.Image | None = None
     strength: float = 1.0
     style_weight: float = 0.0
+    controls: RequestControls = field(default_factory=RequestControls)
 
     @property
     def width(self) -> int:
@@ -166,14 +169,15 @@ class GenerateRequest:
         return self.params.height
 
     def batch_key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can share one UNet batch (same shapes, schedule, adapters)."""
+        """Requests with equal keys can share one UNet batch (same shapes, schedule, adapters, control models)."""
         p = self.params
         return (self.mode, p.width, p.height, p.steps, p.scheduler, p.guidance_scale, round(self.strength, 6),
-                p.adapters)
+                p.adapters, self.controls.key())
 
     @classmethod
     def from_txt2img(cls, msg: pb.TextToImageRequest, limits: Limits) -> GenerateRequest:
-        return cls("txt2img", GenerationParams.from_pb(msg.params, limits))
+        return cls("txt2img", GenerationParams.from_pb(msg.params, limits),
+                   controls=RequestControls.from_pb(msg.params, limits))
 
     @classmethod
     def _image_input(cls, params: GenerationParams, img: Image.Image, field_name: str, limits: Limits
@@ -200,7 +204,8 @@ class GenerateRequest:
         params, img = cls._image_input(params, img, "image", limits)
         strength = _fraction(msg.strength if msg.HasField("strength") else None, "strength", 0.75)
         _check_runs_a_step(params.steps, strength)
-        return cls("img2img", params, image=img, strength=strength)
+        return cls("img2img", params, image=img, strength=strength,
+                   controls=RequestControls.from_pb(msg.params, limits))
 
     @classmethod
     def from_inpaint(cls, msg: pb.InpaintRequest, limits: Limits) -> GenerateRequest:
@@ -218,11 +223,13 @@ class GenerateRequest:
         strength = _fraction(msg.strength if msg.HasField("strength") else None, "strength", 1.0)
         _check_runs_a_step(params.steps, strength)
         mask = mask.point(lambda v: 255 if v >= 128 else 0)
-        return cls("inpaint", params, image=img, mask=mask, strength=strength)
+        return cls("inpaint", params, image=img, mask=mask, strength=strength,
+                   controls=RequestControls.from_pb(msg.params, limits))
 
     @classmethod
     def from_style(cls, msg: pb.StyleTransferRequest, limits: Limits) -> GenerateRequest:
         params = GenerationParams.from_pb(msg.params, limits, prompt_required=False)
+        no_controls(msg.params, "StyleTransfer")
         content = decode_image(msg.content_image.data, max_pixels=limits.max_image_pixels, field="content_image")
         params, content = cls._image_input(params, content, "content_image", limits)
         style = decode_image(msg.style_image.data, max_pixels=limits.max_image_pixels, field="style_image")

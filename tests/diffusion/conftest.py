@@ -84,19 +84,25 @@ def decode(data: bytes) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------- every family, both formats
-FAMILIES = ("sd", "sdxl", "sd3")
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+# FLUX.1 single files: diffusers' converter assumes the released 3072-wide transformer, so a tiny one
+# cannot go through from_single_file (test_diffusion_flux checks how such files are recognised).
+SINGLE_FILE_FAMILIES = ("sd", "sdxl", "sd3")
 FORMATS = ("folder", "single-file")
-FAMILY_FORMATS = [pytest.param(f, fmt, id=f"{f}-{fmt}") for f in FAMILIES for fmt in FORMATS]
-TITLES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "Stable Diffusion XL", "sd3": "Stable Diffusion 3"}
+FAMILY_FORMATS = [pytest.param(f, fmt, id=f"{f}-{fmt}") for f in FAMILIES for fmt in FORMATS
+                  if fmt == "folder" or f in SINGLE_FILE_FAMILIES]
+TITLES = {"sd": "Stable Diffusion 1.x/2.x", "sdxl": "Stable Diffusion XL", "sd3": "Stable Diffusion 3",
+          "flux": "FLUX.1"}
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny checkpoint folder of each family (built once per session)."""
-    from services.diffusion.tiny import build_tiny_sd3, build_tiny_sdxl
+    from services.diffusion.tiny import build_tiny_flux, build_tiny_sd3, build_tiny_sdxl
 
     root = tmp_path_factory.mktemp("families")
-    return {"sd": tiny_sd, "sdxl": build_tiny_sdxl(root / "tiny-sdxl"), "sd3": build_tiny_sd3(root / "tiny-sd3")}
+    return {"sd": tiny_sd, "sdxl": build_tiny_sdxl(root / "tiny-sdxl"), "sd3": build_tiny_sd3(root / "tiny-sd3"),
+            "flux": build_tiny_flux(root / "tiny-flux")}
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +113,7 @@ def single_files(tiny_models: dict[str, Path],
 
     root = tmp_path_factory.mktemp("single-files")
     return {f: (export_single_file(folder, root / f"tiny-{f}.safetensors"), copy_configs(folder, root / f"{f}-config"))
-            for f, folder in tiny_models.items()}
+            for f, folder in tiny_models.items() if f in SINGLE_FILE_FAMILIES}
 
 
 @pytest.fixture(scope="session")
@@ -124,15 +130,26 @@ def lora_dir(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFact
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_controls(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """ControlNets (folders and single files), T2I-Adapters, IP-Adapters and a depth model for every family."""
+    from services.diffusion.tinycontrol import build_tiny_controls
+
+    return build_tiny_controls(tiny_models, tmp_path_factory.mktemp("controls"))
+
+
 class FamilyServers:
-    """One server per (family, format), started on first use; all share one adapters dir and lora_dir."""
+    """One server per (family, format), started on first use; all share one adapters dir, lora_dir and control
+    model folders."""
 
     def __init__(self, models: dict[str, Path], files: dict[str, tuple[Path, Path]], adapters: Path,
-                 loras: Path) -> None:
+                 loras: Path, controls: dict[str, Path]) -> None:
         self.models, self.files, self.adapters, self.loras = models, files, adapters, loras
+        self.controls = {k: str(v) for k, v in controls.items()}
         self.running: dict[tuple[str, str], tuple[RunningServer, grpc.Channel]] = {}
 
     def settings(self, family: str, fmt: str, **kw: object) -> Settings:
+        kw = {**self.controls, **kw}
         if fmt == "folder":
             return make_settings(self.models[family], self.adapters, metrics_port=-1, lora_dir=self.loras, **kw)
         file, config = self.files[family]
@@ -145,6 +162,10 @@ class FamilyServers:
             self.running[(family, fmt)] = (server, channel(server.address))
         return pb_grpc.DiffusionStub(self.running[(family, fmt)][1])
 
+    def address(self, family: str, fmt: str = "folder") -> str:
+        self.stub(family, fmt)
+        return self.running[(family, fmt)][0].address
+
     def close(self) -> None:
         for server, ch in self.running.values():
             ch.close()
@@ -153,8 +174,10 @@ class FamilyServers:
 
 @pytest.fixture(scope="session")
 def family_servers(tiny_models: dict[str, Path], single_files: dict[str, tuple[Path, Path]], lora_dir: Path,
+                   tiny_controls: dict[str, Path],
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[FamilyServers]:
-    servers = FamilyServers(tiny_models, single_files, tmp_path_factory.mktemp("family-adapters"), lora_dir)
+    servers = FamilyServers(tiny_models, single_files, tmp_path_factory.mktemp("family-adapters"), lora_dir,
+                            tiny_controls)
     yield servers
     servers.close()
 

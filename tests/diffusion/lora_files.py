@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ARCHITECTURES = {"sd": ("sd_v1", "stable-diffusion-v1/lora"),
                  "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
-                 "sd3": ("sd3", "stable-diffusion-v3-medium/lora")}
+                 "sd3": ("sd3", "stable-diffusion-v3-medium/lora"), "flux": ("flux1", "flux-1-dev/lora")}
 
 
 def _attention_linears(model_folder: Path) -> dict[str, tuple[int, int]]:
@@ -36,7 +36,7 @@ def _attention_linears(model_folder: Path) -> dict[str, tuple[int, int]]:
 def write_lora(model_folder: Path, family: str, path: Path, layout: str, rank: int = 4, seed: int = 0,
                metadata: bool = True) -> Path:
     gen = torch.Generator().manual_seed(seed)
-    prefix = "transformer" if family == "sd3" else "unet"
+    prefix = "transformer" if family in ("sd3", "flux") else "unet"
     tensors: dict[str, torch.Tensor] = {}
     for module, (out_f, in_f) in sorted(_attention_linears(model_folder).items()):
         down = torch.randn(rank, in_f, generator=gen) * 0.5

@@ -44,6 +44,30 @@ def test_inpaint_style_and_errors(server, tmp_path) -> None:
     assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.output and "multiple of 8" in bad.output
 
 
+def test_controlled_generation_and_the_control_model_list(family_servers, tmp_path) -> None:
+    address = family_servers.address("sd")
+    photo, ref, out = tmp_path / "photo.png", tmp_path / "ref.png", tmp_path / "cat.png"
+    Image.new("RGB", (64, 64), (10, 20, 30)).save(photo)
+    Image.new("RGB", (32, 32), (200, 20, 30)).save(ref)
+    res = CliRunner().invoke(_app(), ["generate", "a red cat", "--out", str(out), "--target", address, "--steps",
+                                      "2", "--seed", "5", "--control", f"sd-canny:{photo}:0.8:canny",
+                                      "--control", f"sd-file:{photo}", "--control-maps", "--ip-adapter", "sd-ip",
+                                      "--reference", str(ref)])
+    assert res.exit_code == 0, res.output
+    assert decode(out.read_bytes()).size == (64, 64)
+    maps = [decode((tmp_path / f"cat-control-{j}.png").read_bytes()) for j in (0, 1)]
+    assert maps[0].getextrema() == ((0, 0), (0, 0), (0, 0))  # no edges in a flat image
+    assert maps[1].getpixel((5, 5)) == (10, 20, 30)  # "none": the image itself
+    listed = CliRunner().invoke(_app(), ["controlnets", "--target", address])
+    row = "sd-canny\tcontrolnet\tfamily=sd\tdiffusers folder\tControlNetModel\ttxt2img,img2img,inpaint"
+    assert row in listed.output
+    assert "preprocessors: none, canny, depth" in listed.output
+    bad = CliRunner().invoke(_app(), ["generate", "x", "--control", "sd-canny", "--target", address])
+    assert bad.exit_code != 0 and "NAME:IMAGE" in bad.output
+    wrong = CliRunner().invoke(_app(), ["generate", "x", "--control", f"sdxl-canny:{photo}", "--target", address])
+    assert wrong.exit_code == 1 and "FAILED_PRECONDITION" in wrong.output
+
+
 def test_finetune_command(server, tmp_path) -> None:
     img = tmp_path / "a.png"
     Image.new("RGB", (64, 64), (200, 0, 0)).save(img)
@@ -66,8 +90,13 @@ def test_build_tiny_families_and_single_files_then_serve_one(tmp_path) -> None:
     from .conftest import make_settings, start
 
     res = CliRunner().invoke(app, ["models", "build-tiny", "--out", str(tmp_path), "--family", "sdxl",
-                                   "--single-file"])
+                                   "--single-file", "--controls"])
     assert res.exit_code == 0, res.output
+    controls = tmp_path / "controls"
+    assert (f"--set controlnet_dir={controls / 'controlnets'} --set ip_adapter_dir={controls / 'ip-adapters'} "
+            f"--set depth_model={controls / 'depth'}") in res.output
+    assert sorted(p.name for p in (controls / "controlnets").iterdir()) == ["sdxl-canny", "sdxl-file.safetensors",
+                                                                            "sdxl-t2i"]
     file, configs = tmp_path / "tiny-sdxl.safetensors", tmp_path / "tiny-sdxl-config"
     assert f"single_file_config={configs}" in res.output and file.is_file()
     running = start(make_settings(file, tmp_path / "adapters", metrics_port=-1, single_file_config=configs))
@@ -77,5 +106,5 @@ def test_build_tiny_families_and_single_files_then_serve_one(tmp_path) -> None:
         assert (details["family"], details["format"], details["test_model"]) == ("sdxl", "single file", "true")
     finally:
         running.stop(0)
-    bad = CliRunner().invoke(app, ["models", "build-tiny", "--out", str(tmp_path), "--family", "flux"])
-    assert bad.exit_code != 0 and "unknown family flux" in bad.output
+    bad = CliRunner().invoke(app, ["models", "build-tiny", "--out", str(tmp_path), "--family", "flux2"])
+    assert bad.exit_code != 0 and "unknown family flux2" in bad.output

@@ -1,4 +1,4 @@
-"""Every generation RPC on every family (SD 1.x, SDXL, SD 3), from a diffusers folder and a single file.
+"""Every generation RPC on every family (SD 1.x, SDXL, SD 3, FLUX.1), from a diffusers folder and a single file.
 
 Random weights draw noise: these tests check plumbing exactly (stream shape, sizes, seeds
 giving the same bytes, unmasked pixels kept, previews every step, per-family schedulers,
@@ -12,17 +12,31 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.diffusion.conftest import FAMILIES, FAMILY_FORMATS, TITLES, decode, events_of, kinds, params, png, result_of
+from tests.diffusion.conftest import (
+    FAMILIES,
+    FAMILY_FORMATS,
+    SINGLE_FILE_FAMILIES,
+    TITLES,
+    decode,
+    events_of,
+    kinds,
+    params,
+    png,
+    result_of,
+)
 from tests.diffusion.test_diffusion_batching import _concurrent
 from unfragile.common.v1 import common_pb2 as cpb
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
 
 ARCHITECTURES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-                 "sd3": "StableDiffusion3Pipeline"}
-LATENT_CHANNELS = {"sd": "4", "sdxl": "4", "sd3": "16"}
+                 "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
+LATENT_CHANNELS = {"sd": "4", "sdxl": "4", "sd3": "16", "flux": "16"}
 TEXT_ENCODERS = {"sd": "CLIPTextModel", "sdxl": "CLIPTextModel,CLIPTextModelWithProjection",
-                 "sd3": "CLIPTextModelWithProjection,CLIPTextModelWithProjection,T5EncoderModel"}
-DEFAULT_SCHEDULER = {"sd": "ddim", "sdxl": "euler", "sd3": "euler"}
+                 "sd3": "CLIPTextModelWithProjection,CLIPTextModelWithProjection,T5EncoderModel",
+                 "flux": "CLIPTextModel,T5EncoderModel"}
+DEFAULT_SCHEDULER = {"sd": "ddim", "sdxl": "euler", "sd3": "euler", "flux": "euler"}
+# the UNets and SD 3's transformer carry their sample size; FLUX.1 pipelines default to 1024 whatever the checkpoint
+NATIVE_SIZE = {"sd": "64", "sdxl": "64", "sd3": "64", "flux": "1024"}
 
 
 def _gradient(size: int = 64) -> Image.Image:
@@ -37,7 +51,7 @@ def test_model_info_reports_the_family(family_servers, family, fmt) -> None:
     d = info.details
     assert info.architecture == ARCHITECTURES[family] and d["family"] == family and d["family_name"] == TITLES[family]
     assert d["format"] == ("diffusers folder" if fmt == "folder" else "single file")
-    assert d["native_size"] == "64" and d["vae_scale_factor"] == "8"
+    assert d["native_size"] == NATIVE_SIZE[family] and d["vae_scale_factor"] == "8"
     assert d["latent_channels"] == LATENT_CHANNELS[family] and d["text_encoders"] == TEXT_ENCODERS[family]
     assert d["default_scheduler"] == DEFAULT_SCHEDULER[family] == d["schedulers"].split(",")[0]
     assert info.parameters > 100_000
@@ -91,7 +105,7 @@ def test_image_to_image_style_transfer_and_inpaint(family_servers, family, fmt) 
     assert not np.array_equal(out[~keep], np.asarray(_gradient())[~keep])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", SINGLE_FILE_FAMILIES)
 def test_single_file_gives_the_same_bytes_as_the_folder(family_servers, family) -> None:
     req = pb.TextToImageRequest(params=params(steps=2, seed=5, num_images=2))
     folder = result_of(events_of(family_servers.stub(family, "folder").TextToImage, req))
@@ -129,7 +143,7 @@ def test_cancel_stops_within_a_step(family_servers, family) -> None:
     assert last.status.state == cpb.JOB_STATE_CANCELLED and last.step < 150
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
 def test_cross_request_batching_matches_unbatched(family_servers, family) -> None:
     stub = family_servers.stub(family)
     reqs = [pb.TextToImageRequest(params=params(prompt=p, steps=2, seed=20 + i)) for i, p in
@@ -163,6 +177,15 @@ def test_each_distinct_text_is_encoded_once_with_the_pipelines_own_result(tiny_m
 
     pipe.encode_prompt = counted
     ours = encode_texts(runner, pipe, prompts, negatives)
+    if family == "flux":  # guidance-distilled: prompts only, the pipeline's (T5 sequence, CLIP pooled)
+        assert calls == [["a red cat", "a blue dog", ""]]
+        with torch.no_grad():
+            embeds, pooled, _ = encode(prompts, prompt_2=None, device=runner.device, num_images_per_prompt=1,
+                                       max_sequence_length=runner.load_config.t5_max_tokens)
+        assert sorted(ours) == ["pooled_prompt_embeds", "prompt_embeds"]
+        torch.testing.assert_close(ours["prompt_embeds"], embeds, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours["pooled_prompt_embeds"], pooled, atol=1e-5, rtol=1e-5)
+        return
     assert calls == [["a red cat", "a blue dog", "", "blurry"]]  # one encoder batch of the distinct texts
     extra = {"prompt_2": None, "prompt_3": None} if family == "sd3" else {}
     with torch.no_grad():  # what the pipeline computes from the strings, both guidance halves
