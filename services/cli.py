@@ -6,6 +6,7 @@ Each service adds its own client commands through ``services/<svc>/cli.py: regis
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from services.stack import GATEWAY, OPENAI, SERVICES, Stack, settings_class
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
 
+MCP = "mcp"  # the MCP server: on stdio here; over HTTP it is part of the gateway (/mcp)
 app = typer.Typer(help="unfragile: gRPC model serving (Kosmos-2, Stable Diffusion) and a search match graph.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Build or inspect the offline models.", no_args_is_help=True)
@@ -40,7 +42,7 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def serve(
-    service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph | gateway | openai"),
+    service: str = typer.Argument(..., help="visionlanguage | diffusion | matchgraph | gateway | openai | mcp"),
     host: str | None = typer.Option(None, help="bind address"),
     port: int | None = typer.Option(None, help="gRPC port (0 = any free port)"),
     metrics_port: int | None = typer.Option(None, help="Prometheus port (-1 = off)"),
@@ -50,11 +52,17 @@ def serve(
     quantize: str | None = typer.Option(None, help='visionlanguage: "int8" (dynamic int8 on CPU)'),
     set_: list[str] = typer.Option([], "--set", help="any other settings field, as field=value"),
     help_settings: bool = typer.Option(False, "--help-settings", help="list every setting with its default and exit"),
+    stdio: bool = typer.Option(False, "--stdio", help="mcp: serve one MCP session on stdin/stdout (desktop agents)"),
 ) -> None:
-    """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0."""
-    if service not in (*SERVICES, GATEWAY, OPENAI):
+    """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0 (mcp --stdio: until the client leaves)."""
+    if service not in (*SERVICES, GATEWAY, OPENAI, MCP):
         raise typer.BadParameter(f"unknown service {service!r}; choose one of "
-                                 f"{', '.join([*SERVICES, GATEWAY, OPENAI])}")
+                                 f"{', '.join([*SERVICES, GATEWAY, OPENAI, MCP])}")
+    if stdio and service != MCP:
+        raise typer.BadParameter("--stdio is for `unfragile serve mcp`")
+    if service == MCP and not (stdio or help_settings):
+        raise typer.BadParameter("MCP over streamable HTTP is served by the gateway at /mcp (`unfragile serve "
+                                 "gateway`, `unfragile up`); pass --stdio to serve it on stdin/stdout")
     settings_cls = settings_class(service)
     if help_settings:
         _print_settings(service, settings_cls)
@@ -70,12 +78,8 @@ def serve(
                                  f"`unfragile serve {service} --help-settings` lists them")
     settings = settings_cls(**overrides)
     logging.basicConfig(level=settings.log_level, format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
-    if service == GATEWAY:
-        from services.gateway.server import run
-        from services.gateway.settings import Settings as GatewaySettings
-
-        assert isinstance(settings, GatewaySettings)
-        run(settings)
+    if service in (GATEWAY, MCP):
+        _serve_http_or_stdio(settings)
         return
     if service == OPENAI:
         from services.openai.server import run as run_openai
@@ -98,6 +102,33 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _serve_http_or_stdio(settings: BaseSettings) -> None:
+    """The gateway (with the MCP endpoint when the mcp package is installed), or MCP on stdio."""
+    from services.gateway.settings import Settings as GatewaySettings
+
+    if not isinstance(settings, GatewaySettings):
+        from services.mcp.server import run_stdio
+        from services.mcp.settings import Settings as McpSettings
+
+        assert isinstance(settings, McpSettings)
+        run_stdio(settings)
+        return
+    from services.gateway.app import create_app
+    from services.gateway.server import run
+
+    try:
+        from services.mcp.http import gateway_app
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "mcp":
+            raise
+        if settings.mcp_path:
+            logging.getLogger(__name__).warning("no MCP endpoint at %s: the mcp package is not installed "
+                                                "(pip install 'unfragile[mcp]')", settings.mcp_path)
+        run(settings, create_app)
+        return
+    run(settings, gateway_app)
 
 
 def _print_settings(service: str, settings_cls: type[BaseSettings]) -> None:
@@ -142,6 +173,9 @@ def _run_stack(stack: Stack, after_start: Callable[[], None]) -> None:
             if p.name == OPENAI:
                 where = f"{stack.openai_url}/v1 (OpenAI-compatible API)"
             typer.echo(f"{p.name:15s} {where}   metrics {p.metrics_url}")
+        if importlib.util.find_spec("mcp") is not None:
+            typer.echo(f"{'mcp':15s} {stack.gateway_url}/mcp   (streamable HTTP; desktop agents: unfragile serve "
+                       f"mcp --stdio)")
         after_start()
         typer.echo("stack is up; Ctrl-C to stop")
         while all(p.proc.poll() is None for p in stack.procs):

@@ -1,7 +1,7 @@
 # gateway (HTTP: JSON API + pages in front of MatchGraph) image.
 # Build from the repository root:
 #   docker build -f deploy/docker/gateway.Dockerfile -t unfragile/gateway:cpu .
-# No torch: the image installs only the gateway's extra (`unfragile[gateway]`).
+# No torch: the image installs only the gateway's extras (`unfragile[gateway,mcp]`: mcp serves /mcp).
 # Runs as a non-root user (uid 10001); health-checked on GET /healthz.
 FROM python:3.11-slim
 
@@ -14,7 +14,7 @@ WORKDIR /app
 COPY . /app
 RUN pip install grpcio-tools==1.85.1 \
     && python -m services.core.protogen \
-    && pip install "/app[gateway]" \
+    && pip install "/app[gateway,mcp]" \
     && pip uninstall -y grpcio-tools \
     && useradd --uid 10001 --user-group --create-home --home-dir /home/unfragile unfragile
 

@@ -15,10 +15,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from services.core.metrics import start_metrics_server
 from services.gateway.app import create_app
@@ -71,9 +72,12 @@ def _tls_options(settings: Settings) -> dict[str, object]:
     return opts
 
 
-def _server(settings: Settings) -> uvicorn.Server:
+AppFactory = Callable[[Settings], FastAPI]
+
+
+def _server(settings: Settings, app_factory: AppFactory = create_app) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(settings), log_level=settings.log_level.lower(), access_log=False,
+        app_factory(settings), log_level=settings.log_level.lower(), access_log=False,
         timeout_graceful_shutdown=int(settings.grace_seconds) or None, proxy_headers=False,
         lifespan="on", server_header=False, log_config=None,  # log through the process's own logging setup
         **_tls_options(settings),  # type: ignore[arg-type]
@@ -81,8 +85,9 @@ def _server(settings: Settings) -> uvicorn.Server:
     return _Server(config)
 
 
-def run(settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT, then drain and return (blocking; call from the main thread)."""
+def run(settings: Settings, app_factory: AppFactory = create_app) -> None:
+    """Serve until SIGTERM/SIGINT, then drain and return (blocking; call from the main thread).
+    ``app_factory`` builds the application (``services.mcp.http.gateway_app`` adds the MCP endpoint)."""
     sock = bind_socket(settings)
     port = sock.getsockname()[1]
     metrics_server = None
@@ -91,7 +96,7 @@ def run(settings: Settings) -> None:
         log.info("gateway metrics on http://%s:%s/metrics", settings.host, mport)
     log.info("gateway on %s (MatchGraph at %s)", settings.base_url(port), settings.matchgraph_target)
     try:
-        _server(settings).run(sockets=[sock])
+        _server(settings, app_factory).run(sockets=[sock])
     finally:
         sock.close()
         if metrics_server is not None:
@@ -118,10 +123,10 @@ class RunningGateway:
         self.sock.close()
 
 
-def start(settings: Settings, timeout: float = 30.0) -> RunningGateway:
+def start(settings: Settings, timeout: float = 30.0, app_factory: AppFactory = create_app) -> RunningGateway:
     """Start in a daemon thread (no signal handlers there) and wait until it serves."""
     sock = bind_socket(settings)
-    server = _server(settings)
+    server = _server(settings, app_factory)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gateway", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from services.core.client import DEFAULT_MAX_MESSAGE_BYTES
@@ -65,6 +65,10 @@ class Settings(ListenerSettings):
         True, description="Each /api/v1/search and /api/v1/resolve answer with results creates a match record "
                           "(a MatchEvent on the writer: the query and the models answered) whose id POST "
                           "/api/feedback refers to, as the real catalogue service does.")
+    mcp_path: str = Field(
+        "/mcp", description="Path of the MCP endpoint (streamable HTTP: the match graph's tools for agents, "
+                            "docs/mcp.md) that `unfragile serve gateway` adds when the mcp package is installed "
+                            "(the `mcp` extra); \"\" = off.")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -79,11 +83,11 @@ class Settings(ListenerSettings):
             return [o.strip() for o in text.split(",") if o.strip()]
         return v
 
-    @field_validator("metrics_path")
+    @field_validator("metrics_path", "mcp_path")
     @classmethod
-    def _path(cls, v: str) -> str:
+    def _path(cls, v: str, info: ValidationInfo) -> str:
         if v and not v.startswith("/"):
-            raise ValueError(f"metrics_path must start with '/' (or be empty to turn it off), got {v!r}")
+            raise ValueError(f"{info.field_name} must start with '/' (or be empty to turn it off), got {v!r}")
         return v
 
     def base_url(self, port: int | None = None) -> str:

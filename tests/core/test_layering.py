@@ -1,7 +1,8 @@
 """Layers import only downward, checked on the source (AST) and in fresh interpreters.
 
 common <- graph <- services.core <- services.<service> <- services.cli / stack / demo.
-graph/ imports no gRPC and nothing from services/; the gateway imports nothing from graph/;
+graph/ imports no gRPC and nothing from services/; the gateway imports nothing from graph/; services.mcp
+stands on the gateway's JSON shaping and MatchGraph client (no graph/), nothing imports it but the top;
 the gateway, the OpenAI frontend and MatchGraph run without torch (their images do not install it).
 """
 
@@ -45,10 +46,12 @@ def _forbidden(module: str) -> tuple[str, ...]:
         return ("services", "unfragile", "grpc")
     if module.startswith("services.core"):
         return (*(f"services.{s}" for s in SERVICES), *top, "graph")
+    if module.startswith("services.mcp"):  # above the gateway: its JSON shaping and MatchGraph client only
+        return (*(f"services.{s}" for s in SERVICES if s != "gateway"), *top, "graph")
     for s in SERVICES:
         if module.startswith(f"services.{s}"):
             others = tuple(f"services.{o}" for o in SERVICES if o != s)
-            return (*others, *top, *(("graph",) if s in ("gateway", "openai") else ()))
+            return (*others, "services.mcp", *top, *(("graph",) if s in ("gateway", "openai") else ()))
     return ()
 
 
@@ -128,3 +131,15 @@ def test_catalogue_json_shapes_import_without_fastapi():
     code = ("import services.gateway.passport, services.gateway.matching, services.gateway.catalogue_calls\n"
             "print('ok')\n")
     assert _run_blocking([*MODEL_STACK, "fastapi", "starlette", "uvicorn", "jinja2", "graph"], code).strip() == "ok"
+
+
+def test_stdio_mcp_server_runs_without_fastapi_or_the_match_graph():
+    """`unfragile serve mcp --stdio` needs the mcp extra and the base, not the gateway's web stack."""
+    code = ("import asyncio\n"
+            "from services.mcp.server import stdio_server\n"
+            "from services.mcp.settings import Settings\n"
+            "tools = asyncio.run(stdio_server(Settings()).list_tools())\n"
+            "print(sorted(t.name for t in tools))\n")
+    out = _run_blocking([*MODEL_STACK, "fastapi", "jinja2", "graph", "numpy", "scipy", "networkx"],
+                        "import services.cli\n" + code)
+    assert out.strip().endswith("['compare', 'feedback', 'resolve_capability', 'search', 'trust_passport']")

@@ -92,7 +92,8 @@ def test_http_recipe_runs_non_root_and_serves_http(name: str) -> None:
     assert args["EXPOSE"].split() == [str(svc.port)]
     assert f"http://127.0.0.1:{svc.port}{HEALTH_PATHS[name]}" in args["HEALTHCHECK"]
     assert args["ENTRYPOINT"] == f'["python", "-m", "services.cli", "serve", "{name}"]'
-    assert f'pip install "/app[{name}]"' in path.read_text() and "TORCH" not in path.read_text()
+    extras = {"gateway": "gateway,mcp"}.get(name, name)  # the gateway serves MCP at /mcp
+    assert f'pip install "/app[{extras}]"' in path.read_text() and "TORCH" not in path.read_text()
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(rest for op, rest in ins if op == "ENV")))
     assert env[f"{svc.env_prefix}HOST"] == "0.0.0.0" and env[f"{svc.env_prefix}PORT"] == str(svc.port)
     fields = settings_fields(name)
