@@ -55,14 +55,7 @@ def serve(
     stdio: bool = typer.Option(False, "--stdio", help="mcp: serve one MCP session on stdin/stdout (desktop agents)"),
 ) -> None:
     """Serve one service until SIGTERM/Ctrl-C, then drain and exit 0 (mcp --stdio: until the client leaves)."""
-    if service not in (*SERVICES, GATEWAY, OPENAI, MCP):
-        raise typer.BadParameter(f"unknown service {service!r}; choose one of "
-                                 f"{', '.join([*SERVICES, GATEWAY, OPENAI, MCP])}")
-    if stdio and service != MCP:
-        raise typer.BadParameter("--stdio is for `unfragile serve mcp`")
-    if service == MCP and not (stdio or help_settings):
-        raise typer.BadParameter("MCP over streamable HTTP is served by the gateway at /mcp (`unfragile serve "
-                                 "gateway`, `unfragile up`); pass --stdio to serve it on stdin/stdout")
+    _check_service(service, stdio, help_settings)
     settings_cls = settings_class(service)
     if help_settings:
         _print_settings(service, settings_cls)
@@ -102,6 +95,18 @@ def serve(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _check_service(service: str, stdio: bool, help_settings: bool) -> None:
+    """Refuse an unknown service, and --stdio anywhere but MCP (which has no HTTP server of its own)."""
+    if service not in (*SERVICES, GATEWAY, OPENAI, MCP):
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of "
+                                 f"{', '.join([*SERVICES, GATEWAY, OPENAI, MCP])}")
+    if stdio and service != MCP:
+        raise typer.BadParameter("--stdio is for `unfragile serve mcp`")
+    if service == MCP and not (stdio or help_settings):
+        raise typer.BadParameter("MCP over streamable HTTP is served by the gateway at /mcp (`unfragile serve "
+                                 "gateway`, `unfragile up`); pass --stdio to serve it on stdin/stdout")
 
 
 def _serve_http_or_stdio(settings: BaseSettings) -> None:

@@ -38,7 +38,7 @@ from graph.store.rows import (
     unique_events,
 )
 from graph.store.sqlite_records import SqliteMatchRecords
-from graph.store.sqlite_schema import create_schema, migrate_schema
+from graph.store.sqlite_schema import create_schema, migrate_schema, schema_lock
 
 
 def fts_query(text: str, op: str = "OR") -> str:
@@ -68,7 +68,7 @@ class SqliteStore(SqliteMatchRecords, Store):
         self.conn.execute(f"PRAGMA synchronous={config.sqlite_synchronous}")
         self.conn.execute("PRAGMA foreign_keys=OFF")
         self.conn.execute("PRAGMA cache_size=-200000")
-        with self.lock:
+        with self.lock, schema_lock(self.path):
             create_schema(self.db)
             migrate_schema(self.conn)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlite_utils
 
@@ -22,6 +25,22 @@ CREATE TABLE IF NOT EXISTS feedback (event_id TEXT PRIMARY KEY, outcome TEXT NOT
   clicked_through INTEGER NOT NULL, source TEXT NOT NULL, comment TEXT NOT NULL, credited TEXT NOT NULL,
   ts_ms INTEGER NOT NULL);
 """
+
+
+@contextmanager
+def schema_lock(path: str) -> Iterator[None]:
+    """Held while a process creates or upgrades the schema, so processes opening one new file together
+    (a writer and its readers starting at once) do it one after the other, each seeing the other's tables.
+
+    A BSD ``flock`` on the database file: independent of SQLite's own POSIX locks on it (Linux keeps the
+    two apart), released when the file is closed, also if the process dies.
+    """
+    if path == ":memory:":
+        yield
+        return
+    with open(path, "ab") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def create_schema(db: sqlite_utils.Database) -> None:

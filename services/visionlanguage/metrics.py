@@ -39,6 +39,8 @@ EMBED_BATCH = Histogram(_P + "embed_batch_requests", "Embed and Similarity reque
 OUT_OF_MEMORY = Counter(_P + "out_of_memory_total", "Model calls that ran out of device memory, by stage (prefill, "
                         "decode, task, embed); the requests they hit got RESOURCE_EXHAUSTED or were retried smaller.",
                         ["stage"])
+for _stage in ("prefill", "decode", "task", "embed"):  # every series exists at 0 before the first one
+    OUT_OF_MEMORY.labels(_stage)
 BATCH_LIMIT = Gauge(_P + "batch_limit", "Sequences the scheduler admits now: max_batch_size, lowered after running "
                     "out of memory and grown back step by step.")
 PREPROCESS_TIME = Histogram(_P + "image_preprocess_seconds", "Resizing and normalising one request image (on the "
