@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
-from services.openai import chat, embeddings, images
+from services.openai import chat, controls, embeddings, images
 from services.openai.errors import APIError, install_handlers
 from services.openai.metrics import MetricsMiddleware
 from services.openai.middleware import ApiKeys, BodyLimit
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(embeddings.router)
     app.include_router(images.router)
+    app.include_router(controls.router)
     app.include_router(health_router)
 
     @app.get("/metrics", include_in_schema=False)

@@ -6,6 +6,8 @@ pixels outside the mask back byte for byte and refuses a mask of another size, n
 ``image`` alone → ImageToImage with ``strength``. The service answers PNG; ``output_format``
 jpeg/webp re-encodes it here. ``stream`` with ``partial_images`` streams previews the service
 takes every step, ``partial_images`` of them evenly spread, then one completed event per image.
+Both endpoints take the control extensions (``controls.py``); edits send ``controls`` as one JSON
+form field and may send control / reference images as file parts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from services.openai import metrics
+from services.openai.controls import add_controls, control_maps
 from services.openai.errors import APIError, invalid
 from services.openai.inputs import upload_bytes
 from services.openai.schemas import ImageGenerationRequest
@@ -144,7 +148,7 @@ async def _answer(request: Request, rpc: str, req: Any, body: ImageGenerationReq
     first_image = result.images[0] if result.images else None
     return JSONResponse({"created": int(time.time()), "data": data, "output_format": fmt, "background": "opaque",
                          "size": f"{first_image.width}x{first_image.height}" if first_image else None,
-                         "usage": _usage(result, input_images)})
+                         "usage": _usage(result, input_images), **control_maps(result, body)})
 
 
 def _pick(total: int, k: int) -> set[int]:
@@ -184,11 +188,13 @@ async def _events(events: AsyncIterator[pb.GenerateEvent], body: ImageGeneration
             elif which == "result":
                 result = ev.result
                 metrics.IMAGES.labels(operation).inc(len(result.images))
+                maps = control_maps(result, body)
                 for i, img in enumerate(result.images):
                     yield sse({"type": f"{kind}.completed", "b64_json": await b64(img.image.data, fmt,
                                                                                    body.output_compression),
                                "created_at": int(time.time()), "index": i, "seed": img.seed,
-                               "size": f"{img.width}x{img.height}", "usage": _usage(result, input_images), **common},
+                               "size": f"{img.width}x{img.height}", "usage": _usage(result, input_images), **maps,
+                               **common},
                               event=f"{kind}.completed")
     except APIError as err:
         yield sse(err.body(), event="error")
@@ -198,11 +204,49 @@ async def _events(events: AsyncIterator[pb.GenerateEvent], body: ImageGeneration
 async def generations(body: ImageGenerationRequest, request: Request) -> Response:
     ups: Upstreams = request.app.state.upstreams
     await ups.resolve(body.model, DIFFUSION)
-    return await _answer(request, "TextToImage", pb.TextToImageRequest(params=params(body)), body, "generations", 0)
+    p = params(body)
+    await add_controls(p, body, request.app.state.settings)
+    return await _answer(request, "TextToImage", pb.TextToImageRequest(params=p), body, "generations", 0)
 
 
 def _files(form: Any, name: str) -> list[UploadFile]:
     return [f for f in [*form.getlist(name), *form.getlist(f"{name}[]")] if isinstance(f, UploadFile)]
+
+
+LIST_FIELDS = ("adapter", "reference_images")  # repeated (or name[]) form fields that are lists
+
+
+def _form_fields(form: Any) -> dict[str, Any]:
+    """The text fields of an edit: ``name[]`` and repeats of a list field collected into a list (the SDKs send
+    extra_body lists that way), ``controls`` parsed from its JSON string; other repeats: the last one wins."""
+    fields: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if not isinstance(value, str):
+            continue
+        name = key.removesuffix("[]")
+        if name.startswith("controls["):  # what the SDKs make of a list of objects in extra_body
+            raise invalid(f"form field {key!r}: send controls as one form field holding their JSON list, e.g. "
+                          "extra_body={\"controls\": json.dumps([{\"controlnet\": ..., \"image\": ...}])}",
+                          "controls")
+        if name in LIST_FIELDS:
+            fields.setdefault(name, []).append(value)
+        else:
+            fields[name] = value
+    refs = fields.get("reference_images")
+    if refs and len(refs) == 1 and refs[0].lstrip().startswith("["):  # one field holding a JSON list
+        fields["reference_images"] = _json(refs[0], "reference_images")
+    if "adapter" in fields and len(fields["adapter"]) == 1:
+        fields["adapter"] = fields["adapter"][0]
+    if "controls" in fields:
+        fields["controls"] = _json(fields["controls"], "controls")
+    return fields
+
+
+def _json(text: str, param: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise invalid(f"{param} must be JSON ({exc})", param) from None
 
 
 @router.post("/v1/images/edits", summary="Inpainting with a mask, image-to-image without (Stable Diffusion)")
@@ -211,13 +255,13 @@ async def edits(request: Request) -> Response:
     ups: Upstreams = request.app.state.upstreams
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise invalid("/v1/images/edits takes multipart/form-data (image, mask and the other fields as form parts)")
-    async with request.form(max_files=4, max_fields=64) as form:
+    async with request.form(max_files=16, max_fields=64) as form:
         images, masks = _files(form, "image"), _files(form, "mask")
         if len(images) != 1:
             raise invalid(f"send exactly one image file (got {len(images)})", "image")
         if len(masks) > 1:
             raise invalid("send at most one mask file", "mask")
-        fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        fields = _form_fields(form)
         try:
             body = ImageEditRequest.model_validate(fields)
         except ValidationError as exc:
@@ -227,8 +271,13 @@ async def edits(request: Request) -> Response:
         image = upload_bytes(await images[0].read(settings.max_image_bytes + 1), settings.max_image_bytes, "image")
         mask = (upload_bytes(await masks[0].read(settings.max_image_bytes + 1), settings.max_image_bytes, "mask")
                 if masks else None)
+        controls = [upload_bytes(await f.read(settings.max_image_bytes + 1), settings.max_image_bytes,
+                                 f"control_image[{i}]") for i, f in enumerate(_files(form, "control_image"))]
+        references = [upload_bytes(await f.read(settings.max_image_bytes + 1), settings.max_image_bytes,
+                                   f"reference_image[{i}]") for i, f in enumerate(_files(form, "reference_image"))]
     await ups.resolve(body.model, DIFFUSION)
     p = params(body)
+    await add_controls(p, body, settings, controls, references)
     req: Any
     if mask is not None:
         req = pb.InpaintRequest(params=p, image=cpb.Image(data=image), mask=cpb.Image(data=mask))

@@ -1,4 +1,5 @@
-"""Images as clients send them: ``data:`` URLs (base64), and http(s) URLs when allowed.
+"""Images as clients send them: ``data:`` URLs (base64), http(s) URLs when allowed, and plain base64
+strings where a JSON field holds an image (control and reference images).
 
 The bytes are passed to the services untouched: they sniff the real format and check the
 pixel limit themselves (their message comes back as the 400). Here only the size in bytes
@@ -54,6 +55,21 @@ async def image_bytes(url: str, settings: Settings, param: str) -> bytes:
         return await fetch_image(text, settings)
     raise invalid(f"{param} must be a data: URL (data:image/png;base64,...)"
                   f"{' or an http(s) URL' if settings.allow_remote_images else ''}", param)
+
+
+async def inline_image(text: str, settings: Settings, param: str) -> bytes:
+    """An image given as a JSON string: a data: URL, an http(s) URL (as ``image_bytes``), or plain base64."""
+    stripped = text.strip()
+    if stripped.split(":", 1)[0].lower() in ("data", "http", "https"):
+        return await image_bytes(stripped, settings, param)
+    if len(stripped) * 3 // 4 > settings.max_image_bytes + 3:
+        raise _too_large(len(stripped) * 3 // 4, settings.max_image_bytes, param)
+    try:
+        data = base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(f"{param} must be a data: URL (data:image/png;base64,...), plain base64"
+                      f"{' or an http(s) URL' if settings.allow_remote_images else ''}", param) from None
+    return upload_bytes(data, settings.max_image_bytes, param)
 
 
 def upload_bytes(data: bytes, limit: int, param: str) -> bytes:

@@ -125,6 +125,26 @@ class EmbeddingRequest(_Body):
     messages: list[Message] | None = None
 
 
+class ControlSpec(BaseModel):
+    """One control map (extension): the Diffusion service's ``Control``. Its fields are checked strictly (a
+    misspelt one is a 400, not silently dropped); the values are checked by the service, whose message
+    comes back as the 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    controlnet: str = Field(min_length=1, description="A control model name (GET /v1/controlnets).")
+    image: str | None = Field(None, description="The control image: a data: URL, plain base64, or (with "
+                                                "allow_remote_images) an http(s) URL. Edits may send it as a "
+                                                "control_image file part instead.")
+    preprocess: str | None = Field(None, description='"none" (the image is the map), "canny", "depth".')
+    conditioning_scale: float | None = Field(None, description="[0, 2], default 1; 0 = no effect.")
+    guidance_start: float | None = Field(None, description="Fraction of the steps where it starts, [0, 1).")
+    guidance_end: float | None = Field(None, description="Fraction of the steps where it stops, (0, 1].")
+    kind: Literal["controlnet", "t2i_adapter"] | None = Field(None, description="Unset = the model's own kind.")
+    canny_low_threshold: int | None = Field(None, ge=0, le=255, description="Canny thresholds; 0/unset = 100.")
+    canny_high_threshold: int | None = Field(None, ge=0, le=255, description="0/unset = 200.")
+
+
 class ImageGenerationRequest(_Body):
     prompt: str = Field(min_length=1)
     model: str | None = None
@@ -146,3 +166,11 @@ class ImageGenerationRequest(_Body):
     seed: int | None = Field(None, ge=0, le=2**64 - 1)
     scheduler: str | None = None
     adapter: str | list[str] | None = Field(None, description='LoRA adapter "name" or "name:weight" (or a list).')
+    controls: list[ControlSpec] | None = Field(None, description="ControlNets / T2I-Adapters steering the "
+                                                                 "image (several = multi-ControlNet).")
+    ip_adapter: str | None = Field(None, description="IP-Adapter name (GET /v1/controlnets, kind ip_adapter).")
+    reference_images: list[str] | None = Field(None, description="The IP-Adapter's reference images (1..4): "
+                                                                 "data: URLs, base64 or http(s) URLs.")
+    ip_adapter_scale: float | None = Field(None, description="Strength of the image prompt, [0, 2], default 1.")
+    return_control_maps: bool | None = Field(None, description="Return each control's map (after "
+                                                               "preprocessing) in control_maps.")
