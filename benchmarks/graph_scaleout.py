@@ -9,8 +9,15 @@ in this process, all on this machine's cores (client load included).
 - ``graph.readers.compare_p99_over_single``: Compare p99 on a reader / on the single SQLite
   process (same 50 warm pairs, sequential calls, one server busy at a time); the answers are
   checked byte-identical.
-- ``graph.readers.read_throughput_2_over_1``: Compare + Search (4:1) calls/s of client threads
-  round-robining over two readers / over one.
+- ``graph.readers.capacity_2_over_1``: what two readers serve per CPU-second they get, over what one
+  reader does: under the same Compare + Search (4:1) load per reader (one asyncio client, 8 concurrent
+  calls per reader), each reader's requests served / its process CPU seconds (user + system, all
+  threads), summed over the readers, divided by the one reader's; reader i is pinned to core i (when
+  there are enough cores), and the involuntary context switches per request go in the notes. This
+  measures the readers (does a second reader cost each request more: shared locks, the database,
+  following?), not the machine: on 2 cores the client, both readers, the writer and PostgreSQL share
+  the cores, so the wall-clock throughput ratio (in the notes, with each process's CPU use) shows the
+  box's cores, not the readers.
 - ``graph.readers.commit_to_visible_p99_s``: RecordMatches acknowledged by the writer -> the
   reader's GetSnapshot reports that graph version, p99 of sequential commits.
 - ``graph.readers.refresh_10m_edges_s``: at 10 M co-match edges (``UNFRAGILE_BENCH_GRAPH_BIG_SCALE``
@@ -93,9 +100,41 @@ def _compare_latency(target: str, pairs: list[tuple[str, str]]) -> tuple[list[fl
     return lat, answers
 
 
-def _throughput(target: str, pairs: list[tuple[str, str]], seconds: float, concurrency: int = 16) -> float:
-    """Compare + Search (4:1) calls per second of ``concurrency`` concurrent calls (one asyncio client: the
-    cheapest Python client, so the readers get as much of the machine as it can leave them)."""
+def _cpu_s(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def _switches(pid: int) -> int:
+    """Involuntary context switches of a process so far (all threads): how often the OS took its core away."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return sum(t.involuntary for t in (psutil.Process(t.id).num_ctx_switches() for t in proc.threads()))
+
+
+def _pin(readers: list[Any]) -> str:
+    """Reader i on core i (when the machine has a core per reader): each reader's CPU is its own core's."""
+    import psutil
+
+    cores = os.cpu_count() or 1
+    if cores < len(readers):
+        return "readers not pinned (fewer cores than readers)"
+    for i, r in enumerate(readers):
+        psutil.Process(r.proc.pid).cpu_affinity([i])
+        for t in psutil.Process(r.proc.pid).threads():
+            psutil.Process(t.id).cpu_affinity([i])
+    return f"reader i pinned to core i of {cores}"
+
+
+def _throughput(readers: list[Any], pairs: list[tuple[str, str]], seconds: float,
+                per_reader: int = 8) -> dict[str, Any]:
+    """Compare + Search (4:1) load of ``per_reader`` concurrent calls per reader from one asyncio client (the
+    cheapest Python client): calls/s, and per reader its calls and the CPU seconds its process used meanwhile;
+    the client's own CPU seconds too."""
+    concurrency = per_reader * len(readers)
     import asyncio
 
     from services.core.client import channel
@@ -103,29 +142,41 @@ def _throughput(target: str, pairs: list[tuple[str, str]], seconds: float, concu
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
     queries = ["12", "345", "7001", "m99", "1999"]  # each matches a few models' names
+    done = [0] * len(readers)
 
-    async def load() -> int:
-        ch = channel(target, balance=True, aio=True)
-        stub = pb_grpc.MatchGraphStub(ch)
+    async def load() -> None:
+        channels = [channel(r.target, aio=True) for r in readers]
+        stubs = [pb_grpc.MatchGraphStub(ch) for ch in channels]
         deadline = time.monotonic() + seconds
-        done = 0
 
         async def work(i: int) -> None:
-            nonlocal done
-            k = i
+            k, which = i, i % len(readers)
+            stub = stubs[which]
             while time.monotonic() < deadline:
                 if k % 5 == 4:
                     await stub.Search(pb.SearchRequest(query=queries[k % len(queries)], limit=10), timeout=60)
                 else:
                     a, b = pairs[k % len(pairs)]
                     await stub.Compare(pb.CompareRequest(a=a, b=b), timeout=60)
-                done += 1
+                done[which] += 1
                 k += concurrency
         await asyncio.gather(*(work(i) for i in range(concurrency)))
-        await ch.close()
-        return done
+        for ch in channels:
+            await ch.close()
 
-    return asyncio.run(load()) / seconds
+    cpu0, client0, t0 = [_cpu_s(r.proc.pid) for r in readers], time.process_time(), time.perf_counter()
+    sw0 = [_switches(r.proc.pid) for r in readers]
+    asyncio.run(load())
+    wall = time.perf_counter() - t0
+    cpu = [_cpu_s(r.proc.pid) - c for r, c in zip(readers, cpu0)]
+    switched = [_switches(r.proc.pid) - s for r, s in zip(readers, sw0)]
+    return {"rate": sum(done) / seconds, "calls": done, "cpu": cpu, "client_cpu": time.process_time() - client0,
+            "wall": wall, "switches": switched}
+
+
+def _capacity(run: dict[str, Any]) -> float:
+    """Requests served per CPU-second, summed over the readers of a run."""
+    return float(sum(n / c for n, c in zip(run["calls"], run["cpu"]) if c > 0))
 
 
 def _commit_to_visible(writer: str, reader: str, ids: list[str], n: int = 60) -> list[float]:
@@ -170,7 +221,7 @@ def readers_results(make_models: Callable[..., list[Any]], make_events: Callable
             single = serve(f"db_url={sqlite}")
             writer = serve(f"db_url={pg_url}", "role=writer")
             readers = [serve(f"db_url={pg_url}", "role=reader", f"writer_address={writer}") for _ in range(2)]
-            m = _measure(single, readers, pairs)
+            m = _measure(single, [p for p in procs if p.target in readers], pairs)
             m["visible"] = _commit_to_visible(writer, readers[0], [rec.id for rec in models[:2000]])
             _log(f"commit -> visible p99 {percentile(m['visible'], 99) * 1000:.0f} ms")
     finally:
@@ -180,22 +231,34 @@ def readers_results(make_models: Callable[..., list[Any]], make_events: Callable
     return _readers_report(m, len(pairs))
 
 
-def _measure(single: str, readers: list[str], pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Compare latency on the single process and a reader, read throughput over 1 and 2 readers."""
+def _measure(single: str, readers: list[Any], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Compare latency on the single process and a reader, read load over 1 and 2 readers."""
     _, ans_single = _compare_latency(single, pairs)  # warm each: robustness curves of every pair
-    _, ans_reader = _compare_latency(readers[0], pairs)
-    _compare_latency(readers[1], pairs)
+    _, ans_reader = _compare_latency(readers[0].target, pairs)
+    _compare_latency(readers[1].target, pairs)
+    pinned = _pin(readers)
     lat_single = lat_reader = [float("inf")]
-    one = two = 0.0
+    one: dict[str, Any] = {"rate": 0.0}
+    two: dict[str, Any] = {"rate": 0.0}
     for _round in range(2):  # interleaved rounds, best of each: the machine's load drifts
         lat_single = min(lat_single, _compare_latency(single, pairs)[0], key=lambda x: percentile(x, 99))
-        lat_reader = min(lat_reader, _compare_latency(readers[0], pairs)[0], key=lambda x: percentile(x, 99))
-        one = max(one, _throughput(readers[0], pairs, 8.0))
-        two = max(two, _throughput("ipv4:" + ",".join(readers), pairs, 8.0))
+        lat_reader = min(lat_reader, _compare_latency(readers[0].target, pairs)[0], key=lambda x: percentile(x, 99))
+        one = max(one, _throughput(readers[:1], pairs, 8.0), key=lambda r: _capacity(r) if "cpu" in r else 0.0)
+        two = max(two, _throughput(readers, pairs, 8.0), key=lambda r: _capacity(r) if "cpu" in r else 0.0)
     _log(f"Compare p99: single {percentile(lat_single, 99) * 1000:.2f} ms, "
          f"reader {percentile(lat_reader, 99) * 1000:.2f} ms")
-    _log(f"read throughput: 1 reader {one:.0f}/s, 2 readers {two:.0f}/s")
-    return {"single": lat_single, "reader": lat_reader, "one": one, "two": two, "same": ans_single == ans_reader}
+    _log(f"read load: 1 reader {one['rate']:.0f}/s ({_cores(one)}), 2 readers {two['rate']:.0f}/s ({_cores(two)})")
+    return {"single": lat_single, "reader": lat_reader, "one": one, "two": two, "same": ans_single == ans_reader,
+            "pinned": pinned}
+
+
+def _cores(run: dict[str, Any]) -> str:
+    """Cores each process used during a load run, and each reader's CPU per request."""
+    readers = " + ".join(f"{c / run['wall']:.2f}" for c in run["cpu"])
+    per = ", ".join(f"{c / n * 1000:.2f}" for n, c in zip(run["calls"], run["cpu"]) if n)
+    switched = ", ".join(f"{s / n:.2f}" for n, s in zip(run["calls"], run["switches"]) if n)
+    return (f"readers {readers} cores, client {run['client_cpu'] / run['wall']:.2f} cores; reader CPU per "
+            f"request {per} ms, involuntary context switches per request {switched}")
 
 
 def _readers_report(m: dict[str, Any], n_pairs: int) -> list[Result]:
@@ -210,12 +273,14 @@ def _readers_report(m: dict[str, Any], n_pairs: int) -> list[Result]:
                f"p99 {percentile(lat_reader, 99) * 1000:.2f} ms (p50 {percentile(lat_reader, 50) * 1000:.2f}), single "
                f"p99 {percentile(lat_single, 99) * 1000:.2f} ms (p50 {percentile(lat_single, 50) * 1000:.2f}); "
                f"answers byte-identical: {same}; {_load()}"),
-        Result("graph.readers.read_throughput_2_over_1", two / one, 1.5, "higher", "ratio",
-               "the same client load over one reader",
-               f"{what}; Compare + Search 4:1, 16 concurrent calls from one asyncio client (this process) round-robin "
-               f"over the readers, 8 s each, best of 2 interleaved rounds: 2 readers {two:.0f} calls/s, 1 reader "
-               f"{one:.0f} calls/s; {os.cpu_count()} cores shared "
-               f"by the client, the readers, the writer and PostgreSQL; {_load()}"),
+        Result("graph.readers.capacity_2_over_1", _capacity(two) / _capacity(one), 1.8, "higher", "ratio",
+               "one reader's requests per CPU-second of its process under the same load",
+               f"{what}; Compare + Search 4:1, 8 concurrent calls per reader from one asyncio client (this process), "
+               f"8 s each, best of 2 interleaved rounds, {m['pinned']}; requests per reader CPU-second: 2 readers "
+               f"{_capacity(two):.0f} (sum), 1 reader {_capacity(one):.0f}. Wall clock the box shows "
+               f"{two['rate']:.0f} vs {one['rate']:.0f} calls/s ({two['rate'] / one['rate']:.2f}x): with 1 reader "
+               f"{_cores(one)}; with 2 readers {_cores(two)}; the {os.cpu_count()} cores are shared by the client, "
+               f"the readers, the writer and PostgreSQL, so a second reader adds a process but no core; {_load()}"),
         Result("graph.readers.commit_to_visible_p99_s", percentile(visible, 99), 1.0, "lower", "s", "absolute",
                f"{what}; {len(visible)} sequential RecordMatches of 100 events: acknowledged by the writer -> "
                f"a reader's GetSnapshot shows that graph version (publish, NOTIFY, replay, PageRank adopted); "

@@ -81,3 +81,7 @@ class FollowConfig(BaseModel):
     publish_check_s: float = Field(
         1.0, gt=0, description="Writer: how often it checks, when idle, that the store holds nothing it has not "
         "applied (e.g. a batch committed just before the database connection dropped) and publishes it.")
+    leader_retry_s: float = Field(
+        0.5, gt=0, description="Writer on PostgreSQL (any number of them: one leads, the others stand by): how "
+        "often a standby tries for the leadership lock and the leader checks it still holds it. A standby takes "
+        "over within about this long after the leader's database session ends.")

@@ -13,7 +13,8 @@ The parts share the store (the truth), one lock, and the state derived from the 
   the replay of writes this process did not apply itself.
 
 An engine built with ``writes_refused`` (a reader) never writes to the store: write calls
-answer FailedPrecondition with that message, and PageRank and checkpoints stay in memory.
+answer FailedPrecondition with that message (``refuse`` makes another error of it, e.g.
+Unavailable while a new leader is being elected), and PageRank and checkpoints stay in memory.
 No gRPC here.
 """
 
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from common.errors import FailedPrecondition, InvalidArgument
+from common.errors import FailedPrecondition, InvalidArgument, UnfragileError
 from graph import manifest as manifests
 from graph.catalogue import Catalogue
 from graph.checkpoint import Checkpoints
@@ -56,6 +57,7 @@ class Engine:
         self.store = store
         self.config = config or EngineConfig()
         self.writes_refused = writes_refused
+        self.refuse: Callable[[str], UnfragileError] = FailedPrecondition  # the error write calls then raise
         self.lock = threading.RLock()
         self.catalogue = Catalogue(store, self.lock)
         self.counts = MatchCounts(self.config.pagerank)
@@ -166,7 +168,7 @@ class Engine:
     # ------------------------------------------------------------------ the RPCs
     def _writable(self) -> None:
         if self.writes_refused:
-            raise FailedPrecondition(self.writes_refused)
+            raise self.refuse(self.writes_refused)
 
     def _wrote(self) -> None:
         if self.on_write is not None:

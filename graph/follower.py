@@ -40,6 +40,7 @@ class Follower:
         self.config = config
         self.seen = Heads(0, 0)
         self.publication = 0
+        self.term, self.leader = 0, ""  # leadership term and leader address of the publication served
         self._pagerank = 0  # snapshot version of the PageRank row adopted last (an unchanged one is not re-adopted)
         self._pending: deque[tuple[float, int]] = deque()  # (when first seen, store seq) not served yet
         self._fresh_at = self._last_check = time.monotonic()
@@ -62,6 +63,7 @@ class Follower:
             if self.engine.checkpoints.adopt_pagerank(pagerank) and pagerank is not None:
                 self._pagerank = pagerank.snapshot
             self.publication = pub.snapshot
+            self.term, self.leader = pub.term, pub.leader
         self.seen = heads
         self._saw(time.monotonic(), heads.seq)
         self._settle(time.monotonic())
@@ -82,17 +84,22 @@ class Follower:
             return False
         e = self.engine
         with e.lock:
+            if self._stop.is_set():  # stopped meanwhile: this process may be taking over as the leader
+                return False
             e.sync.advance(pub.versions)
             fresh_vector = pagerank is not None and pagerank.snapshot != self._pagerank
             if e.graph.version == pub.versions.seq and (e.graph.dirty or fresh_vector) \
                     and e.checkpoints.adopt_pagerank(pagerank):
                 self._pagerank = pagerank.snapshot if pagerank is not None else 0
             self.publication = pub.snapshot
+            self.term, self.leader = pub.term, pub.leader
         return True
 
     def step(self) -> None:
         """Wait for news (at most ``follow_wait_s``), follow a new publication, and update the lag."""
         heads = self.store.wait_for_news(self.seen, self.config.follow_wait_s)
+        if self._stop.is_set():  # stopped while waiting (e.g. this process takes over as the leader)
+            return
         seen_at = time.monotonic()
         self._saw(seen_at, heads.seq)
         if heads.state != self.seen.state:

@@ -8,7 +8,9 @@ COMMIT), refreshes PageRank (warm start) and saves, in one transaction, the publ
 PageRank vector when that changed. The transaction sends one NOTIFY on the state channel:
 readers wake, replay the event tail up to the published seq and adopt exactly this
 PageRank vector, so for the same snapshot id their answers are byte-identical to the
-writer's. Bursts of writes are published once (``publish_min_interval_s`` apart).
+writer's. Bursts of writes are published once (``publish_min_interval_s`` apart). With
+several writer-capable processes (``election.py``) each publication names the leadership
+term it was made under and the leader's address, so readers know where writes go.
 """
 
 from __future__ import annotations
@@ -40,15 +42,19 @@ class Publication:
     models: int
     snapshot: int = 0  # the store snapshot version it was saved with
     saved_ms: int = 0
+    term: int = 0  # the leadership term of the writer that made it (0: no election)
+    leader: str = ""  # that writer's address ("" when it did not say)
 
     def to_bytes(self) -> bytes:
-        return json.dumps({**self.versions._asdict(), "models": self.models}).encode()
+        return json.dumps({**self.versions._asdict(), "models": self.models, "term": self.term,
+                           "leader": self.leader}).encode()
 
     @classmethod
     def from_row(cls, row: StateRow) -> Publication:
         d = json.loads(row.data)
         versions = DataVersions(int(d["seq"]), int(d["catalogue"]), int(d["probe_runs"]), int(d["probe_failure_ms"]))
-        return cls(versions, int(d["models"]), row.snapshot, row.saved_ms)
+        return cls(versions, int(d["models"]), row.snapshot, row.saved_ms, int(d.get("term", 0)),
+                   str(d.get("leader", "")))
 
 
 def read_publication(store: Store) -> tuple[Publication | None, StateRow | None]:
@@ -61,9 +67,10 @@ def read_publication(store: Store) -> tuple[Publication | None, StateRow | None]
 class Publisher:
     """Publishes the writer's state after every write (see the module docstring)."""
 
-    def __init__(self, engine: Engine, config: FollowConfig) -> None:
+    def __init__(self, engine: Engine, config: FollowConfig, term: int = 0, leader: str = "") -> None:
         self.engine = engine
         self.config = config
+        self.term, self.leader = term, leader
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="matchgraph-publish", daemon=True)
@@ -90,7 +97,7 @@ class Publisher:
             e.sync.advance(e.store.data_versions())
             e.refresh_graph(persist=False)
             g = e.graph
-            pub = Publication(e.sync.synced, len(g.nodes))
+            pub = Publication(e.sync.synced, len(g.nodes), term=self.term, leader=self.leader)
             new_pagerank = g.structure_version != self._pagerank_key
             if not new_pagerank and self.published is not None \
                     and (pub.versions, pub.models) == (self.published.versions, self.published.models):

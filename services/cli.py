@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from services.stack import GATEWAY, OPENAI, SERVICES, Stack, settings_class
+from services.stack import GATEWAY, OPENAI, SERVICES, Stack, member, settings_class
 
 if TYPE_CHECKING:
     from pydantic_settings import BaseSettings
@@ -156,39 +156,55 @@ def up(
                                      "e.g. postgresql://user@host:5432/matchgraph"),
     graph_readers: int = typer.Option(0, min=0, help="run the MatchGraph as one writer plus this many readers "
                                       "(needs a --graph-db-url every process can open: PostgreSQL)"),
+    graph_writers: int = typer.Option(1, min=1, help="writer-capable MatchGraphs (PostgreSQL: one leads, the "
+                                      "others stand by serving reads and take over when it dies)"),
 ) -> None:
-    """Start all three services and the web gateway on localhost (each its own process) until Ctrl-C."""
+    """Start all three services, the web gateway and the OpenAI-compatible API on localhost (each its own
+    process, restarted when it dies) until Ctrl-C."""
+    if graph_writers > 1 and not graph_db_url.startswith(("postgresql://", "postgres://")):
+        raise typer.BadParameter("--graph-writers above 1 needs --graph-db-url postgresql://... (the writers elect "
+                                 "their leader on PostgreSQL)")
     stack = Stack(host=host, models_dir=models_dir, data_dir=data_dir, graph_db_url=graph_db_url,
-                  graph_readers=graph_readers)
+                  graph_readers=graph_readers, graph_writers=graph_writers)
     build_tiny(models_dir)
     _run_stack(stack, lambda: None)
 
 
 def _run_stack(stack: Stack, after_start: Callable[[], None]) -> None:
-    """Start ``stack``, run ``after_start``, then idle until Ctrl-C/SIGTERM or a child dies."""
+    """Start ``stack``, run ``after_start``, then keep it running (a child that dies is restarted) until
+    Ctrl-C/SIGTERM."""
+    import threading
 
     def on_sigterm(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    stop = threading.Event()
+    supervising = threading.Thread(target=stack.supervise, args=(stop,), name="supervisor", daemon=True)
     try:
         stack.start()
+        supervising.start()
         for p in stack.procs:
-            where = stack.gateway_url if p.name == GATEWAY else f"grpc {p.target}"
+            where = stack.url(p.name) if member(p.name).http_ready else f"grpc {p.target}"
             if p.name == OPENAI:
                 where = f"{stack.openai_url}/v1 (OpenAI-compatible API)"
-            typer.echo(f"{p.name:15s} {where}   metrics {p.metrics_url}")
+            typer.echo(f"{p.name:21s} {where}   metrics {p.metrics_url}")
         if importlib.util.find_spec("mcp") is not None:
-            typer.echo(f"{'mcp':15s} {stack.gateway_url}/mcp   (streamable HTTP; desktop agents: unfragile serve "
+            typer.echo(f"{'mcp':21s} {stack.gateway_url}/mcp   (streamable HTTP; desktop agents: unfragile serve "
                        f"mcp --stdio)")
         after_start()
         typer.echo("stack is up; Ctrl-C to stop")
-        while all(p.proc.poll() is None for p in stack.procs):
-            time.sleep(0.5)
-        typer.echo("a service exited; stopping the others", err=True)
+        while True:
+            time.sleep(1.0)
     except KeyboardInterrupt:
         typer.echo("stopping")
+    except (RuntimeError, TimeoutError) as exc:  # a service could not start: say which and why, stop the rest
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     finally:
+        stop.set()
+        if supervising.is_alive():
+            supervising.join(timeout=10)
         codes = stack.stop()
         typer.echo(f"stopped: {codes}")
 

@@ -215,6 +215,9 @@ MATCHGRAPH = [
         Panel("Database pool saturation", "PostgreSQL connections per process: open, checked out, and calls "
               "waiting for one (> 0: saturated; raise pg_pool_max_size or add readers). 0 on SQLite (no pool).",
               [(f"sum by (instance) ({GR}db_pool_{k})", "{{instance}} " + k) for k in ("size", "in_use", "waiting")]),
+        Panel("Leader term", "Writer-capable processes on PostgreSQL: the leadership term each writes under (0 while "
+              "standing by). One line above 0 at a time; a step up is a takeover, no line above 0 means no writes.",
+              [(f"max by (instance) ({GR}leader_term)", "{{instance}}")]),
     ]),
     Row("Probes and search", [
         Panel("Probe runs by result", "Probe runs (Kosmos-2 / Stable Diffusion called for quality evidence) "

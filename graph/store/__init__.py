@@ -18,6 +18,8 @@ from graph.store.base import (
     DataVersions,
     FeedbackRow,
     Heads,
+    Leader,
+    LeaderLock,
     PoolStats,
     StateRow,
     Store,
@@ -35,9 +37,10 @@ from graph.store.rows import STOP_WORDS, normalise_query, record_from_json, reco
 from graph.store.sqlite import SqliteStore
 
 __all__ = ["CHANGE_CHANNEL", "KEPT_STATE", "STATE_CHANNEL", "STOP_WORDS", "TASK_IMAGE_TO_TEXT", "TASK_TEXT_TO_IMAGE",
-           "DataVersions", "FeedbackRow", "Heads", "PoolStats", "ProbeOutcomeRow", "ProbeResultRow", "ProbeRunRow",
-           "ProbeScoreRow", "SqliteStore", "StateRow", "Store", "StoreConfig", "normalise_query", "open_store",
-           "parse_db_url", "record_from_json", "record_to_json", "search_words", "sqlite_url"]
+           "DataVersions", "FeedbackRow", "Heads", "Leader", "LeaderLock", "PoolStats", "ProbeOutcomeRow",
+           "ProbeResultRow", "ProbeRunRow", "ProbeScoreRow", "SqliteStore", "StateRow", "Store", "StoreConfig",
+           "normalise_query", "open_store", "parse_db_url", "record_from_json", "record_to_json", "search_words",
+           "sqlite_url"]
 
 
 def sqlite_url(path: object) -> str:

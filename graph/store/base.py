@@ -27,6 +27,8 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from graph.records import MatchEvent, ModelRecord
+from graph.store.leadership import Leader as Leader
+from graph.store.leadership import LeaderLock as LeaderLock
 from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import FeedbackRow as FeedbackRow
 
@@ -379,3 +381,13 @@ class Store(ABC):
     def outcomes_with(self, model_id: str, limit: int = 100_000) -> list[tuple[str, str, str, str]]:
         """(event_id, query, outcome or "", credited ids space-separated or "") of the most recent events that
         matched ``model_id``, newest first."""
+
+    # ------------------------------------------------------------------ leadership (several writer-capable processes)
+    def leader_lock(self, address: str) -> LeaderLock | None:
+        """A leadership lock for a candidate writer serving at ``address``; None where the backend has one writer
+        by construction (SQLite: one file, one process)."""
+        return None
+
+    def leader(self) -> Leader:
+        """The leader on record (``Leader(0, "", 0)`` where there is no election)."""
+        return Leader(0, "", 0)

@@ -18,8 +18,8 @@ class PgMatchRecords:
     def _conn(self) -> AbstractContextManager[psycopg.Connection[Row]]:
         raise NotImplementedError  # PgStore's
 
-    def _tx(self) -> AbstractContextManager[psycopg.Connection[Row]]:
-        raise NotImplementedError  # PgStore's
+    def _wtx(self) -> AbstractContextManager[psycopg.Connection[Row]]:
+        raise NotImplementedError  # PgStore's: a write transaction fenced by the leadership term
 
     def _all(self, sql: str, args: Row = ()) -> list[Any]:
         raise NotImplementedError  # PgStore's
@@ -40,7 +40,7 @@ class PgMatchRecords:
 
     def record_feedback(self, row: FeedbackRow) -> tuple[FeedbackRow, bool] | None:
         cols = PORTABLE["feedback"]
-        with self._tx() as conn:
+        with self._wtx() as conn:
             # events are never deleted: once seen here, the insert below can reference it
             if conn.execute("SELECT 1 FROM events WHERE event_id = %s", (row.event_id,)).fetchone() is None:
                 return None

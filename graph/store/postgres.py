@@ -1,13 +1,17 @@
 """PostgreSQL backend on psycopg 3 with a connection pool: the scale-out store.
 
-Events are COPYed into a per-connection staging table, then moved into ``events`` under
-``pg_advisory_xact_lock``: holding the lock from reading ``MAX(seq)`` to COMMIT makes seq
-order equal commit order across concurrent writers, so a reader tailing ``seq > last``
-never skips an event; ``ON CONFLICT (event_id) DO NOTHING`` keeps ingest idempotent. Each
-committed batch that inserted anything sends one ``NOTIFY matchgraph, '<last seq>'``.
-Search is PostgreSQL full text (``tsvector`` + GIN, ``websearch_to_tsquery``,
-``ts_rank_cd``). A server that goes away turns calls into ``Unavailable`` with a retry
-hint; the pool checks connections before handing them out and reconnects by itself.
+Ingest is four round trips per message (``pg_copy.copy_new_events``): BEGIN with the
+leadership fencing check, ``pg_advisory_xact_lock`` and ``MAX(seq)``; a COPY of the numbered
+rows straight into ``events``; NOTIFY with COMMIT. The lock, held from reading ``MAX(seq)`` to
+COMMIT, makes seq order equal commit order across concurrent writers, so a reader tailing
+``seq > last`` never skips an event. A message holding an event id that is stored already (a
+client's retry) fails that COPY on the UNIQUE index and goes the idempotent way instead:
+staged, then ``INSERT … SELECT`` of the new rows numbered consecutively, ``ON CONFLICT
+DO NOTHING``. One ``NOTIFY matchgraph, '<last seq>'`` per message that inserted anything.
+Search is PostgreSQL full text (``tsvector`` + GIN, ``websearch_to_tsquery``, ``ts_rank_cd``).
+A server that goes away turns calls into ``Unavailable`` with a retry hint; the pool checks
+connections before handing them out. With writer-capable processes electing a leader
+(``pg_leader.py``) every write transaction checks the writer's term first (``Fenced``).
 """
 
 from __future__ import annotations
@@ -16,44 +20,42 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import astuple
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
 from graph.records import MatchEvent, ModelRecord
-from graph.store import probe_schema as ps
 from graph.store.base import (
-    CHANGE_CHANNEL,
     KEPT_STATE,
     PORTABLE,
     STATE_CHANNEL,
     DataVersions,
     Heads,
+    Leader,
     PoolStats,
     Row,
     StateRow,
     Store,
     StoreConfig,
 )
-from graph.store.pg_copy import append_events, copy_rows, read_table, replace_table
+from graph.store.pg_copy import append_events, copy_new_events, copy_rows, read_table, replace_table, stage_new_events
+from graph.store.pg_leader import FENCE, LEADER_ROW, LEADER_SCHEMA, PgLeaderLock
 from graph.store.pg_listen import ChangeListener
+from graph.store.pg_probes import PgProbes
 from graph.store.pg_records import PgMatchRecords
 from graph.store.pg_support import (
     DATA_VERSIONS,
-    EVENTS_LOCK,
     HEADS,
-    MOVE,
     REPLICA_DELAY,
     SCHEMA,
     SCHEMA_LOCK,
     SEARCH,
-    STAGE,
+    Fenced,
+    bump,
     redact,
     translate_errors,
     where,
 )
-from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import (
     alias_rows,
     chunks,
@@ -68,13 +70,16 @@ from graph.store.rows import (
 )
 
 
-class PgStore(PgMatchRecords, Store):
+class PgStore(PgMatchRecords, PgProbes, Store):
     """All reads and writes of the match graph's PostgreSQL database (see the module docstring)."""
 
     def __init__(self, url: str, config: StoreConfig | None = None) -> None:
         config = config or StoreConfig()
         self.url = redact(url)
         self.place = where(url)
+        self.conninfo, self.connect_timeout_s = url, config.pg_connect_timeout_s
+        self.term: int | None = None  # leadership term every write is fenced by (None: not fenced; pg_leader.py)
+        self.fenced = False  # a write was refused because the term is over
         self.timeout_s = config.pg_pool_timeout_s
         self.poll_interval_s = config.change_poll_interval_s
         self.pool = ConnectionPool(
@@ -91,18 +96,31 @@ class PgStore(PgMatchRecords, Store):
                     with conn.transaction():
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
                         conn.execute(SCHEMA)
+                        conn.execute(LEADER_SCHEMA)
         except BaseException:
             self.pool.close()
             raise
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection[Row]]:
-        with translate_errors(self.place, self.timeout_s), self.pool.connection() as conn:
-            yield conn
+        try:
+            with translate_errors(self.place, self.timeout_s), self.pool.connection() as conn:
+                yield conn
+        except Fenced:
+            self.fenced = True
+            raise
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[Row]]:
         with self._conn() as conn, conn.transaction():
+            yield conn
+
+    @contextmanager
+    def _wtx(self) -> Iterator[psycopg.Connection[Row]]:
+        """A write transaction: its first statement is the leadership fencing check when the store has a term."""
+        with self._tx() as conn:
+            if self.term is not None:
+                conn.execute(FENCE, (self.term,))
             yield conn
 
     def _all(self, sql: str, args: Row = ()) -> list[Row]:
@@ -133,7 +151,7 @@ class PgStore(PgMatchRecords, Store):
 
     # ------------------------------------------------------------------ models
     def upsert_model(self, record: ModelRecord) -> tuple[bool, int]:
-        with self._tx() as conn:
+        with self._wtx() as conn:
             row = conn.execute(
                 "INSERT INTO models (id, name, type, pricing_tier, serving_endpoint, version, record, updated_ms) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
@@ -143,7 +161,7 @@ class PgStore(PgMatchRecords, Store):
                 (record.id, record.name, record.type, record.pricing.tier, record.serving_endpoint, record.version,
                  record_to_json(record), now_ms())).fetchone()
             assert row is not None
-            self._bump(conn, "catalog_seq")
+            bump(conn, "catalog_seq")
             for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
                 conn.execute(f"DELETE FROM {table} WHERE model_id = %s", (record.id,))
             cur = conn.cursor()
@@ -164,8 +182,8 @@ class PgStore(PgMatchRecords, Store):
 
     def bulk_insert_models(self, records: Iterable[ModelRecord]) -> None:
         now = now_ms()
-        with self._tx() as conn:
-            self._bump(conn, "catalog_seq")
+        with self._wtx() as conn:
+            bump(conn, "catalog_seq")
             cur = conn.cursor()
             for batch in chunks(records, 10_000):
                 copy_rows(cur, "models", ("id", "name", "type", "pricing_tier", "serving_endpoint", "version",
@@ -228,24 +246,14 @@ class PgStore(PgMatchRecords, Store):
     def record_events(self, events: list[MatchEvent], unique_ids: bool = False) -> tuple[list[MatchEvent], int]:
         unique = events if unique_ids else unique_events(events)
         now = now_ms()
-        with self._tx() as conn:
-            cur = conn.cursor()
-            cur.execute(STAGE)
-            with cur.copy("COPY events_in (ord, event_id, query, matched, compared, clicked, ts_ms) FROM STDIN") as cp:
-                for i, e in enumerate(unique):
-                    cp.write_row((i, *event_row(e, now)))
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))  # held until COMMIT
-            top = cur.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            base = int(top[0]) if top else 0
-            inserted = cur.execute(MOVE, (base,)).rowcount
-            if inserted == len(unique):
-                new = unique
-            else:
-                fresh = {r[0] for r in cur.execute("SELECT event_id FROM events WHERE seq > %s", (base,))}
-                new = [e for e in unique if e.event_id in fresh]
-            if inserted:
-                cur.execute("SELECT pg_notify(%s, %s)", (CHANGE_CHANNEL, str(base + inserted)))
-        return new, base + 1
+        rows = [event_row(e, now) for e in unique]
+        with self._conn() as conn:
+            base = copy_new_events(conn, rows, self.term)
+        if base is not None:
+            return unique, base + 1
+        with self._tx() as conn:  # some were stored already: the idempotent way
+            base, fresh = stage_new_events(conn.cursor(), rows, self.term)
+        return (unique if fresh is None else [e for e in unique if e.event_id in fresh]), base + 1
 
     def event_count(self) -> int:
         return self._int("SELECT COUNT(*) FROM events")
@@ -265,7 +273,7 @@ class PgStore(PgMatchRecords, Store):
                          "ORDER BY seq DESC LIMIT %s", (f"% {model_id} %", limit))
 
     def append_event_rows(self, rows: list[Row]) -> int:
-        with self._tx() as conn:
+        with self._wtx() as conn:
             return append_events(conn.cursor(), rows)
 
     def event_id_at(self, seq: int) -> str | None:
@@ -302,50 +310,10 @@ class PgStore(PgMatchRecords, Store):
         size = stats.get("pool_size", 0)
         return PoolStats(size, size - stats.get("pool_available", 0), stats.get("requests_waiting", 0))
 
-    # ------------------------------------------------------------------ probes
-    def add_probe_run(self, run_id: str, seed: int, prompts: list[str], results: list[ProbeResultRow],
-                      outcomes: list[ProbeOutcomeRow], scores: list[ProbeScoreRow] | None = None,
-                      skipped: list[str] | None = None) -> None:
-        with self._tx() as conn:
-            conn.execute("INSERT INTO probe_runs (run_id, started_ms, seed, prompts, skipped) "
-                         "VALUES (%s, %s, %s, %s, %s)",
-                         (run_id, now_ms(), seed, json.dumps(prompts), json.dumps(list(skipped or ()))))
-            cur = conn.cursor()
-            for table, rows in (("probe_results", results), ("probe_outcomes", outcomes),
-                                ("probe_scores", scores or ())):
-                if rows:
-                    cur.executemany(ps.insert_sql(table, "%s"), [astuple(r) for r in rows])
-
-    def probe_outcomes(self, include_unscorable: bool = False) -> list[ProbeOutcomeRow]:
-        return [ps.outcome_from(r) for r in self._all(ps.select_sql("probe_outcomes", "rid", include_unscorable))]
-
-    def probe_results(self, run_id: str | None = None) -> list[ProbeResultRow]:
-        if run_id is None:
-            return [ps.result_from(r) for r in self._all(ps.select_sql("probe_results", "rid"))]
-        sql = ps.select_sql("probe_results", "rid").replace(" ORDER BY", " WHERE run_id = %s ORDER BY")
-        return [ps.result_from(r) for r in self._all(sql, (run_id,))]
-
-    def probe_scores(self, include_unscorable: bool = False) -> list[ProbeScoreRow]:
-        return [ps.score_from(r) for r in self._all(ps.select_sql("probe_scores", "rid", include_unscorable))]
-
-    def probe_runs(self) -> list[ProbeRunRow]:
-        return [ps.run_from(r) for r in self._all(ps.select_sql("probe_runs", "started_ms, run_id"))]
-
-    def record_probe_failure(self, reason: str) -> None:
-        value = json.dumps({"at_ms": now_ms(), "reason": reason[:300]})
-        self._all("INSERT INTO meta (key, value) VALUES ('last_probe_failure', %s) ON CONFLICT (key) DO UPDATE "
-                  "SET value = EXCLUDED.value RETURNING key", (value,))
-
-    def probe_freshness(self) -> tuple[int, int, str]:
-        last_ok = self._int(ps.LAST_MEASURED)
-        row = self._one("SELECT value FROM meta WHERE key = 'last_probe_failure'")
-        failure: dict[str, int | str] = json.loads(row[0]) if row else {"at_ms": 0, "reason": ""}
-        return last_ok, int(failure["at_ms"]), str(failure["reason"])
-
     # ------------------------------------------------------------------ derived state
     def save_state(self, items: dict[str, tuple[int, bytes]]) -> int:
-        with self._tx() as conn:
-            snapshot = self._bump(conn, "state_seq")
+        with self._wtx() as conn:
+            snapshot = bump(conn, "state_seq")
             conn.cursor().executemany(
                 "INSERT INTO graph_state (key, version, snapshot, saved_ms, data) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (key) DO UPDATE SET version = EXCLUDED.version, snapshot = EXCLUDED.snapshot, "
@@ -367,10 +335,11 @@ class PgStore(PgMatchRecords, Store):
         return self._int("SELECT value::bigint FROM meta WHERE key = 'state_seq'")
 
     def delete_state(self, keys: Iterable[str] | None = None) -> None:
-        if keys is None:
-            self._all("DELETE FROM graph_state WHERE NOT (key = ANY(%s)) RETURNING key", (sorted(KEPT_STATE),))
-        else:
-            self._all("DELETE FROM graph_state WHERE key = ANY(%s) RETURNING key", (list(keys),))
+        with self._wtx() as conn:
+            if keys is None:
+                conn.execute("DELETE FROM graph_state WHERE NOT (key = ANY(%s))", (sorted(KEPT_STATE),))
+            else:
+                conn.execute("DELETE FROM graph_state WHERE key = ANY(%s)", (list(keys),))
 
     def data_versions(self) -> DataVersions:
         row = self._row(DATA_VERSIONS)
@@ -383,14 +352,12 @@ class PgStore(PgMatchRecords, Store):
             yield from read_table(conn, table, batch)
 
     def replace_rows(self, table: str, rows: Iterable[Row]) -> None:
-        with self._tx() as conn:
+        with self._wtx() as conn:
             replace_table(conn.cursor(), table, rows)
 
-    # ------------------------------------------------------------------ helpers
+    def leader_lock(self, address: str) -> PgLeaderLock:  # several writer-capable processes: pg_leader.py
+        return PgLeaderLock(self, self.conninfo, self.connect_timeout_s, address)
 
-    @staticmethod
-    def _bump(conn: psycopg.Connection[Row], key: str) -> int:
-        row = conn.execute("UPDATE meta SET value = (value::bigint + 1)::text WHERE key = %s RETURNING value::bigint",
-                           (key,)).fetchone()
-        assert row is not None
-        return int(row[0])
+    def leader(self) -> Leader:
+        row = self._one(LEADER_ROW)
+        return Leader(int(row[0]), str(row[1]), int(row[2])) if row else Leader(0, "", 0)

@@ -64,11 +64,14 @@ class SqliteStore(SqliteMatchRecords, Store):
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
         self.lock = threading.RLock()  # one writer at a time; sqlite3 connections are not thread-safe
-        self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={config.sqlite_synchronous}")
         self.conn.execute("PRAGMA foreign_keys=OFF")
         self.conn.execute("PRAGMA cache_size=-200000")
         with self.lock, schema_lock(self.path):
+            # Switching a new file to WAL needs its exclusive lock: under the schema lock, so a process doing
+            # so never meets another one mid-write (SQLite answers that lock upgrade "database is locked" at
+            # once, without waiting, since waiting could deadlock).
+            self.conn.execute("PRAGMA journal_mode=WAL")
             create_schema(self.db)
             migrate_schema(self.conn)
 

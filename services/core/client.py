@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -12,6 +14,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 
 
 def message_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
@@ -32,13 +35,45 @@ def channel_credentials(root_ca: Path, client_cert: Path | None = None,
     )
 
 
-def retry_unavailable(service: str, methods: list[str], attempts: int = 3) -> str:
+def retry_unavailable(service: str, methods: list[str], attempts: int = 3, health_check: bool = False) -> str:
     """A gRPC service config retrying ``methods`` of ``service`` on UNAVAILABLE (e.g. a replica that died or
-    is draining: with round robin the retry goes to another one). Only for idempotent calls (reads)."""
-    return json.dumps({"methodConfig": [{
+    is draining: with round robin the retry goes to another one). Only for idempotent calls (reads).
+
+    ``health_check`` adds gRPC client-side health checking: with round robin (``channel(balance=True)``) each
+    replica's ``grpc.health.v1`` status of ``service`` is watched and calls go only to SERVING ones (not to one
+    that is still loading after a restart, or draining)."""
+    config: dict[str, object] = {"methodConfig": [{
         "name": [{"service": service, "method": m} for m in methods],
         "retryPolicy": {"maxAttempts": attempts, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
-                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
+    if health_check:
+        config["healthCheckConfig"] = {"serviceName": service}
+    return json.dumps(config)
+
+
+def replicas_target(targets: str) -> str:
+    """One gRPC target for the replicas in ``targets``: a target as it is (``dns:///svc:port`` resolves to every
+    replica), or a comma-separated list of host:port turned into a static ``ipv4:``/``ipv6:`` address list
+    (host names are resolved once, here). Use it with ``channel(balance=True)``."""
+    parts = [t.strip() for t in targets.split(",") if t.strip()]
+    if len(parts) <= 1 or targets.startswith(TARGET_SCHEMES):  # one target, or already a gRPC target URI
+        return parts[0] if len(parts) == 1 else targets
+    v4: list[str] = []
+    v6: list[str] = []
+    for part in parts:
+        host, _, port = part.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ips = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                ips = [ipaddress.ip_address(info[4][0]) for info in
+                       socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)]
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"cannot resolve {part!r} in the target list {targets!r}: {exc}") from None
+        for ip in dict.fromkeys(ips):
+            (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+    return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
 
 
 @overload

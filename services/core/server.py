@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.core import metrics
 from services.core.client import message_options
+from services.core.health import HealthServicer
 from services.core.interceptor import ErrorInterceptor, ServerState
 from services.core.security import Authorizer, load_tokens, server_credentials
 from services.core.settings import GrpcServerSettings
@@ -43,6 +44,8 @@ class GrpcService:
     extra_interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
     # RPC method names (e.g. "StartFineTune") that need the admin role once auth is on.
     admin_methods: frozenset[str] = frozenset()
+    # Called once the port is bound, before ``load`` (e.g. to learn the address and add health names).
+    listening: Callable[[RunningServer], None] = lambda _server: None
 
 
 class RunningServer:
@@ -52,7 +55,7 @@ class RunningServer:
         self.settings = settings
         self.service = service
         self.state = ServerState()
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = HealthServicer()
         authorizer = None
         if settings.auth_tokens_file:
             authorizer = Authorizer(load_tokens(settings.auth_tokens_file), service.admin_methods,
@@ -99,6 +102,7 @@ class RunningServer:
             )
         log.info("%s listening on %s (metrics :%s); loading", self.service.name, self.address, self.metrics_port)
         try:
+            self.service.listening(self)
             self.service.load()
         except BaseException:
             self.stop(0)
@@ -116,6 +120,7 @@ class RunningServer:
             grace = self.settings.grace_seconds if grace is None else grace
             self.state.draining.set()
             self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            self.health.enter_graceful_shutdown()  # any other health name a service added: NOT_SERVING too
             metrics.MODEL_READY.labels(self.service.name).set(0)
             log.info("%s draining for up to %.1fs", self.service.name, grace)
             # Keep the port open while in-flight RPCs finish: new RPCs reach the interceptor and

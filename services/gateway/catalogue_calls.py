@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 READ_METHODS = ["GetPassport", "Resolve", "GetMatch", "ValidateManifest"]
+T = TypeVar("T")
 
 
 class CatalogueAPI(Protocol):
@@ -23,13 +25,16 @@ class CatalogueAPI(Protocol):
 
 
 class CatalogueCalls:
-    """``CatalogueAPI`` over the stubs of ``GrpcMatchGraph`` (reads: ``_stub``; writes: ``_writer_stub``)."""
+    """``CatalogueAPI`` over the stubs of ``GrpcMatchGraph`` (reads: ``_stub``; writes: ``_write``, to the
+    leader)."""
 
     _stub: Any
-    _writer_stub: Any
 
     async def _call(self, name: str, method: Any, request: Any) -> Any:
         raise NotImplementedError  # GrpcMatchGraph's
+
+    async def _write(self, send: Callable[[Any], Awaitable[T]]) -> T:
+        raise NotImplementedError  # GrpcMatchGraph's: ``send(stub)`` on the writer that leads
 
     async def passport(self, model: str) -> pb.GetPassportResponse:
         resp: pb.GetPassportResponse = await self._call("GetPassport", self._stub.GetPassport,
@@ -50,10 +55,11 @@ class CatalogueCalls:
         """Store one match record (a MatchEvent of what a search or resolve answered) on the writer; its id."""
         event_id = f"match-{uuid.uuid4().hex}"
         event = pb.MatchEvent(event_id=event_id, query=query, matched=matched, timestamp_ms=int(time.time() * 1000))
-        await self._call("RecordMatches", self._writer_stub.RecordMatches,
-                         iter([pb.RecordMatchesRequest(events=[event])]))
+        await self._write(lambda stub: self._call("RecordMatches", stub.RecordMatches,
+                                                  iter([pb.RecordMatchesRequest(events=[event])])))
         return event_id
 
     async def record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
-        resp: pb.RecordFeedbackResponse = await self._call("RecordFeedback", self._writer_stub.RecordFeedback, request)
+        resp: pb.RecordFeedbackResponse = await self._write(
+            lambda stub: self._call("RecordFeedback", stub.RecordFeedback, request))
         return resp

@@ -35,10 +35,13 @@ class Settings(ListenerSettings):
     metrics_path: str = Field("/metrics", description='Path of the Prometheus endpoint on the HTTP port ("" = off).')
     matchgraph_target: str = Field(
         "127.0.0.1:50053", description="host:port of the MatchGraph gRPC service the reads go to: one process, or "
-        "the readers (dns:///readers-headless:50053 spreads the calls over every reader).")
+        "the readers: dns:///readers-headless:50053 or a comma-separated host:port list (round robin over the ones "
+        "whose health is SERVING; a read that meets a dying one is retried once on another).")
     matchgraph_writer_target: str = Field(
-        "", description="host:port of the MatchGraph writer, for the recorded searches (RecordMatches); "
-        "'' = matchgraph_target (one MatchGraph process).")
+        "", description="Where the writes (recorded searches, match records, feedback) go: host:port of the "
+        "MatchGraph writer (or of a Service in front of the leader), or a comma-separated list of writer-capable "
+        "MatchGraphs, of which the gateway finds and follows the leader; '' = matchgraph_target (one MatchGraph "
+        "process).")
     matchgraph_root_ca: Path | None = Field(None, description="PEM CA to verify a TLS MatchGraph (unset = plaintext).")
     matchgraph_client_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS.")
     matchgraph_client_key: Path | None = Field(None, description="PEM key of matchgraph_client_cert.")

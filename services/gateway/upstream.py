@@ -1,24 +1,35 @@
 """The gateway's only way to the match graph: async gRPC calls to the MatchGraph service.
 
-One ``grpc.aio`` channel per application, opened in the app's lifespan (it belongs to
-the event loop that serves requests); with a separate writer target (``matchgraph_writer_target``:
-MatchGraph readers take the reads, the writer the recorded searches) a second one for
-writes. Reads spread over every address the read target resolves to (round robin), so a
-headless Service of readers shares the load. Every failure leaves here as ``UpstreamError``
-carrying the gRPC status, so a single handler maps it to an HTTP status.
+One ``grpc.aio`` channel per application for reads, opened in the app's lifespan (it
+belongs to the event loop that serves requests). Reads spread over every replica the read
+target names (a headless Service's DNS name, or a comma-separated host:port list), round
+robin over the replicas whose gRPC health says SERVING (client-side health checking: a
+reader that is down, still loading after a restart, or draining gets no calls), and an
+idempotent read that fails with UNAVAILABLE is retried once on another replica.
+
+Writes (the recorded searches, match records and feedback) go to ``matchgraph_writer_target``: one target (e.g. a
+Kubernetes Service that only the leader is ready behind), or a comma-separated list of
+writer-capable MatchGraphs, of which the gateway follows the leader: it asks GetSnapshot
+which one takes writes (the highest term), and when a write fails with UNAVAILABLE or
+FAILED_PRECONDITION from one that does not lead, it finds the leader again and retries
+once there (RecordMatches is idempotent by event id; RecordFeedback stores one outcome per match record, a
+retry gets the stored one back). Every failure leaves here as
+``UpstreamError`` carrying the gRPC status, so a single handler maps it to an HTTP status.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 import grpc.aio
 
-from services.core.client import DEFAULT_MAX_MESSAGE_BYTES, bearer, channel, retry_unavailable
+from services.core.client import DEFAULT_MAX_MESSAGE_BYTES, bearer, channel, replicas_target, retry_unavailable
 from services.core.names import full_name
 from services.gateway import metrics
 from services.gateway.catalogue_calls import READ_METHODS, CatalogueCalls
@@ -26,9 +37,12 @@ from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
 SERVICE_FULL_NAME = full_name("matchgraph")
-# Reads are idempotent: one that meets a MatchGraph replica dying or draining is retried (round robin: on another).
+# Reads are idempotent: one that meets a MatchGraph replica dying or draining is retried once (round robin: on
+# another); calls go only to replicas whose health says SERVING.
 READ_RETRIES = retry_unavailable(SERVICE_FULL_NAME, ["GetModel", "Rank", "Compare", "Search", "GetSnapshot",
-                                                     *READ_METHODS])
+                                                     *READ_METHODS], attempts=2, health_check=True)
+T = TypeVar("T")
+LEADERSHIP_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 class UpstreamError(Exception):
@@ -76,17 +90,17 @@ class ChannelConfig:
 
 
 class GrpcMatchGraph(CatalogueCalls):
-    """MatchGraphAPI over real ``grpc.aio`` channels: reads to ``cfg.target``, writes to ``writer_target``
-    (the same channel when it is empty or equal)."""
+    """MatchGraphAPI over real ``grpc.aio`` channels: reads to ``cfg.target``, writes to ``writer_target`` (the
+    read channel when it is empty or equal; the leader when it lists several writer-capable processes)."""
 
     def __init__(self, cfg: ChannelConfig, writer_target: str = "") -> None:
-        self._channel = self._open(cfg, cfg.target, balance=True, service_config=READ_RETRIES)
+        self._channel = self._open(cfg, replicas_target(cfg.target), balance=True, service_config=READ_RETRIES)
         self._stub = pb_grpc.MatchGraphStub(self._channel)
-        self._writer_channel = None
-        self._writer_stub = self._stub
-        if writer_target and writer_target != cfg.target:
-            self._writer_channel = self._open(cfg, writer_target, balance=False)
-            self._writer_stub = pb_grpc.MatchGraphStub(self._writer_channel)
+        writers = [t.strip() for t in writer_target.split(",") if t.strip()]
+        self._writer_channels = [] if writers in ([], [cfg.target]) else \
+            [self._open(cfg, t, balance=False) for t in writers]
+        self._writers = {t: pb_grpc.MatchGraphStub(ch) for t, ch in zip(writers, self._writer_channels)}
+        self._leader: str | None = writers[0] if len(self._writers) == 1 else None
         self._timeout = cfg.timeout_s
         self._metadata = bearer(cfg.token) or None
         self.target = cfg.target
@@ -124,9 +138,47 @@ class GrpcMatchGraph(CatalogueCalls):
         return await self._call("GetModel", self._stub.GetModel, pb.GetModelRequest(model=model, explain=explain))
 
     async def record_matches(self, events: list[pb.MatchEvent]) -> pb.RecordMatchesResponse:
-        """One RecordMatches stream carrying one batch (idempotent by event_id)."""
-        return await self._call("RecordMatches", self._writer_stub.RecordMatches,
-                                iter([pb.RecordMatchesRequest(events=events)]))
+        """One RecordMatches stream carrying one batch (idempotent by event_id), to the leader."""
+        async def send(stub: pb_grpc.MatchGraphStub) -> pb.RecordMatchesResponse:
+            return await self._call(  # type: ignore[no-any-return]
+                "RecordMatches", stub.RecordMatches, iter([pb.RecordMatchesRequest(events=events)]))
+        return await self._write(send)
+
+    async def _find_leader(self) -> str | None:
+        """The writer whose GetSnapshot says it takes writes (the highest term if several claim it)."""
+        names = list(self._writers)
+        answers = await asyncio.gather(*(self._writers[n].GetSnapshot(  # type: ignore[misc]
+            pb.GetSnapshotRequest(), timeout=min(self._timeout, 2.0), metadata=self._metadata) for n in names),
+            return_exceptions=True)
+        leading = [(a.term, n) for n, a in zip(names, answers)
+                   if isinstance(a, pb.GetSnapshotResponse) and a.role in ("writer", "all")]
+        return max(leading)[1] if leading else None
+
+    async def _write(self, send: Callable[[pb_grpc.MatchGraphStub], Awaitable[T]]) -> T:
+        """``send(stub)`` on the writer; with several, on the leader, retried once there after a takeover."""
+        if not self._writers:
+            return await send(self._stub)
+        for attempt in (1, 2):
+            if self._leader is None:
+                self._leader = await self._find_leader()
+            target = self._leader
+            if target is None:
+                raise UpstreamError(grpc.StatusCode.UNAVAILABLE, f"no MatchGraph among {self.writer_target} takes "
+                                    f"writes right now (a takeover is under way); retry shortly", 1.0)
+            try:
+                return await send(self._writers[target])
+            except UpstreamError as err:
+                if err.code not in LEADERSHIP_CODES or attempt == 2:
+                    raise
+                if len(self._writers) == 1:
+                    if err.code != grpc.StatusCode.UNAVAILABLE:
+                        raise  # one target (e.g. a Service in front of the leader): only a dying one is retried
+                else:
+                    self._leader = await self._find_leader()
+                    if err.code == grpc.StatusCode.FAILED_PRECONDITION and self._leader == target:
+                        raise  # the leader itself refused: not a leadership question
+                await asyncio.sleep(0.2)
+        raise AssertionError("unreachable")
 
     async def snapshot(self) -> pb.GetSnapshotResponse:
         """What the next read would be computed from (cheap: nothing is scored upstream)."""
@@ -146,5 +198,5 @@ class GrpcMatchGraph(CatalogueCalls):
 
     async def close(self) -> None:
         await self._channel.close()
-        if self._writer_channel is not None:
-            await self._writer_channel.close()
+        for ch in self._writer_channels:
+            await ch.close()

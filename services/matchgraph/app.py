@@ -18,7 +18,7 @@ from services.core.server import GrpcService
 from services.core.settings import section
 from services.matchgraph import metrics
 from services.matchgraph.roles import Role, writes_refused
-from services.matchgraph.servicer import MatchGraphServicer, RoleInfo
+from services.matchgraph.servicer import MatchGraphServicer
 from services.matchgraph.settings import Settings
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
@@ -61,9 +61,12 @@ def build_service(settings: Settings, engine: Engine | None = None) -> GrpcServi
 
     def close() -> None:
         role.stop()
-        engine.close()
+        try:
+            engine.close()  # the leader's final checkpoint is still written under its term
+        finally:
+            role.release()
 
-    servicer = MatchGraphServicer(engine, RoleInfo(settings.role, settings.writer_address, settings.max_staleness_s))
+    servicer = MatchGraphServicer(engine, role.info)
     return GrpcService(name="matchgraph", full_name=FULL_NAME, servicer=servicer,
                        add_to_server=pb_grpc.add_MatchGraphServicer_to_server, load=load, close=close,
-                       admin_methods=ADMIN_METHODS)
+                       admin_methods=ADMIN_METHODS, listening=role.listening)

@@ -14,14 +14,32 @@ DEFAULT_TARGET = "127.0.0.1:50053"
 graph_app = typer.Typer(help="MatchGraph client: seed, compare, rank, search, record events, run probes; "
                         "migrate copies a database between backends.",
                         no_args_is_help=True)
-TargetOpt = typer.Option(DEFAULT_TARGET, "--target", help="MatchGraph host:port")
+TargetOpt = typer.Option(DEFAULT_TARGET, "--target", help="MatchGraph host:port, or a comma-separated list: reads "
+                         "go to the healthy ones (round robin, retried once on another), writes to the leader")
 
 
 def _stub(target: str):
+    """Reads: spread over every healthy process in ``target`` (one, or a comma-separated list)."""
+    from services.matchgraph.routing import read_stub
+
+    return read_stub(target)
+
+
+def _write(target: str, call):  # type: ignore[no-untyped-def]
+    """``call(stub)`` on ``target``, or on the leader among a comma-separated list of writer-capable processes
+    (retried on the new leader after a takeover)."""
     from services.core.client import channel
+    from services.matchgraph.routing import LeaderClient
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
-    return pb_grpc.MatchGraphStub(channel(target))
+    if "," not in target:
+        with channel(target) as ch:
+            return call(pb_grpc.MatchGraphStub(ch))
+    client = LeaderClient(target)
+    try:
+        return client.call(call)
+    finally:
+        client.close()
 
 
 def _fail(exc: Exception) -> None:
@@ -29,6 +47,9 @@ def _fail(exc: Exception) -> None:
 
     if isinstance(exc, grpc.RpcError):
         typer.echo(f"error: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
+        raise typer.Exit(1)
+    if isinstance(exc, TimeoutError):  # no leader among the writers given
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     raise exc
 
@@ -40,10 +61,10 @@ def seed(target: str = TargetOpt) -> None:
     from services.matchgraph.types import record_to_pb
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
-    stub = _stub(target)
     try:
         for m in SEED_MODELS:
-            r = stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(m)), timeout=30)
+            request = pb.UpsertModelRequest(model=record_to_pb(m))
+            r = _write(target, lambda stub, request=request: stub.UpsertModel(request, timeout=30))
             verb = "created" if r.created else "updated"
             typer.echo(f"{verb} {r.model.id} ({len(r.model.capabilities)} capabilities)")
     except Exception as exc:
@@ -131,7 +152,8 @@ def snapshot(target: str = TargetOpt) -> None:
     typer.echo(f"role {s.role}, snapshot {s.snapshot_version}, graph version {s.graph_version} "
                f"(store {s.store_graph_version}), lag {s.lag_events} events / {s.lag_seconds:.1f} s"
                + (f", STALE (bound {s.max_staleness_s:g} s)" if s.stale else "")
-               + (f", writer {s.writer_address}" if s.writer_address else ""))
+               + (f", writer {s.writer_address}" if s.writer_address else "")
+               + (f", leader {s.leader_address} (term {s.term})" if s.leader_address else ""))
 
 
 @graph_app.command("record")
@@ -156,7 +178,11 @@ def record(events_file: Path = typer.Argument(..., help="JSON lines: {event_id, 
             yield pb.RecordMatchesRequest(events=buf)
 
     try:
-        r = _stub(target).RecordMatches(batches(), timeout=600)
+        if "," in target:  # several writers: the messages are kept, so a takeover is retried on the new leader
+            messages = list(batches())
+            r = _write(target, lambda stub: stub.RecordMatches(iter(messages), timeout=600))
+        else:  # streamed as read
+            r = _write(target, lambda stub: stub.RecordMatches(batches(), timeout=600))
     except Exception as exc:
         _fail(exc)
         return
@@ -171,8 +197,8 @@ def probes(target: str = TargetOpt, max_prompts: int = typer.Option(0), seed: in
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
     try:
-        r = _stub(target).RunProbes(pb.RunProbesRequest(models=model or [], max_prompts=max_prompts, seed=seed),
-                                    timeout=600)
+        request = pb.RunProbesRequest(models=model or [], max_prompts=max_prompts, seed=seed)
+        r = _write(target, lambda stub: stub.RunProbes(request, timeout=600))
     except Exception as exc:
         _fail(exc)
         return
@@ -251,7 +277,7 @@ def import_manifest(file: Path = typer.Argument(..., help="an unfragile.yml mani
         if check:
             typer.echo(f"valid: would {'update ' + v.updates if v.updates else 'add ' + v.model.id}")
             return
-        r = stub.ImportManifest(pb.ValidateManifestRequest(text=text), timeout=60)
+        r = _write(target, lambda w: w.ImportManifest(pb.ValidateManifestRequest(text=text), timeout=60))
     except typer.Exit:
         raise
     except Exception as exc:

@@ -66,6 +66,11 @@ NOTIFY_TO_VISIBLE = Histogram(
     "Reader: from first seeing a committed change (change notice or poll) to serving it.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+LEADER_TERM = Gauge(
+    "unfragile_graph_leader_term",
+    "Leadership term this process writes under, on PostgreSQL with writer-capable processes (0: a reader, a standby "
+    "writer, or a lone writer without election); the writer that takes over shows a higher term.",
+)
 DB_POOL_SIZE = Gauge("unfragile_graph_db_pool_size", "PostgreSQL connections open in this process's pool.")
 DB_POOL_IN_USE = Gauge("unfragile_graph_db_pool_in_use", "PostgreSQL connections of the pool checked out now.")
 DB_POOL_WAITING = Gauge(

@@ -6,8 +6,7 @@ maps them to status codes. Nothing here aborts a context.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -17,23 +16,15 @@ from services.core.cancel import CancelToken
 from services.matchgraph import metrics
 from services.matchgraph import passport_types as pt
 from services.matchgraph import types as t
+from services.matchgraph.roles import RoleInfo
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
 
-@dataclass(frozen=True)
-class RoleInfo:
-    """What GetSnapshot says about this process besides the engine's state."""
-
-    role: str = "all"
-    writer_address: str = ""
-    max_staleness_s: float = 0.0
-
-
 class MatchGraphServicer(pb_grpc.MatchGraphServicer):
-    def __init__(self, engine: Engine, role: RoleInfo | None = None) -> None:
+    def __init__(self, engine: Engine, role: Callable[[], RoleInfo] | None = None) -> None:
         self.engine = engine
-        self.role = role or RoleInfo()
+        self.role = role or RoleInfo  # what GetSnapshot says about this process (it changes on a takeover)
 
     def RecordMatches(self, request_iterator: Iterator[pb.RecordMatchesRequest],
                       context: grpc.ServicerContext) -> pb.RecordMatchesResponse:
@@ -79,7 +70,7 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
         return t.ProbeQuery.to_pb(run, quality)
 
     def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.GetSnapshotResponse:
-        return t.snapshot_to_pb(self.engine.snapshot(), self.engine.graph_version(), self.engine.lag(), self.role)
+        return t.snapshot_to_pb(self.engine.snapshot(), self.engine.graph_version(), self.engine.lag(), self.role())
 
     def GetPassport(self, request: pb.GetPassportRequest, context: grpc.ServicerContext) -> pb.GetPassportResponse:
         req = pt.PassportQuery.from_pb(request)

@@ -33,12 +33,17 @@ class Settings(EngineConfig, FollowConfig, StoreConfig, GrpcServerSettings):
     db_path: Path | None = Field(
         None, description="Deprecated: an SQLite file path, the same as db_url=sqlite:///<db_path>.")
     role: Literal["all", "writer", "reader"] = Field(
-        "all", description="all: one process does everything (the default); writer: the one process that takes "
-        "RecordMatches, UpsertModel and RunProbes and publishes snapshots; reader: serves GetModel, Rank, Compare "
-        "and Search from the writer's newest snapshot (any number of them, on PostgreSQL).")
+        "all", description="all: one process does everything (the default); writer: takes RecordMatches, UpsertModel "
+        "and RunProbes and publishes snapshots (on PostgreSQL any number of writers: the holder of the leadership "
+        "lock writes, the others stand by serving reads and take over when it dies); reader: serves GetModel, Rank, "
+        "Compare and Search from the leader's newest snapshot (any number of them, on PostgreSQL).")
     writer_address: str = Field(
         "", description="Reader: host:port of the writer, named in the FAILED_PRECONDITION answer to write RPCs "
-        "('' = not configured).")
+        "('' = the leader named by the newest publication).")
+    advertise_address: str = Field(
+        "", description="Writer: the host:port other processes and clients reach this one at, recorded when it becomes "
+        "the leader and named by standbys and readers ('' = host:port, with the machine's host name when host is "
+        "0.0.0.0; in Kubernetes set it to $(POD_IP):50053).")
     visionlanguage_target: str = Field(
         "", description="host:port of the VisionLanguage service (Embed for search, captions for probes); '' = none.")
     diffusion_target: str = Field("", description="host:port of the Diffusion service (probe images); '' = none.")

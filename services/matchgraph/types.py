@@ -40,7 +40,7 @@ _TIER_FROM = {pb.PRICING_TIER_UNSPECIFIED: "unknown", pb.PRICING_TIER_FREE: "fre
 _TIER_TO = {v: k for k, v in _TIER_FROM.items()}
 _OUTCOME_TO = {A_LEADS: pb.OUTCOME_A_LEADS, B_LEADS: pb.OUTCOME_B_LEADS}
 if TYPE_CHECKING:
-    from services.matchgraph.servicer import RoleInfo
+    from services.matchgraph.roles import RoleInfo
 ReadAnswer = TypeVar("ReadAnswer", pb.GetModelResponse, pb.RankResponse, pb.CompareResponse, pb.SearchResponse)
 
 
@@ -327,4 +327,4 @@ def snapshot_to_pb(snapshot: int, graph_version: int, lag: Lag, role: RoleInfo) 
         snapshot_version=snapshot, role=role.role, graph_version=graph_version,
         store_graph_version=max(lag.store_seq, graph_version), lag_events=lag.events, lag_seconds=lag.seconds,
         stale=lag.stale, max_staleness_s=role.max_staleness_s, writer_address=role.writer_address,
-        publication=lag.publication)
+        publication=lag.publication, term=role.term, leader_address=role.leader_address)

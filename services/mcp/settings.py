@@ -24,8 +24,9 @@ class Settings(BaseSettings):
         "127.0.0.1:50053", description="host:port of the MatchGraph gRPC service the reads go to (search, compare, "
         "passports, resolve): one process, or the readers (dns:///readers-headless:50053 spreads the calls).")
     matchgraph_writer_target: str = Field(
-        "", description="host:port of the MatchGraph writer, for match records and feedback outcomes; "
-        "'' = matchgraph_target (one MatchGraph process).")
+        "", description="host:port of the MatchGraph writer, for match records and feedback outcomes (or of a "
+        "Service in front of the leader), or a comma-separated list of writer-capable MatchGraphs, of which the "
+        "leader is found and followed; '' = matchgraph_target (one MatchGraph process).")
     matchgraph_root_ca: Path | None = Field(None, description="PEM CA to verify a TLS MatchGraph (unset = plaintext).")
     matchgraph_client_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS.")
     matchgraph_client_key: Path | None = Field(None, description="PEM key of matchgraph_client_cert.")

@@ -189,3 +189,64 @@ def test_health_not_serving_while_loading():
     seen["loaded"] = health_status(srv.address)
     srv.stop(0)
     assert seen == {"loading": "NOT_SERVING", "loaded": "SERVING"}
+
+
+def test_replica_lists_become_one_balanced_target():
+    from services.core.client import replicas_target
+
+    assert replicas_target("127.0.0.1:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
+    assert replicas_target("localhost:5, 127.0.0.1:6") == "ipv4:127.0.0.1:5,127.0.0.1:6"  # names resolved once
+    assert replicas_target("[::1]:7,[::1]:8") == "ipv6:[::1]:7,[::1]:8"
+    for as_is in ("dns:///readers-headless:50053", "ipv4:10.0.0.1:1,10.0.0.2:1", "reader:50053"):
+        assert replicas_target(as_is) == as_is
+    with pytest.raises(ValueError, match="cannot resolve 'no-such-host.invalid:1'"):
+        replicas_target("no-such-host.invalid:1,127.0.0.1:2")
+
+
+def test_health_changes_racing_watchers_that_leave_do_not_deadlock_the_server():
+    """Clients with client-side health checking keep Watch streams open. Status changes racing watchers that
+    disconnect (a drain while a gateway stops) must not deadlock the server: grpc_health's own servicer sends
+    under the lock the leaving watcher's close callback needs, and hangs here; ours sends outside it."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc.aio
+
+    from services.core.health import HealthServicer
+
+    servicer = HealthServicer()
+    server = grpc.server(ThreadPoolExecutor(8))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    servicer.set("svc", health_pb2.HealthCheckResponse.SERVING)
+
+    async def watchers_come_and_go() -> None:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(20)]
+        calls = [health_pb2_grpc.HealthStub(c).Watch(health_pb2.HealthCheckRequest(service="svc")) for c in channels]
+        for call in calls:
+            await asyncio.wait_for(call.read(), 10)
+        await asyncio.gather(*(c.close() for c in channels))
+
+    stop = threading.Event()
+
+    def flip() -> None:
+        k = 0
+        while not stop.is_set():
+            servicer.set("svc", health_pb2.HealthCheckResponse.SERVING if k % 2 else
+                         health_pb2.HealthCheckResponse.NOT_SERVING)
+            k += 1
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    try:
+        for _ in range(10):
+            asyncio.run(watchers_come_and_go())
+    finally:
+        stop.set()
+        flipper.join(10)
+    assert not flipper.is_alive(), "a health change hung"
+    servicer.enter_graceful_shutdown()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="svc"), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    server.stop(0)

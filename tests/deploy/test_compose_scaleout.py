@@ -1,6 +1,6 @@
-"""docker-compose.scale-out.yml: the one-box stack with the MatchGraph as a writer and two readers on a
-`postgres` service. Checked with `docker-compose config` and the Compose spec schema where installed, and
-its Prometheus config with promtool."""
+"""docker-compose.scale-out.yml: the one-box stack with the MatchGraph as two writer-capable instances (one
+leads) and two readers on a `postgres` service. Checked with `docker-compose config` and the Compose spec
+schema where installed, and its Prometheus config with promtool."""
 
 from __future__ import annotations
 
@@ -35,28 +35,35 @@ def test_the_override_adds_postgres_and_readers_and_splits_the_gateway() -> None
     doc = _merged()
     services = doc["services"]
     if DOCKER_COMPOSE is not None:
-        assert set(services) == {*DEPLOYED, "prometheus", "grafana", "postgres", "matchgraph-reader"}
+        assert set(services) == {*DEPLOYED, "prometheus", "grafana", "postgres", "matchgraph-standby",
+                                 "matchgraph-reader"}
     writer, reader, gateway = services["matchgraph"], services["matchgraph-reader"], services["gateway"]
+    standby = services["matchgraph-standby"]
     url = "postgresql://matchgraph:${MATCHGRAPH_DB_PASSWORD:-matchgraph}@postgres:5432/matchgraph"
     if DOCKER_COMPOSE is not None:
         url = "postgresql://matchgraph:matchgraph@postgres:5432/matchgraph"  # interpolated by compose
-    assert writer["environment"]["UNFRAGILE_GRAPH_ROLE"] == "writer"
-    assert writer["environment"]["UNFRAGILE_GRAPH_DB_URL"] == reader["environment"]["UNFRAGILE_GRAPH_DB_URL"] == url
-    assert writer["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    for name, w in (("matchgraph", writer), ("matchgraph-standby", standby)):  # two writer-capable instances
+        assert w["environment"]["UNFRAGILE_GRAPH_ROLE"] == "writer"
+        assert w["environment"]["UNFRAGILE_GRAPH_ADVERTISE_ADDRESS"] == f"{name}:{GRAPH.port}"
+        assert w["environment"]["UNFRAGILE_GRAPH_DB_URL"] == url
+        assert w["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert standby["healthcheck"]["test"] == ["CMD", "grpc-health", f"127.0.0.1:{GRAPH.port}", GRAPH.full_name]
+    assert reader["environment"]["UNFRAGILE_GRAPH_DB_URL"] == url
     assert reader["environment"]["UNFRAGILE_GRAPH_ROLE"] == "reader"
-    assert reader["environment"]["UNFRAGILE_GRAPH_WRITER_ADDRESS"] == f"matchgraph:{GRAPH.port}"
+    assert "UNFRAGILE_GRAPH_WRITER_ADDRESS" not in reader["environment"]  # it names the leader it follows
     assert reader["deploy"]["replicas"] >= 2
     assert reader["healthcheck"]["test"] == ["CMD", "grpc-health", f"127.0.0.1:{GRAPH.port}", GRAPH.full_name]
     assert "ports" not in reader  # replicas cannot share a published port: reached by DNS inside the network
     assert gateway["environment"]["UNFRAGILE_GATEWAY_MATCHGRAPH_TARGET"] == f"dns:///matchgraph-reader:{GRAPH.port}"
-    assert gateway["environment"]["UNFRAGILE_GATEWAY_MATCHGRAPH_WRITER_TARGET"] == f"matchgraph:{GRAPH.port}"
+    assert gateway["environment"]["UNFRAGILE_GATEWAY_MATCHGRAPH_WRITER_TARGET"] == \
+        f"matchgraph:{GRAPH.port},matchgraph-standby:{GRAPH.port}"  # the gateway follows the leader
     assert services["postgres"]["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
 
 
 def test_environment_names_real_settings_fields() -> None:
     doc = yaml.safe_load(SCALE_OUT.read_text())
     for name, spec in doc["services"].items():
-        service = "matchgraph" if name == "matchgraph-reader" else name
+        service = "matchgraph" if name.startswith("matchgraph") else name
         if service not in ENV_PREFIXES or (fields := settings_fields(service)) is None:
             continue
         for var in spec.get("environment", {}):
@@ -74,6 +81,8 @@ def test_prometheus_finds_the_readers_by_dns_in_the_matchgraph_job() -> None:
     assert jobs.keys() == {j["job_name"] for j in one_box["scrape_configs"]}
     assert jobs["unfragile-matchgraph"]["dns_sd_configs"] == [
         {"names": ["matchgraph-reader"], "type": "A", "port": GRAPH.metrics_port}]
+    assert jobs["unfragile-matchgraph"]["static_configs"] == [
+        {"targets": [f"matchgraph:{GRAPH.metrics_port}", f"matchgraph-standby:{GRAPH.metrics_port}"]}]
     tool = promtool()
     if tool is not None:
         out = subprocess.run([tool, "check", "config", source.removeprefix("./prometheus/")], capture_output=True,

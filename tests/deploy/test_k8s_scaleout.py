@@ -2,9 +2,10 @@
 
 Rendered like the other overlays (kubectl kustomize when installed, else kustomize_lite), every
 object but the CloudNativePG ``Cluster`` (a CRD) passes the Kubernetes schemas, and the topology
-holds: one Recreate writer on the cluster's primary, readers with probes and scraping on the
-standby, an HPA on a request rate the Prometheus adapter serves, the gateway split between them,
-no SQLite volume left."""
+holds: two writer-capable Recreate replicas on the cluster's primary whose readiness is leadership
+(so the write Service points at the leader) and which advertise their pod address, readers with
+probes and scraping on the standby, an HPA on a request rate the Prometheus adapter serves, the
+gateway split between them, no SQLite volume left."""
 
 from __future__ import annotations
 
@@ -71,9 +72,26 @@ def test_the_database_is_a_primary_and_a_hot_standby_whose_secret_the_graph_uses
     assert ("PersistentVolumeClaim", "matchgraph-data") not in objs  # no SQLite file any more
 
 
+def test_two_writer_capable_replicas_whose_readiness_is_leadership(objs) -> None:
+    from services.matchgraph.roles import LEADER_HEALTH
+
+    writer = objs[("Deployment", "matchgraph")]
+    assert writer["spec"]["replicas"] == 2 and writer["spec"]["strategy"]["type"] == "Recreate"
+    c = _container(writer)
+    env = _env(c)
+    assert env["UNFRAGILE_GRAPH_ROLE"] == "writer"
+    assert c["readinessProbe"]["grpc"] == {"port": GRAPH.port, "service": LEADER_HEALTH}
+    assert c["startupProbe"]["grpc"] == {"port": GRAPH.port, "service": GRAPH.full_name}  # a standby starts too
+    names = [e["name"] for e in c["env"]]
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["UNFRAGILE_GRAPH_ADVERTISE_ADDRESS"] == f"$(POD_IP):{GRAPH.port}"
+    assert names.index("POD_IP") < names.index("UNFRAGILE_GRAPH_ADVERTISE_ADDRESS")  # defined before use
+    service = objs[("Service", "matchgraph")]
+    assert service["spec"]["selector"].items() <= writer["spec"]["template"]["metadata"]["labels"].items()
+
+
 def test_one_writer_and_readers_with_probes_scraping_and_real_settings(objs) -> None:
     writer = objs[("Deployment", "matchgraph")]
-    assert writer["spec"]["replicas"] == 1 and writer["spec"]["strategy"]["type"] == "Recreate"
     assert _env(_container(writer))["UNFRAGILE_GRAPH_ROLE"] == "writer"
     reader = objs[("Deployment", "matchgraph-reader")]
     assert reader["spec"]["replicas"] >= 2 and reader["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0

@@ -58,3 +58,28 @@ def test_probes_command_says_what_the_probes_ran_on(make_server, upsert_seed):
     assert "judged by /models/judge-clip (CLIPModel) version sha256:0123456789abcdef" in r.output
     assert "stable-diffusion" in r.output and "text-to-image: mean judged score 0.800 over 1 probes (not scored: " \
         "probed on /models/diffusion" in r.output
+
+
+@pytest.mark.parametrize("db_backend", ["postgresql"])
+def test_commands_given_several_processes_write_to_the_leader_and_read_from_any(make_server, tmp_path):
+    """`--target a,b`: seed and record go to whichever writer leads (a standby refuses writes), reads are spread
+    over the processes (round robin over the healthy ones)."""
+    leader = make_server("shared", role="writer")
+    standby = make_server("unused", role="writer", db_url=leader.settings.db_url)
+    targets = ["--target", f"{standby.running.address},{leader.running.address}"]
+    app, runner = _app(), CliRunner()
+    r = runner.invoke(app, ["graph", "seed", *targets])
+    assert r.exit_code == 0 and "created kosmos-2-patch14-224" in r.output, r.output
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(json.dumps({"event_id": f"e{i}", "query": "captions",
+                                            "matched": ["kosmos2", "sd"]}) for i in range(4)) + "\n")
+    r = runner.invoke(app, ["graph", "record", str(events), *targets])
+    assert "inserted 4, duplicates 0, graph version 4" in r.output, r.output
+    r = runner.invoke(app, ["graph", "snapshot", "--target", standby.running.address])
+    assert r.output.startswith("role standby") and f"leader {leader.running.address} (term 1)" in r.output
+    from tests.graph.test_graph_roles import _snapshot, wait_until
+
+    want = _snapshot(leader).snapshot_version
+    wait_until(lambda: _snapshot(standby).snapshot_version == want)
+    r = runner.invoke(app, ["graph", "rank", *targets])
+    assert r.exit_code == 0 and "kosmos-2-patch14-224" in r.output, r.output

@@ -147,6 +147,43 @@ def test_pg_notifies_once_per_committed_batch(pg_server):
     assert payloads == ["50", "60"]
 
 
+def test_pg_every_write_of_a_deposed_leader_is_fenced_and_changes_nothing(pg_server):
+    """Each kind of write (catalogue, events, feedback, probe runs, probe failures, state) checks the writer's
+    term inside its own transaction: after the term moves on, each fails and stores nothing."""
+    from graph.store import FeedbackRow, ProbeResultRow
+    from graph.store.pg_support import Fenced
+
+    url = pg_server.create_database("fenced_writes", template="matchgraph_template")
+    store = _seeded(url)
+    store.term = store.leader().term  # a leader of the current term: its writes pass the check
+    store.record_events(_batch(0, 0, 4))
+    fb = FeedbackRow("w0-0-0", "success", True, "test", "", (IDS[0],), 1)
+    assert store.record_feedback(fb) == (fb, True)
+    pg_server.sql("UPDATE leader SET term = term + 1, address = 'elsewhere:1' WHERE id = 1", "fenced_writes")
+    before = (store.event_count(), store.feedback_counts(), len(store.probe_runs()), store.probe_freshness(),
+              store.state_version(), store.get_model(IDS[0]))
+    writes = {
+        "upsert_model": lambda: store.upsert_model(SEED_MODELS[0]),
+        "bulk_insert_models": lambda: store.bulk_insert_models(SEED_MODELS),
+        "record_events": lambda: store.record_events(_batch(0, 1, 3)),
+        "record_feedback": lambda: store.record_feedback(FeedbackRow("w0-0-1", "failure", False, "test", "",
+                                                                     (IDS[0],), 2)),
+        "add_probe_run": lambda: store.add_probe_run("run-1", 0, ["p"], [ProbeResultRow(
+            "run-1", IDS[0], "v", "p", 0.5, "")], []),
+        "record_probe_failure": lambda: store.record_probe_failure("no judge"),
+        "save_state": lambda: store.save_state({"rank": (1, b"x")}),
+    }
+    for name, write in writes.items():
+        with pytest.raises(Fenced, match=r"no longer the leader \(term \d+ is over: the leader is elsewhere:1"):
+            write()
+        assert store.fenced, name
+    after = (store.event_count(), store.feedback_counts(), len(store.probe_runs()), store.probe_freshness(),
+             store.state_version(), store.get_model(IDS[0]))
+    store.close()
+    pg_server.drop_database("fenced_writes")
+    assert after == before
+
+
 @pytest.mark.parametrize("collation", ["C", "default"])
 def test_pg_event_ids_are_probed_through_their_index_in_any_collation(pg_server, collation):
     """New databases store event ids COLLATE "C"; one made before keeps the database's collation.
