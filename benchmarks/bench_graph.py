@@ -32,13 +32,15 @@ edges). On that state:
 
 - ``graph.readers.*``: one writer and readers on PostgreSQL against the single SQLite process,
   and the refresh at 10 M co-match edges (``benchmarks/graph_scaleout.py`` says how each is made).
+- ``graph.truth.*``: catalogue import rate from the file, and the rank refresh with shrinkage and
+  freshness against the previous method's at ~1 M edges (``benchmarks/graph_truth.py``).
 
 - ``graph.failover.*``: SIGKILL of the leading writer of two, mid-stream: takeover seconds, lost and
   duplicated events (``benchmarks/graph_failover.py``).
 
 Sizes can be scaled down with UNFRAGILE_BENCH_GRAPH_SCALE (e.g. 0.1) for a quick look, and the
 10 M-edge graph with UNFRAGILE_BENCH_GRAPH_BIG_SCALE (e.g. 0.1: 1 M edges);
-UNFRAGILE_BENCH_GRAPH_ONLY=storage,readers,big,failover,core runs only those parts (the other
+UNFRAGILE_BENCH_GRAPH_ONLY=truth,storage,readers,big,failover,core runs only those parts (the other
 entries in results.json are kept). These are read here only because benchmarks are not services.
 """
 
@@ -61,7 +63,7 @@ from graph.engine import Engine
 from graph.rank import midrank_percentile
 from graph.records import MatchEvent, ModelRecord, Signal
 
-PARTS = ("storage", "readers", "big", "failover", "core")
+PARTS = ("truth", "storage", "readers", "big", "failover", "core")
 ONLY = [p for p in os.environ.get("UNFRAGILE_BENCH_GRAPH_ONLY", "").split(",") if p]
 PREFIX = "" if ONLY else "graph."  # a partial run replaces only the entries it measured
 SCALE = float(os.environ.get("UNFRAGILE_BENCH_GRAPH_SCALE", "1.0"))
@@ -321,13 +323,16 @@ def _compare_and_restarts(path: Path, ranks_orig: list[tuple[str, float]], edges
 def run() -> list[Result]:
     from benchmarks.graph_failover import failover_results
     from benchmarks.graph_scaleout import big_refresh_results, readers_results
+    from benchmarks.graph_truth import import_results, refresh_results
     from graph.store import SqliteStore
 
     unknown = set(ONLY) - set(PARTS)
     if unknown:
         raise ValueError(f"UNFRAGILE_BENCH_GRAPH_ONLY: unknown parts {sorted(unknown)}; choose from {PARTS}")
     parts = set(ONLY or PARTS)
-    results: list[Result] = storage_results() if "storage" in parts else []
+    results: list[Result] = import_results(_log) if "truth" in parts else []
+    if "storage" in parts:
+        results += storage_results()
     if "readers" in parts:
         results += readers_results(_models, _events)
     if "big" in parts:
@@ -345,6 +350,8 @@ def run() -> list[Result]:
         engine.load()
         got, edges = _ingest_and_refresh(engine, rng)
         results += got
+        start = N_EVENTS + 2 * BATCH
+        results += refresh_results(engine, [_events(rng, BATCH, start + k * BATCH) for k in range(3)], _log)
         ranks_orig = [(i, c.rank.value) for i, _n, c in engine.rank("", 100, 0)[0]]  # before any restart
         engine.store.close()  # an unclean stop: no shutdown checkpoint
         del engine

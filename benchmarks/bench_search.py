@@ -1,12 +1,16 @@
 """Search quality on the shipped catalogue: NDCG@5 and recall@5 of the labelled queries.
 
-The real catalogue (graph/data/catalogue.jsonl) is loaded into a real MatchGraph server (its own SQLite
-file, gRPC on a free port) with UpsertModel; each query of benchmarks/search_eval.jsonl is sent to Search
+The real catalogue (graph/data/catalogue.jsonl, read by ``graph.catalogue_file`` as `unfragile graph import
+catalogue` reads it) is loaded into a real MatchGraph server (its own SQLite file, gRPC on a free port) with
+ImportModels; each query of benchmarks/search_eval.jsonl is sent to Search
 (limit 5, no embedder: the deployment's text embedder may be a random-weight test model) and its hits are
-scored against the query's labelled relevant models (binary relevance):
+scored against the query's graded labels (``grades``: 3, 2 or 1 per listed model, 0 for any other; the
+protocol is in docs/catalogue.md, "Search evaluation labels"):
 
-- NDCG@5 = DCG@5 / ideal DCG@5, DCG = sum over ranks r of rel_r / log2(r + 1);
-- recall@5 = relevant models in the top 5 / min(5, relevant models).
+- NDCG@5 = DCG@5 / ideal DCG@5 with graded gains, DCG = sum over ranks r of (2^grade_r - 1) / log2(r + 1),
+  the ideal taking the labelled grades best first;
+- recall@5 = relevant models (grade 2 or 3; a query whose listed models are all grade 1: those) in the
+  top 5 / min(5, relevant models).
 
 The queries are split once, by a hash of their text, into a tuning half (the one the intent lexicon and
 the weights were adjusted on) and a held-out half; both halves' numbers are reported beside the whole set's,
@@ -23,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Result
-from graph.records import Capability, ModelRecord, Pricing, Signal
+from graph import catalogue_file
 
 PREFIX = "graph.truth.search"
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUE = ROOT / "graph" / "data" / "catalogue.jsonl"
 EVAL = Path(__file__).resolve().parent / "search_eval.jsonl"
 K = 5
-TIERS = {"open_source": "free", "free": "free", "freemium": "freemium", "usage": "paid", "paid": "paid"}
 
 
 def half(query: str) -> str:
@@ -38,38 +41,21 @@ def half(query: str) -> str:
     return "tune" if hashlib.sha256(query.encode()).digest()[0] % 2 == 0 else "held-out"
 
 
-def ndcg(ranked: list[str], relevant: set[str], k: int = K) -> float:
-    dcg = sum(1 / math.log2(r + 2) for r, m in enumerate(ranked[:k]) if m in relevant)
-    ideal = sum(1 / math.log2(r + 2) for r in range(min(k, len(relevant))))
+def ndcg(ranked: list[str], grades: dict[str, int], k: int = K) -> float:
+    """Graded NDCG@k: exponential gains 2^grade - 1, unlisted models grade 0."""
+    dcg = sum((2 ** grades.get(m, 0) - 1) / math.log2(r + 2) for r, m in enumerate(ranked[:k]))
+    best = sorted(grades.values(), reverse=True)[:k]
+    ideal = sum((2 ** g - 1) / math.log2(r + 2) for r, g in enumerate(best))
     return dcg / ideal if ideal else 0.0
+
+
+def relevant(grades: dict[str, int]) -> set[str]:
+    """The models recall counts: grade 2 or 3, or every listed one when none is."""
+    return {m for m, g in grades.items() if g >= 2} or set(grades)
 
 
 def recall(ranked: list[str], relevant: set[str], k: int = K) -> float:
     return len(set(ranked[:k]) & relevant) / min(k, len(relevant)) if relevant else 0.0
-
-
-def record(d: dict[str, Any]) -> ModelRecord:
-    """A catalogue line as a record: what search reads (names, capabilities, the licence as the Hub's
-    ``license:<id>`` tag) and what ranks it (readings)."""
-    price = d.get("pricing") or {}
-    signals = [Signal(s["kind"], float(s["value"]), s["source"], s["observed_at"])
-               for s in d.get("adoption", [])]
-    eco = [Signal(s["kind"], float(s["value"]), s["source"], s["observed_at"]) for s in d.get("ecosystem", [])]
-    caps = tuple(Capability(c["name"], c["description"], intents=tuple(c.get("intents", ())),
-                            best_for=tuple(c.get("best_for", ())), limitations=tuple(c.get("limitations", ())),
-                            input_types=tuple(c.get("input_types", ())), output_types=tuple(c.get("output_types", ())))
-                 for c in d.get("capabilities", []))
-    model = price.get("model") or ""
-    licence = ((d.get("facts") or {}).get("licence") or {}).get("value")
-    tags = tuple(dict.fromkeys((*d.get("tags", ()), *((f"license:{licence}",) if licence else ()))))
-    start = price.get("starting_price")  # a number, or the page's words ("$8.00e-8 per prompt token"): not a price
-    start = float(start) if isinstance(start, int | float) and not isinstance(start, bool) else None
-    return ModelRecord(
-        id=d["id"], name=d["name"], type=d.get("type", "model"), aliases=tuple(d.get("aliases", ())),
-        pricing=Pricing(TIERS.get(model, "unknown"), model=model, starting_price=start),
-        adoption=tuple(dict.fromkeys(signals)), ecosystem=tuple(dict.fromkeys(eco)),
-        serving_endpoint=d.get("serving_endpoint") or "", capabilities=caps, slug=d.get("slug") or "",
-        url=d.get("url") or "", pipeline_tag=d.get("pipeline_tag") or "", tags=tags)
 
 
 def evaluate(search: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -77,8 +63,8 @@ def evaluate(search: Any, rows: list[dict[str, Any]]) -> dict[str, dict[str, flo
     scores: dict[str, list[tuple[float, float]]] = {"all": [], "tune": [], "held-out": []}
     for row in rows:
         ranked = search(row["query"])
-        rel = set(row["relevant"])
-        pair = (ndcg(ranked, rel), recall(ranked, rel))
+        grades = dict(zip(row["relevant"], row.get("grades") or [1] * len(row["relevant"]), strict=True))
+        pair = (ndcg(ranked, grades), recall(ranked, relevant(grades)))
         scores["all"].append(pair)
         scores[half(row["query"])].append(pair)
     return {k: {"ndcg": sum(p[0] for p in v) / len(v), "recall": sum(p[1] for p in v) / len(v), "n": len(v)}
@@ -94,7 +80,7 @@ def run() -> list[Result]:
     from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
-    lines = [json.loads(x) for x in CATALOGUE.read_text().splitlines() if x.strip()]
+    records = catalogue_file.load(CATALOGUE)
     rows = [json.loads(x) for x in EVAL.read_text().splitlines() if x.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(port=0, metrics_port=-1, db_url=f"sqlite:///{tmp}/search.db", bootstrap_rounds=20,
@@ -103,13 +89,12 @@ def run() -> list[Result]:
         try:
             with grpc.insecure_channel(server.address) as ch:
                 stub = pb_grpc.MatchGraphStub(ch)
-                for d in lines:
-                    stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(record(d))))
+                stub.ImportModels(iter([pb.ImportModelsRequest(models=[record_to_pb(r) for r in records])]))
                 got = evaluate(lambda q: [h.model_id for h in stub.Search(pb.SearchRequest(query=q, limit=K)).hits],
                                rows)
         finally:
             server.stop(0)
-    notes = (f"{len(rows)} labelled queries over {len(lines)} catalogue models; " + "; ".join(
+    notes = (f"{len(rows)} labelled queries over {len(records)} catalogue models; " + "; ".join(
         f"{k} half ({v['n']:.0f} queries): NDCG@5 {v['ndcg']:.3f}, recall@5 {v['recall']:.3f}"
         for k, v in got.items() if k != "all"))
     out = []

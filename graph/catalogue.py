@@ -90,6 +90,50 @@ class Catalogue:
             self.version += 1
             return created, node
 
+    def upsert_many(self, records: list[ModelRecord], validated: bool = False) -> list[int]:
+        """Validate (unless the caller did) and store ``records`` in one transaction (all or none); returns the
+        store nodes of the new ones."""
+        ids: set[str] = set()
+        for k, record in enumerate(records):
+            try:
+                if not validated:
+                    record.validate()
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"record {k} ({record.id!r}): {exc.message}") from None
+            if record.id in ids:
+                raise InvalidArgument(f"record {k}: model {record.id!r} appears twice in one import batch")
+            ids.add(record.id)
+        with self.lock:
+            claimed: dict[str, str] = {}
+            for record in records:
+                for alias in {a.lower() for a in (record.name, *record.aliases, record.slug) if a}:
+                    owner = claimed.get(alias) or self.alias.get(alias, alias if alias in self.pos else None)
+                    if owner is not None and owner != record.id and owner not in ids:
+                        raise InvalidArgument(f"model {record.id!r}: name/alias {alias!r} already belongs to model "
+                                              f"{owner!r}; choose another alias or update {owner!r}")
+                    if claimed.get(alias, record.id) != record.id:
+                        raise InvalidArgument(f"models {claimed[alias]!r} and {record.id!r} both claim the "
+                                              f"name/alias {alias!r}")
+                    claimed[alias] = record.id
+            results = self.store.upsert_models(records)
+            created = []
+            replaced = False
+            for record, (new, node) in zip(records, results, strict=True):
+                if new:
+                    self.pos[record.id] = len(self.ids)
+                    self.ids.append(record.id)
+                    self.node_of[record.id] = node
+                    created.append(node)
+                replaced |= not new
+                self.names[record.id] = record.name
+            if replaced:  # their old aliases went with their old rows
+                self.alias = {a: m for a, m in self.alias.items() if m not in ids}
+            self.alias.update(claimed)
+            for record in records:
+                self.alias.pop(record.id, None)  # an id is not its own alias (the store keeps none)
+            self.version += 1
+            return created
+
     def stored(self, model_id: str) -> ModelRecord:
         """The record as the store has it now (no cache)."""
         rec = self.store.get_model(model_id)

@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from graph.matchgraph import PageRankParams
+
+RANK_DIMENSIONS = ("adoption", "quality", "ecosystem", "match_graph", "freshness")
+ARTIFACT_TYPES = ("model", "tool", "api")
+# Close to the public catalogue service's published method: Adoption ~25 %, Quality ~25 %,
+# Ecosystem ~10 %, Match Graph and Freshness the rest.
+DEFAULT_WEIGHTS = {"adoption": 0.25, "quality": 0.25, "ecosystem": 0.10, "match_graph": 0.25, "freshness": 0.15}
 
 
 class EngineConfig(BaseModel):
     """Scoring, bootstrap, fragility, search and ingest knobs of the MatchGraph engine."""
 
-    weight_adoption: float = Field(0.25, ge=0, description="Weight of Adoption in UnfragileRank.")
-    weight_ecosystem: float = Field(0.25, ge=0, description="Weight of Ecosystem in UnfragileRank.")
-    weight_match_graph: float = Field(0.25, ge=0, description="Weight of Match Graph in UnfragileRank.")
-    weight_quality: float = Field(0.25, ge=0, description="Weight of Quality in UnfragileRank.")
+    rank_weights: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {t: dict(DEFAULT_WEIGHTS) for t in ARTIFACT_TYPES},
+        description="UnfragileRank weights per artifact type (model, tool, api) and dimension (adoption, quality, "
+        "ecosystem, match_graph, freshness), as JSON; a type not listed uses the model weights. A model's rank "
+        "uses the weights of the dimensions measured for it, renormalised (docs/ranking.md).")
+    match_graph_prior: float = Field(0.5, gt=0, lt=1, description="Match Graph value of a model no search has "
+                                     "matched yet: the prior its value is shrunk toward.")
+    match_graph_strength: float = Field(
+        20.0, gt=0, description="Pseudo-searches of the Match Graph prior: one search moves the value by at most "
+        "1/(1+strength) of its range (0.048 at 20).")
+    freshness_half_life_days: dict[str, float] = Field(
+        default_factory=lambda: {"model": 365.0, "tool": 180.0, "api": 180.0},
+        description="Freshness half-life in days per artifact type, as JSON: a release or update this long "
+        "before the 'as of' date scores 0.5.")
+    freshness_as_of: str = Field(
+        "", description="ISO date freshness is evaluated at; '' = the newest read date of any stored reading "
+        "(never the wall clock: the same data gives the same numbers).")
+    reading_spread_log: float = Field(
+        0.7, gt=0, le=5, description="Adoption/ecosystem: one reading's standard deviation in natural-log units of "
+        "the count (0.7 = about a factor of two), used unless repeated readings in the catalogue spread wider.")
     bootstrap_rounds: int = Field(200, ge=10, le=5000, description="Bootstrap replicates behind every 95% interval.")
     graph_bootstrap_rounds: int = Field(
         50, ge=5, le=1000, description="PageRank bootstrap replicates (each is a PageRank run; reused cyclically).")
     graph_bootstrap_tol: float = Field(
         1e-7, gt=0, description="PageRank tolerance (L1) of each bootstrap replicate (looser than the point estimate).")
     seed: int = Field(0, ge=0, description="Seed of every bootstrap draw: same evidence -> same intervals.")
-    bt_prior: float = Field(1.0, ge=0, description="Bradley-Terry pseudo-games per pair (keeps strengths finite).")
+    bt_prior: float = Field(
+        10.0, ge=0, description="Bradley-Terry pseudo-games on every pair of models that met in a task (split evenly): "
+        "one game moves a win probability by at most 0.5/(1+bt_prior).")
     pagerank_damping: float = Field(0.85, gt=0, lt=1, description="PageRank damping factor.")
     pagerank_tol: float = Field(1e-10, gt=0, description="PageRank stops when the L1 change is below this.")
     fragility_threshold: int = Field(5, ge=0, description="A lead erased by removing <= this many records is fragile.")
@@ -49,17 +73,43 @@ class EngineConfig(BaseModel):
         20_000, ge=1, description="GetPassport: most recent matching events read for per-capability matches, "
         "outcomes and top intents.")
 
+    @field_validator("rank_weights")
+    @classmethod
+    def _known_weights(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for t, w in value.items():
+            if t not in ARTIFACT_TYPES:
+                raise ValueError(f"rank_weights: unknown artifact type {t!r} (use {', '.join(ARTIFACT_TYPES)})")
+            bad = sorted(set(w) - set(RANK_DIMENSIONS))
+            if bad:
+                raise ValueError(f"rank_weights[{t!r}]: unknown dimensions {bad} (use {', '.join(RANK_DIMENSIONS)})")
+            if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
+                raise ValueError(f"rank_weights[{t!r}]: weights must be >= 0 with at least one > 0")
+        return value
+
+    @field_validator("freshness_as_of")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        if value:
+            import datetime as _dt
+
+            _dt.date.fromisoformat(value)
+        return value
+
     @model_validator(mode="after")
-    def _weights_positive(self) -> EngineConfig:
-        if self.weight_adoption + self.weight_ecosystem + self.weight_match_graph + self.weight_quality <= 0:
-            raise ValueError("at least one weight_* must be > 0")
+    def _half_lives_positive(self) -> EngineConfig:
+        if any(v <= 0 for v in self.freshness_half_life_days.values()):
+            raise ValueError("freshness_half_life_days: every half-life must be > 0")
         return self
+
+    def weights_for(self, artifact_type: str) -> dict[str, float]:
+        """The UnfragileRank weight of each dimension for models of ``artifact_type`` (absent = 0)."""
+        w = self.rank_weights.get(artifact_type, self.rank_weights.get("model", DEFAULT_WEIGHTS))
+        return {d: float(w.get(d, 0.0)) for d in RANK_DIMENSIONS}
 
     @property
     def weights(self) -> dict[str, float]:
-        """The UnfragileRank weight of each dimension."""
-        return {"adoption": self.weight_adoption, "ecosystem": self.weight_ecosystem,
-                "match_graph": self.weight_match_graph, "quality": self.weight_quality}
+        """The weights of the "model" artifact type."""
+        return self.weights_for("model")
 
     @property
     def pagerank(self) -> PageRankParams:

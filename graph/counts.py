@@ -37,8 +37,13 @@ class MatchCounts:
 
     def add_model(self, node: int) -> None:
         """A model created in the catalogue: one more graph node with zero counts."""
-        self.graph.add_nodes([node])
-        self.stats = np.vstack([self.stats, np.zeros((1, 3), dtype=np.int64)])
+        self.add_models([node])
+
+    def add_models(self, nodes: list[int]) -> None:
+        """Models created in the catalogue, in node order: graph nodes with zero counts (one copy for all)."""
+        if nodes:
+            self.graph.add_nodes(nodes)
+            self.stats = np.vstack([self.stats, np.zeros((len(nodes), 3), dtype=np.int64)])
 
     def apply(self, groups: list[tuple[int, ...]], compared: list[int], clicked: list[int], version: int) -> None:
         """Fold stored events (each one's matched models as dense indices) into the counts and the graph."""

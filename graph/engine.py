@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from common.errors import FailedPrecondition, InvalidArgument, UnfragileError
+from common.gc_pause import cyclic_gc_paused
 from graph import manifest as manifests
 from graph.catalogue import Catalogue
 from graph.checkpoint import Checkpoints
@@ -32,7 +33,7 @@ from graph.compare import Comparer, CompareResult
 from graph.config import EngineConfig
 from graph.counts import MatchCounts, PageRankBootstrap
 from graph.explain import EvidenceRow, Explainer
-from graph.feedback import FeedbackDesk
+from graph.feedback import Feedback, FeedbackDesk
 from graph.ingest import Ingest, IngestResult
 from graph.intent_index import IntentIndex, ModelFacts
 from graph.manifest import ManifestResult
@@ -40,7 +41,7 @@ from graph.passport import Passport, Passports
 from graph.probes import ProbeBackend, ProbeRun
 from graph.probing import Prober
 from graph.rank import Score, ScoreCard
-from graph.records import Feedback, MatchEvent, ModelRecord
+from graph.records import MatchEvent, ModelRecord
 from graph.resolve import Resolver, ResolveResult
 from graph.robustness import Robustness
 from graph.scoring import Scorer, ScoreState, snapshot_id
@@ -185,6 +186,19 @@ class Engine:
         self._wrote()
         return self.catalogue.stored(record.id), created
 
+    def import_models(self, records: list[ModelRecord], validated: bool = False) -> int:
+        """Create or replace many records in one transaction (a catalogue import); returns how many were new.
+
+        ``validated``: the records were validated already (``record_from_pb``, ``catalogue_file``)."""
+        self._writable()
+        with self.lock, cyclic_gc_paused():  # records and their rows hold no reference cycles
+            created = self.catalogue.upsert_many(records, validated)
+            self.counts.add_models(created)
+            self.sync.note_catalogue()
+            self.scorer.invalidate()
+        self._wrote()
+        return len(created)
+
     def record_events(self, events: list[MatchEvent]) -> IngestResult:
         self._writable()
         with self.lock:
@@ -207,9 +221,10 @@ class Engine:
         state = self.state()
         pos = self.catalogue.pos
 
-        def prior(model_id: str) -> float:
+        def prior(model_id: str) -> float:  # a rank that is not measured adds nothing (Rank lists it last too)
             i = pos.get(model_id)
-            return float(state.rank.value[i]) / 100.0 if i is not None and i < len(state.rank.value) else 0.0
+            measured = i is not None and i < len(state.rank.value) and bool(state.rank.mask[i])
+            return float(state.rank.value[i]) / 100.0 if measured else 0.0
 
         return self.searcher.search(query, limit, self.catalogue.names, self.model_info, prior,
                                     type_filter), state.snapshot
@@ -225,6 +240,9 @@ class Engine:
         self._writable()
         with self.lock:
             result = self.feedback.record(fb)
+            if not result[2]:  # a new outcome (not a duplicate): success rates and the snapshot id change
+                self.sync.note_feedback()
+                self.scorer.feedback_changed()
         self._wrote()
         return result
 

@@ -12,11 +12,46 @@ The row is written in one transaction, after the record's existence is checked i
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from common.errors import AlreadyExists, InvalidArgument, NotFound
 from graph.catalogue import Catalogue
-from graph.records import Feedback, MatchEvent
+from graph.checks import check_text
+from graph.records import MatchEvent
 from graph.store import FeedbackRow, Store
 from graph.store.rows import now_ms
+
+OUTCOMES = ("success", "failure")
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What became of a search: the outcome a user (or an agent) reports on one match record.
+
+    ``artifact`` names the result the outcome is about (an id, slug or alias among the event's matched
+    models); without it the outcome credits the event's clicked models, else its first matched one.
+    """
+
+    match_id: str  # the event_id of the match record (a search's or resolve's matchRecordId)
+    outcome: str  # one of OUTCOMES
+    clicked_through: bool = False
+    source: str = ""  # who reports it: "web", "mcp", "api", an agent's name (a short word)
+    comment: str = ""
+    artifact: str = ""
+
+    def validate(self) -> None:
+        if not self.match_id or len(self.match_id) > 200:
+            raise InvalidArgument("matchRecordId must be 1..200 characters: the matchRecordId of a search or "
+                                  "resolve answer")
+        if self.outcome not in OUTCOMES:
+            raise InvalidArgument(f"outcome {self.outcome!r} must be 'success' or 'failure'")
+        if self.source and not _SOURCE_RE.match(self.source):
+            raise InvalidArgument(f"source {self.source[:40]!r} must be a short word (letters, digits, '_.:/-', "
+                                  f"<= 100 characters), e.g. 'web' or 'mcp'")
+        check_text(self.comment, "comment", required=False, limit=2000)
+        check_text(self.artifact, "artifact", required=False, limit=200)
 
 
 def _missing(match_id: str) -> NotFound:

@@ -62,12 +62,17 @@ def records_to_flip(curve: Curve, dimension: str) -> int:
     return -1
 
 
-def merge_rank_curves(curves: dict[str, Curve], weights: dict[str, float], max_records: int) -> int:
-    """Records to flip the UnfragileRank: greedy over the dimensions' curves (diff x weight x 100)."""
-    total = sum(weights.values())
-    w = {d: weights[d] / total * 100 for d in curves}
+def merge_rank_curves(curves: dict[str, Curve], points: dict[str, float], max_records: int,
+                      start: float | None = None) -> int:
+    """Records to flip the UnfragileRank: greedy over the dimensions' curves.
+
+    ``points[d]`` is how many rank points one unit of dimension ``d``'s difference is worth
+    (its renormalised weight x 100); ``start`` is the rank difference before any removal
+    (default: the weighted sum of the curves' first values).
+    """
+    w = {d: points[d] for d in curves}
     k = {d: 0 for d in curves}
-    diff = sum(w[d] * curves[d][0] for d in curves)
+    diff = sum(w[d] * curves[d][0] for d in curves) if start is None else start
     if shown("rank", diff) <= 0:
         return 0
     steps = 0

@@ -1,13 +1,15 @@
 """The comparison page as Markdown and HTML, with the seed page's sections.
 
 Sections, in the seed's order: title, headline, feature table (Type, UnfragileRank,
-Adoption, Quality, Ecosystem, Match Graph, Pricing, Capabilities, Times Matched), each
-model's capabilities with "Unique" and "vs alternatives", the Verdict, and the search
+Adoption, Quality, Ecosystem, Match Graph, Freshness, Pricing, Capabilities, Times Matched),
+each model's capabilities with "Unique" and "vs alternatives", the Verdict, and the search
 link. We add what the seed lacks: the evidence table (difference, its 95% interval,
 outcome and how many records would flip it), so every verdict word can be checked against
-a number on the same page; what the quality probes ran on (so scores measured on a
-random-weight test model are never taken for the real model's); and each pricing plan
-with the licence or price page it was read from.
+a number on the same page; the readings every score rests on, each with its source and the
+date it was read ("no reading" where there is none); what the quality probes ran on (so
+scores measured on a random-weight test model are never taken for the real model's); and
+each pricing plan with the licence or price page it was read from. A score that is not
+measured says so, with the reason, and is never shown as 0.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import html as _html
 from dataclasses import dataclass
 
+from graph.page_sources import NO_READING, SourceCell, SourceRow, cell_markdown, web_url
 from graph.probes import ProbeBasis
 from graph.rank import DIMENSION_LABELS, Score, ScoreCard
 from graph.records import ModelRecord, PricingPlan
-from graph.verdict import A_LEADS, B_LEADS, DimensionResult, fmt, fmt_signed
+from graph.verdict import A_LEADS, B_LEADS, NOT_COMPARABLE, NOT_MEASURED, DimensionResult, fmt, fmt_signed
 
 TYPE_LABELS = {"model": "Model", "tool": "Tool", "api": "API"}
-TABLE_DIMENSIONS = ("rank", "adoption", "quality", "ecosystem", "match_graph")
+TABLE_DIMENSIONS = ("rank", "adoption", "quality", "ecosystem", "match_graph", "freshness")
+NOT_ON_REAL_MODEL = "not measured on the real model (its probes ran on a random-weight test model)"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Comparison:
     events_total: int
     freshness: str = ""  # how current the quality evidence is (stale when the last probe attempt failed)
     probe_basis: tuple[ProbeBasis, ...] = ()  # what the quality probes of a and b ran on
+    sources: tuple[SourceRow, ...] = ()  # every reading behind the scores, with its source and date
 
 
 def freshness_note(last_ok_ms: int, failed_ms: int, reason: str) -> str:
@@ -50,27 +55,56 @@ def freshness_note(last_ok_ms: int, failed_ms: int, reason: str) -> str:
         return _dt.datetime.fromtimestamp(ms / 1000, _dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     since = f"the last successful probe run ({when(last_ok_ms)})" if last_ok_ms else \
-        "recorded external evidence (no probe run has succeeded yet)"
+        "published results (no live probe has measured a real model yet)"
     if failed_ms and failed_ms >= last_ok_ms:
         return (f"Quality evidence is stale: the latest live probe attempt ({when(failed_ms)}) failed ({reason}); "
                 f"quality is shown from {since}.")
     if last_ok_ms:
-        return f"Quality evidence is from live probes run {when(last_ok_ms)}."
-    return "Quality is from recorded external evidence (no live probe run yet)."
+        return f"Quality evidence is from live probes run {when(last_ok_ms)} and published results."
+    return "Quality is from published results (no live probe has measured a real model yet)."
 
 
-def score_cell(dimension: str, s: Score) -> str:
-    """'0.73 (0.61–0.80)', '50/100 (38–62)', or '0.00 (no evidence)'."""
-    if s.evidence_count == 0 and s.value == 0:
-        return f"{fmt(dimension, 0)}/100 (no evidence)" if dimension == "rank" else f"{fmt(dimension, 0)} (no evidence)"
+def rests_on_text(card: ScoreCard) -> str:
+    """'adoption, freshness and match graph (prior only)': what a rank rests on."""
+    parts = [DIMENSION_LABELS[d].lower() + (" (prior only)" if card.get(d).evidence_count == 0 else "")
+             for d in card.rests_on]
+    return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else "".join(parts)
+
+
+def score_cell(dimension: str, s: Score, rests_on: str = "") -> str:
+    """'0.73 (0.61–0.80)', '50/100 (38–62), rests on adoption', or 'not measured (no adoption reading recorded)'."""
+    if not s.measured:
+        return f"not measured ({s.reason})" if s.reason else "not measured"
     core = f"{fmt(dimension, s.value)}/100" if dimension == "rank" else fmt(dimension, s.value)
-    return f"{core} ({fmt(dimension, s.low)}–{fmt(dimension, s.high)})"
+    cell = f"{core} ({fmt(dimension, s.low)}–{fmt(dimension, s.high)})"
+    if rests_on:
+        cell += f", rests on {rests_on}"
+    if s.reason and s.evidence_count == 0:
+        cell += f", {s.reason}"
+    return cell
 
 
-def feature_rows(a: ModelRecord, b: ModelRecord, sa: ScoreCard, sb: ScoreCard) -> tuple[tuple[str, str, str], ...]:
+def feature_rows(a: ModelRecord, b: ModelRecord, sa: ScoreCard, sb: ScoreCard,
+                 compared: dict[str, DimensionResult] | None = None,
+                 tested: list[tuple[str, str]] | None = None) -> tuple[tuple[str, str, str], ...]:
+    """The feature table; quality shows the comparison's (within the shared tasks) when ``compared`` has it."""
     rows = [("Type", TYPE_LABELS[a.type], TYPE_LABELS[b.type])]
+    on_test = {name for name, _what in tested or []}
     for d in TABLE_DIMENSIONS:
-        rows.append((DIMENSION_LABELS[d], score_cell(d, sa.get(d)), score_cell(d, sb.get(d))))
+        cells = []
+        for rec, card in ((a, sa), (b, sb)):
+            s = card.get(d)
+            if d == "quality" and compared and "quality" in compared:
+                q = compared["quality"]
+                s = q.a if rec is a else q.b
+                if q.outcome == NOT_COMPARABLE:
+                    cells.append(f"not comparable ({', '.join(rec.tasks) or 'no task recorded'})")
+                    continue
+                if not s.measured and rec.name in on_test:
+                    cells.append(NOT_ON_REAL_MODEL)
+                    continue
+            cells.append(score_cell(d, s, rests_on_text(card) if d == "rank" else ""))
+        rows.append((DIMENSION_LABELS[d], cells[0], cells[1]))
     rows.append(("Pricing", a.pricing.label, b.pricing.label))
     rows.append(("Capabilities", f"{len(a.capabilities)} decomposed", f"{len(b.capabilities)} decomposed"))
     rows.append(("Times Matched", f"{sa.times_matched:,}", f"{sb.times_matched:,}"))
@@ -82,7 +116,11 @@ def _outcome_text(c: Comparison, d: DimensionResult) -> str:
         return f"{c.a.name} leads"
     if d.outcome == B_LEADS:
         return f"{c.b.name} leads"
-    return "tied (no evidence for either)" if d.no_evidence else "tied"
+    if d.outcome == NOT_COMPARABLE:
+        return "not comparable"
+    if d.outcome == NOT_MEASURED:
+        return "not measured for both"
+    return "tied"
 
 
 def _flip_text(d: DimensionResult) -> str:
@@ -98,6 +136,9 @@ def _flip_text(d: DimensionResult) -> str:
 def evidence_rows(c: Comparison) -> list[tuple[str, str, str, str, str]]:
     out = []
     for d in (c.rank, *c.dimensions):
+        if d.outcome in (NOT_MEASURED, NOT_COMPARABLE):
+            out.append((DIMENSION_LABELS[d.dimension], "–", "–", _outcome_text(c, d), "–"))
+            continue
         ci = f"{fmt_signed(d.dimension, d.diff.low)} to {fmt_signed(d.dimension, d.diff.high)}"
         out.append((DIMENSION_LABELS[d.dimension], fmt_signed(d.dimension, d.diff.diff), ci,
                     _outcome_text(c, d), _flip_text(d)))
@@ -138,8 +179,8 @@ def _tested(c: Comparison) -> bool:
                for b in c.probe_basis)
 
 
-def _web_url(url: str) -> bool:
-    return url.startswith(("https://", "http://"))
+SOURCES_NOTE = ("Every figure the scores rest on, with the page it was read from and the date it was read; "
+                "a figure nobody read says so and is not counted.")
 
 
 def _md_cell(text: str) -> str:
@@ -151,11 +192,11 @@ def markdown(c: Comparison) -> str:
              f"graph evidence from {c.events_total:,} recorded search event{'s' if c.events_total != 1 else ''}.",
              "", f"| Feature | {_md_cell(c.a.name)} | {_md_cell(c.b.name)} |", "|---|---|---|"]
     lines += [f"| {f} | {_md_cell(x)} | {_md_cell(y)} |" for f, x, y in c.rows]
-    lines += ["", "Scores are on 0–1 (UnfragileRank on 0–100) with 95% bootstrap intervals in brackets."
-              + (f" {c.freshness}" if c.freshness else ""), "",
+    lines += ["", "Scores are on 0–1 (UnfragileRank on 0–100) with 95% bootstrap intervals in brackets; "
+              "a score that is not measured says why." + (f" {c.freshness}" if c.freshness else ""), "",
               "## Evidence", "", "| " + " | ".join(EVIDENCE_HEADER) + " |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(_md_cell(x) for x in row) + " |" for row in evidence_rows(c)]
-    lines += _md_probe_basis(c) + _md_pricing(c)
+    lines += _md_sources(c) + _md_probe_basis(c) + _md_pricing(c)
     for m in (c.a, c.b):
         lines += ["", f"## {m.name} Capabilities"]
         for cap in m.capabilities:
@@ -167,6 +208,14 @@ def markdown(c: Comparison) -> str:
     lines += ["", "## Verdict", "", " ".join(c.verdict), "", "## Need something different?", "",
               "[Search the match graph →](/search)", ""]
     return "\n".join(lines)
+
+
+def _md_sources(c: Comparison) -> list[str]:
+    if not c.sources:
+        return []
+    lines = ["", "## Readings and their sources", "", SOURCES_NOTE, "",
+             f"| Reading | {_md_cell(c.a.name)} | {_md_cell(c.b.name)} |", "|---|---|---|"]
+    return lines + [f"| {_md_cell(r.label)} | {cell_markdown(r.a)} | {cell_markdown(r.b)} |" for r in c.sources]
 
 
 def _md_probe_basis(c: Comparison) -> list[str]:
@@ -210,7 +259,7 @@ def html(c: Comparison) -> str:
             + "".join(f"<th>{_e(h)}</th>" for h in EVIDENCE_HEADER) + "</tr></thead><tbody>"]
     out += ["<tr>" + "".join(f"<td>{_e(x)}</td>" for x in row) + "</tr>" for row in evidence_rows(c)]
     out.append("</tbody></table>")
-    out += _html_probe_basis(c) + _html_pricing(c)
+    out += _html_sources(c) + _html_probe_basis(c) + _html_pricing(c)
     for m in (c.a, c.b):
         out.append(f'<section class="capabilities"><h2>{_e(m.name)} Capabilities</h2>')
         for cap in m.capabilities:
@@ -235,11 +284,35 @@ def _html_probe_basis(c: Comparison) -> list[str]:
     return out
 
 
+def _link(url: str, text: str) -> str:
+    return f'<a href="{_e(url)}" rel="nofollow noopener">{_e(text)}</a>' if web_url(url) else _e(text)
+
+
+def _html_cells(cells: tuple[SourceCell, ...]) -> str:
+    if not cells:
+        return f'<span class="no-reading">{NO_READING}</span>'
+    out = []
+    for c in cells:
+        fig = _link(c.source, c.text) if web_url(c.source) else f"{_e(c.text)} ({_e(c.source)})"
+        out.append(f"{fig}, read {_e(c.observed_at)}" + (f" (“{_e(c.says)}”)" if c.says else ""))
+    return "; ".join(out)
+
+
+def _html_sources(c: Comparison) -> list[str]:
+    if not c.sources:
+        return []
+    out = ['<section class="sources"><h2>Readings and their sources</h2>', f"<p>{_e(SOURCES_NOTE)}</p>",
+           f"<table><thead><tr><th>Reading</th><th>{_e(c.a.name)}</th><th>{_e(c.b.name)}</th></tr></thead><tbody>"]
+    out += [f"<tr><td>{_e(r.label)}</td><td>{_html_cells(r.a)}</td><td>{_html_cells(r.b)}</td></tr>"
+            for r in c.sources]
+    out.append("</tbody></table></section>")
+    return out
+
+
 def _html_source(p: PricingPlan) -> str:
     if not p.source:
         return " No source recorded."
-    link = (f'<a href="{_e(p.source)}" rel="nofollow noopener">{_e(p.source)}</a>' if _web_url(p.source)
-            else _e(p.source))
+    link = _link(p.source, p.source)
     return f" Source: {link}{_e(source_note(p))}."
 
 

@@ -52,7 +52,8 @@ class Publication:
     @classmethod
     def from_row(cls, row: StateRow) -> Publication:
         d = json.loads(row.data)
-        versions = DataVersions(int(d["seq"]), int(d["catalogue"]), int(d["probe_runs"]), int(d["probe_failure_ms"]))
+        versions = DataVersions(int(d["seq"]), int(d["catalogue"]), int(d["probe_runs"]), int(d["probe_failure_ms"]),
+                                int(d.get("feedback", 0)))
         return cls(versions, int(d["models"]), row.snapshot, row.saved_ms, int(d.get("term", 0)),
                    str(d.get("leader", "")))
 

@@ -1,8 +1,8 @@
 """What a query asks of a model besides an intent: a licence, or popularity.
 
 - A licence named in the query ("MIT", "Apache 2.0", "BSD", "OpenRAIL", or "permissive": MIT, Apache-2.0,
-  BSD, ISC, Unlicense, CC0, CC-BY) is met by models with that licence (``license:<id>`` tags, as the Hub
-  writes them);
+  BSD, ISC, Unlicense, CC0, CC-BY) is met by models with that licence (their newest licence reading, as the
+  catalogue and the Hub importer record it, and ``license:<id>`` tags, as the Hub writes them);
 - "most downloaded", "most popular", "widely used", ... ask for the models with the most downloads.
 
 Search blends each into the match score (graph/search.py); words that are stop words never form a facet.
@@ -44,8 +44,10 @@ def facets(query: str) -> Facets:
 
 
 def licences_of(record: ModelRecord) -> frozenset[str]:
-    """The licence ids a record names (its ``license:<id>`` tags)."""
-    return frozenset(t.split(":", 1)[1].lower() for t in record.tags if t.lower().startswith("license:"))
+    """The licence ids a record names: its newest licence reading and its ``license:<id>`` tags."""
+    tags = {t.split(":", 1)[1].lower() for t in record.tags if t.lower().startswith("license:")}
+    reading = record.fact("licence")
+    return frozenset(tags | {reading.value.lower()} if reading is not None else tags)
 
 
 def downloads_of(record: ModelRecord) -> float:

@@ -1,54 +1,66 @@
-"""UnfragileRank: four documented sub-scores on 0..1, their weighted sum x100, and 95% intervals.
+"""UnfragileRank: five sub-scores on 0..1, each measured or explicitly not, their weighted mean x100.
 
-Sub-scores (each a point estimate on all evidence plus a bootstrap over that evidence):
+The sub-scores are computed in their own modules (``graph.signals``: adoption and ecosystem;
+``graph.freshness``; ``graph.quality``: quality within a task; ``graph.rates``: match graph
+and feedback success rates, shrunk toward a stated prior). Each gives a ``DimensionScores``
+for every model: a point value on all evidence, bootstrap replicates, the evidence count,
+and whether the dimension is *measured* for the model. A dimension with no evidence is not
+measured (never 0): it carries the reason instead of a number.
 
-- **Adoption** — for each adoption signal kind seen in the catalogue (downloads, likes,
-  stars), a model's value is the mean log1p of its observations of that kind; its score
-  for the kind is the mid-rank percentile of that value among all models; a model with
-  no (or zero) observation of a kind scores 0 for it ("no evidence, no credit"). The
-  sub-score is the mean over kinds. Bootstrap: each model's own signal rows are resampled
-  with replacement (a kind that drops out counts 0) and its percentile recomputed against
-  the other models' point values (the same "what if this model's evidence were
-  different" view the robustness measure takes).
-- **Ecosystem** — the same over integrations, SDKs and formats.
-- **Match Graph** — the percentile of a model's PageRank on the co-match graph (0 for a
-  model never co-matched). Bootstrap: Poisson redraw of every edge count
-  (``matchgraph.poisson_replicates``), PageRank and percentiles per replicate.
-- **Quality** — for models with probe outcomes: the Bradley-Terry mean win probability
-  against the other probed models (FastChat's arena bootstrap over outcomes). Otherwise
-  the mean of recorded external benchmark scores (0..1), bootstrapped per model.
-  No evidence: 0.
+UnfragileRank (``combine``) is 100 x the weighted mean of the model's measured dimensions,
+the weights of the others dropped and the rest renormalised. Its interval is widened for
+what it does not rest on: in every bootstrap replicate each dimension the model lacks is
+drawn uniformly from its 0..1 range at its full weight, so a rank that rests on one
+dimension has a wide interval and one that rests on all five a narrow one; the interval
+always contains the point. A model with no measured dimension has no rank ("not
+measured") and is listed after every ranked model. Match Graph has a prior, so it is
+measured for every model (prior only until a search matches it), but it alone never makes
+a rank: a rank needs at least one dimension with evidence.
 
 Intervals are the 2.5th and 97.5th percentiles of the replicates; the replicate index is
-shared by all dimensions, so a rank replicate is the weighted sum of the dimensions'
-replicates with the same index, and differences between two models are taken
-replicate by replicate (paired), which is what the verdict rules test against 0.
-Every random draw comes from a generator seeded by (settings seed, dimension), so the
-same evidence always gives the same intervals — also after a restart.
+shared by all dimensions, so a rank replicate is built from the dimensions' replicates with
+the same index and differences between two models are taken replicate by replicate
+(paired), which is what the verdict rules test against 0. Every random draw comes from a
+generator seeded by (settings seed, dimension), so the same evidence always gives the same
+intervals, also after a restart.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from graph import bradley_terry
-
-DIMENSIONS = ("adoption", "ecosystem", "match_graph", "quality")
+DIMENSIONS = ("adoption", "quality", "ecosystem", "match_graph", "freshness")
 DIMENSION_LABELS = {"rank": "UnfragileRank", "adoption": "Adoption", "ecosystem": "Ecosystem",
-                    "match_graph": "Match Graph", "quality": "Quality"}
-_DIM_CODE = {"adoption": 1, "ecosystem": 2, "match_graph": 3, "quality": 4}
+                    "match_graph": "Match Graph", "quality": "Quality", "freshness": "Freshness",
+                    "feedback": "Feedback success"}
+_DIM_CODE = {"adoption": 1, "ecosystem": 2, "match_graph": 3, "quality": 4, "freshness": 5, "feedback": 6,
+             "rank": 7}
+NAN = float("nan")
 
 
 @dataclass(frozen=True)
 class Score:
-    """A point estimate with its 95% bootstrap interval and how much evidence is behind it."""
+    """A point estimate with its 95% interval and the evidence behind it, or *not measured* with the reason.
+
+    A score that is not measured has NaN value and bounds: it is never read as 0.
+    """
 
     value: float
     low: float
     high: float
     evidence_count: int = 0
+    measured: bool = True
+    reason: str = ""  # why it is not measured, or a note on a measured one ("prior only: ...")
+
+    @classmethod
+    def not_measured(cls, reason: str, evidence_count: int = 0) -> Score:
+        return cls(NAN, NAN, NAN, evidence_count, False, reason)
+
+
+NOT_MEASURED = Score.not_measured("not measured")
 
 
 @dataclass(frozen=True)
@@ -58,10 +70,14 @@ class ScoreCard:
     ecosystem: Score
     match_graph: Score
     quality: Score
+    freshness: Score = NOT_MEASURED
     times_matched: int = 0
     times_compared: int = 0
     times_clicked: int = 0
-    weights: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # the configured weights of this artifact type
+    rests_on: tuple[str, ...] = ()  # the dimensions the rank rests on (measured ones)
+    rank_weights: dict[str, float] = field(default_factory=dict)  # the renormalised weights the rank used
+    feedback: Score = NOT_MEASURED  # success rate of feedback on its matches (shown, not weighted)
 
     def get(self, dimension: str) -> Score:
         score: Score = getattr(self, dimension)
@@ -88,12 +104,27 @@ def interval(x: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class DimensionScores:
-    """One dimension for all models: point values, bootstrap replicates, evidence counts."""
+    """One dimension for all models: point values, bootstrap replicates, evidence counts, measured or not.
+
+    Entries of models the dimension is not measured for hold 0 in ``value`` and ``reps`` (never read:
+    ``measured`` says so) and their reason in ``reasons``.
+    """
 
     value: np.ndarray  # (N,)
     reps: np.ndarray  # (B, N)
     count: np.ndarray  # (N,) int
+    measured: np.ndarray | None = None  # (N,) bool; None = measured for every model
+    reasons: list[str] | None = None  # (N,) why not measured ("" when measured), or a note on a measured value
     _bounds: np.ndarray | None = None  # (2, N) interval of every model, computed once
+
+    def __post_init__(self) -> None:
+        if self.measured is None:
+            self.measured = np.ones(self.value.shape[0], dtype=bool)
+
+    @property
+    def mask(self) -> np.ndarray:
+        assert self.measured is not None
+        return self.measured
 
     def bounds(self) -> np.ndarray:
         if self._bounds is None:
@@ -103,9 +134,20 @@ class DimensionScores:
                 self._bounds = np.vstack([self.value, self.value])
         return self._bounds
 
+    def reason(self, i: int) -> str:
+        return self.reasons[i] if self.reasons is not None else ""
+
     def score(self, i: int) -> Score:
+        if not self.mask[i]:
+            return Score.not_measured(self.reason(i) or "not measured", int(self.count[i]))
         b = self.bounds()
-        return Score(float(self.value[i]), float(b[0, i]), float(b[1, i]), int(self.count[i]))
+        return Score(float(self.value[i]), float(b[0, i]), float(b[1, i]), int(self.count[i]), True, self.reason(i))
+
+
+def not_measured(n: int, rounds: int, reason: str) -> DimensionScores:
+    """A dimension measured for no model (e.g. no evidence of its kind in the catalogue yet)."""
+    return DimensionScores(np.zeros(n), np.zeros((rounds, n)), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool),
+                           [reason] * n)
 
 
 def rng_for(seed: int, dimension: str) -> np.random.Generator:
@@ -113,12 +155,7 @@ def rng_for(seed: int, dimension: str) -> np.random.Generator:
 
 
 def midrank_percentile(x: np.ndarray) -> np.ndarray:
-    """Percentile of each entry among the others, ties at mid-rank; entries <= 0 score 0.
-
-    p_i = (#{j != i: x_j < x_i} + 0.5 * #{j != i: x_j == x_i}) / (N - 1), so with two
-    models the better one scores 1 and the other 0, and equal values score equally.
-    Works row-wise on a 2-D array.
-    """
+    """Percentile of each entry among the others, ties at mid-rank; entries <= 0 score 0 (row-wise on 2-D)."""
     if x.ndim == 2:
         return np.vstack([midrank_percentile(row) for row in x]) if x.shape[0] else x.copy()
     n = x.shape[0]
@@ -131,7 +168,7 @@ def midrank_percentile(x: np.ndarray) -> np.ndarray:
     new = np.empty(n, dtype=bool)
     new[0] = True
     np.not_equal(s[1:], s[:-1], out=new[1:])
-    starts = np.flatnonzero(new)  # first sorted position of each run of equal values
+    starts = np.flatnonzero(new)
     run = np.cumsum(new) - 1
     lengths = np.diff(np.append(starts, n))
     p = np.empty(n)
@@ -139,149 +176,70 @@ def midrank_percentile(x: np.ndarray) -> np.ndarray:
     return np.where(x > 0, p, 0.0)
 
 
-def signal_dimension(ids: list[str], rows: list[tuple[str, str, float]], rounds: int,
-                     rng: np.random.Generator) -> DimensionScores:
-    """Adoption or ecosystem for every model from its signal rows (see the module doc)."""
-    n = len(ids)
-    pos = {m: i for i, m in enumerate(ids)}
-    rows = [r for r in rows if r[0] in pos]
-    kinds = sorted({r[1] for r in rows})
-    k_of = {k: i for i, k in enumerate(kinds)}
-    nk = len(kinds)
-    count = np.zeros(n, dtype=np.int64)
-    if not rows or n == 0:
-        return DimensionScores(np.zeros(n), np.zeros((rounds, n)), count)
-    m = np.array([pos[r[0]] for r in rows], dtype=np.int64)
-    k = np.array([k_of[r[1]] for r in rows], dtype=np.int64)
-    v = np.log1p(np.array([r[2] for r in rows], dtype=np.float64))
-    np.add.at(count, m, 1)
+@dataclass
+class RankScores:
+    """UnfragileRank of every model, with what each rank rests on."""
 
-    def values_of(mm: np.ndarray, kk: np.ndarray, vv: np.ndarray) -> np.ndarray:
-        key = mm * nk + kk
-        sums = np.bincount(key, weights=vv, minlength=n * nk)
-        cnts = np.bincount(key, minlength=n * nk)
-        return np.divide(sums, cnts, out=np.zeros(n * nk), where=cnts > 0).reshape(n, nk)
-
-    x = values_of(m, k, v)
-    p = np.column_stack([midrank_percentile(x[:, c]) for c in range(nk)])
-    value = p.mean(axis=1)
-    reps = np.tile(value.astype(np.float32), (rounds, 1))
-    # Only a model with 2+ rows can draw a different sample; the others keep their point score.
-    movable = np.flatnonzero(count >= 2)
-    if movable.size == 0:
-        return DimensionScores(value, reps, count)
-    sub = np.isin(m, movable)
-    local = np.searchsorted(movable, m[sub])
-    mv, kv, vv = local, k[sub], v[sub]
-    nm = movable.size
-    cnt_m = count[movable]
-    order = np.argsort(mv, kind="stable")
-    ms, ks, vs = mv[order], kv[order], vv[order]
-    start = np.zeros(nm, dtype=np.int64)
-    np.cumsum(cnt_m[:-1], out=start[1:])
-    slot_start, slot_n = start[ms], cnt_m[ms]
-    x_m, p_m = x[movable], p[movable]
-    cols = [np.sort(x[:, c]) for c in range(nk)]
-    for b in range(rounds):
-        pick = slot_start + np.floor(rng.random(len(ms)) * slot_n).astype(np.int64)
-        key = ms * nk + ks[pick]  # each slot keeps its model; the row drawn is any of that model's rows
-        sums = np.bincount(key, weights=vs[pick], minlength=nm * nk)
-        cnts = np.bincount(key, minlength=nm * nk)
-        xb = np.divide(sums, cnts, out=np.zeros(nm * nk), where=cnts > 0).reshape(nm, nk)
-        pb = np.where(xb == x_m, p_m, 0.0)  # unchanged value -> unchanged percentile; dropped kind -> 0
-        moved = np.nonzero((xb != x_m) & (xb > 0))
-        for c in np.unique(moved[1]):
-            rows_c = moved[0][moved[1] == c]
-            pb[rows_c, c] = percentile_among_others(xb[rows_c, c], x_m[rows_c, c], cols[c])
-        reps[b, movable] = pb.mean(axis=1)
-    return DimensionScores(value, reps, count)
+    dims: DimensionScores  # value/reps on 0..100; measured = has a rank
+    rests_on: np.ndarray  # (N, D) bool: dimension d (DIMENSIONS order) enters model i's rank
+    weights: np.ndarray  # (N, D) configured weight of each dimension for the model's artifact type
 
 
-def percentile_among_others(new: np.ndarray, own: np.ndarray, sorted_col: np.ndarray) -> np.ndarray:
-    """Mid-rank percentile of ``new`` values among the OTHER models' point values.
+def combine(dims: dict[str, DimensionScores], weights: np.ndarray, rng: np.random.Generator,
+            evidence_dims: np.ndarray | None = None) -> RankScores:
+    """UnfragileRank of every model (see the module doc).
 
-    ``sorted_col`` holds every model's point value (each model's own ``own`` value once),
-    so the model's own entry is taken out of the counts.
+    ``weights`` is (N, D): each model's weights (per artifact type) in ``DIMENSIONS`` order.
+    ``evidence_dims`` (N, D) bool marks measured dimensions that rest on evidence (not a prior
+    alone); a model needs one to be ranked. Default: measured dimensions with an evidence count.
     """
-    n = sorted_col.shape[0]
-    if n <= 1:
-        return (new > 0).astype(np.float64)
-    lt = np.searchsorted(sorted_col, new, "left") - (own < new)
-    eq = np.searchsorted(sorted_col, new, "right") - np.searchsorted(sorted_col, new, "left") - (own == new)
-    return np.where(new > 0, (lt + 0.5 * eq) / (n - 1), 0.0)
-
-
-def per_model_mean(ids: list[str], rows: list[tuple[str, float]], rounds: int,
-                   rng: np.random.Generator) -> DimensionScores:
-    """Mean of each model's values with a per-model resampling bootstrap (external quality)."""
-    n = len(ids)
-    pos = {m: i for i, m in enumerate(ids)}
-    rows = [r for r in rows if r[0] in pos]
-    count = np.zeros(n, dtype=np.int64)
-    value = np.zeros(n)
-    reps = np.zeros((rounds, n))
-    if not rows:
-        return DimensionScores(value, reps, count)
-    m = np.array([pos[r[0]] for r in rows], dtype=np.int64)
-    v = np.array([r[1] for r in rows], dtype=np.float64)
-    np.add.at(count, m, 1)
-    value = np.divide(np.bincount(m, weights=v, minlength=n), count, out=np.zeros(n), where=count > 0)
-    order = np.argsort(m, kind="stable")
-    ms, vs = m[order], v[order]
-    start = np.zeros(n, dtype=np.int64)
-    np.cumsum(count[:-1], out=start[1:])
-    for b in range(rounds):
-        pick = start[ms] + np.floor(rng.random(len(ms)) * count[ms]).astype(np.int64)
-        reps[b] = np.divide(np.bincount(ms, weights=vs[pick], minlength=n), count, out=np.zeros(n),
-                            where=count > 0)
-    return DimensionScores(value, reps, count)
-
-
-def quality_dimension(ids: list[str], outcomes: list[tuple[str, str, float]],
-                      external: list[tuple[str, float]], rounds: int, rng: np.random.Generator,
-                      prior: float = 1.0) -> DimensionScores:
-    """Bradley-Terry win probability for probed models, external evidence for the rest."""
-    pos = {m: i for i, m in enumerate(ids)}
-    outcomes = [o for o in outcomes if o[0] in pos and o[1] in pos]
-    probed = sorted({o[0] for o in outcomes} | {o[1] for o in outcomes}, key=lambda x: pos[x])
-    ext = per_model_mean(ids, [e for e in external if e[0] not in set(probed)], rounds, rng)
-    value, reps, count = ext.value.copy(), ext.reps.copy(), ext.count.copy()
-    if probed:
-        p_of = {m: i for i, m in enumerate(probed)}
-        i = np.array([p_of[o[0]] for o in outcomes], dtype=np.int64)
-        j = np.array([p_of[o[1]] for o in outcomes], dtype=np.int64)
-        s = np.array([o[2] for o in outcomes], dtype=np.float64)
-        idx = np.array([pos[m] for m in probed], dtype=np.int64)
-        value[idx] = bradley_terry.win_probability(bradley_terry.fit(i, j, s, len(probed), prior))
-        reps[:, idx] = bradley_terry.bootstrap(i, j, s, len(probed), rounds, rng, prior)
-        count[idx] = 0
-        np.add.at(count, idx[i], 1)
-        np.add.at(count, idx[j], 1)
-    return DimensionScores(value, reps, count)
-
-
-def match_graph_dimension(pr: np.ndarray, degree: np.ndarray, reps: np.ndarray, has: np.ndarray,
-                          times_matched: np.ndarray) -> DimensionScores:
-    """Percentile of PageRank among models; 0 for models with no co-match edge."""
-    value = midrank_percentile(np.where(degree > 0, pr, 0.0))
-    r = midrank_percentile(np.where(has, reps, 0.0)) if reps.size else reps
-    return DimensionScores(value, r, times_matched.astype(np.int64))
-
-
-def combine(dims: dict[str, DimensionScores], weights: dict[str, float]) -> DimensionScores:
-    """UnfragileRank = 100 x weighted sum, replicate by replicate (replicates kept as float32)."""
-    total = sum(weights.values())
-    value = sum(weights[d] / total * dims[d].value for d in DIMENSIONS) * 100
-    reps = np.zeros(dims["adoption"].reps.shape, dtype=np.float32)
-    for d in DIMENSIONS:
-        reps += np.float32(weights[d] / total * 100) * dims[d].reps.astype(np.float32, copy=False)
+    n = weights.shape[0]
+    mask = np.column_stack([dims[d].mask for d in DIMENSIONS]) if n else np.zeros((0, len(DIMENSIONS)), dtype=bool)
+    w_all = weights.sum(axis=1)
+    if evidence_dims is None:
+        evidence_dims = np.column_stack([dims[d].count > 0 for d in DIMENSIONS]) if n else mask
+    x = np.column_stack([dims[d].value for d in DIMENSIONS]) if n else np.zeros((0, len(DIMENSIONS)))
+    value, ranked = rank_points(x, mask, weights, evidence_dims)
+    rounds = dims[DIMENSIONS[0]].reps.shape[0]
+    reps = np.zeros((rounds, n), dtype=np.float32)
+    for k, d in enumerate(DIMENSIONS):
+        dr = dims[d].reps.astype(np.float32, copy=False)
+        missing = np.flatnonzero(~mask[:, k] & ranked)
+        share = np.divide(weights[:, k], w_all, out=np.zeros(n), where=w_all > 0).astype(np.float32) * 100
+        reps += np.where(mask[:, k], share, np.float32(0)) * dr
+        if missing.size and rounds:  # what the rank does not rest on: anywhere in its range, at full weight
+            reps[:, missing] += share[missing] * rng.random((rounds, missing.size), dtype=np.float32)
     count = sum(dims[d].count for d in DIMENSIONS)
-    return DimensionScores(np.asarray(value), np.asarray(reps), np.asarray(count))
+    reasons = ["" if ranked[i] else "no dimension is measured for it" for i in range(n)] if not ranked.all() else None
+    total = DimensionScores(value, reps, np.asarray(count), ranked, reasons)
+    b = total.bounds()
+    total._bounds = np.vstack([np.minimum(b[0], value), np.maximum(b[1], value)])  # the interval holds the point
+    return RankScores(total, mask, weights)
+
+
+def rank_points(x: np.ndarray, mask: np.ndarray, weights: np.ndarray, evidence: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(rank on 0..100, ranked?) of every model: 100 x the mean of its measured dimensions ``x`` (N, D) weighted
+    by ``weights`` (N, D) renormalised over ``mask``; ranked only with an ``evidence`` dimension among them."""
+    w = np.where(mask, weights, 0.0)
+    wm = w.sum(axis=1)
+    ranked = (wm > 0) & (evidence & mask).any(axis=1)
+    value = np.divide((w * x).sum(axis=1), wm, out=np.zeros(x.shape[0]), where=wm > 0) * 100
+    return np.where(ranked, value, 0.0), ranked
+
+
+def card_weights(rs: RankScores, i: int) -> tuple[dict[str, float], tuple[str, ...], dict[str, float]]:
+    """(configured weights, dimensions the rank rests on, renormalised weights) of model ``i``."""
+    conf = {d: float(rs.weights[i, k]) for k, d in enumerate(DIMENSIONS)}
+    on = tuple(d for k, d in enumerate(DIMENSIONS) if rs.rests_on[i, k] and conf[d] > 0)
+    total = sum(conf[d] for d in on)
+    used = {d: conf[d] / total for d in on} if total > 0 and rs.dims.mask[i] else {}
+    return conf, (on if rs.dims.mask[i] else ()), used
 
 
 @dataclass(frozen=True)
 class Difference:
-    """a - b on one dimension with its paired 95% bootstrap interval."""
+    """a - b on one dimension with its paired 95% bootstrap interval (NaN when either is not measured)."""
 
     diff: float
     low: float
@@ -289,6 +247,16 @@ class Difference:
 
 
 def difference(d: DimensionScores, i: int, j: int) -> Difference:
-    delta = d.reps[:, i] - d.reps[:, j]
-    lo, hi = interval(delta) if delta.size else (d.value[i] - d.value[j],) * 2
-    return Difference(float(d.value[i] - d.value[j]), float(lo), float(hi))
+    if not (d.mask[i] and d.mask[j]):
+        return Difference(NAN, NAN, NAN)
+    return difference_of(float(d.value[i]), float(d.value[j]), d.reps[:, i], d.reps[:, j])
+
+
+def difference_of(a: float, b: float, reps_a: np.ndarray, reps_b: np.ndarray) -> Difference:
+    delta = reps_a - reps_b
+    lo, hi = interval(delta) if delta.size else (a - b, a - b)
+    return Difference(a - b, lo, hi)
+
+
+def is_nan(x: float) -> bool:
+    return math.isnan(x)

@@ -1,8 +1,13 @@
-"""Domain records of the match graph: models/tools, capabilities, signals, search events.
+"""Domain records of the match graph: models/tools, capabilities, readings, search events.
 
 Plain dataclasses with validation, so the store, the ranker and the pages never see a
 half-valid record. The gRPC layer (services/matchgraph/types.py) converts protobuf to
 these and back; nothing here knows about gRPC.
+
+Every figure about a model is a *reading*: a value with the page it was read from and the
+date (``Signal`` for adoption and ecosystem counts, ``Fact`` for licence, release date and
+last update, ``QualityEvidence`` for published benchmark results). A figure nobody read is
+absent, never 0: the scores then say "not measured".
 """
 
 from __future__ import annotations
@@ -12,64 +17,35 @@ import re
 from dataclasses import dataclass, field
 
 from common.errors import InvalidArgument
+from graph.checks import (
+    ID_RE,
+    KIND_RE,
+    MAX_LIST,
+    SLUG_RE,
+    TASK_RE,
+    check_date,
+    check_kinds,
+    check_list,
+    check_text,
+    check_url,
+)
 
 MODEL_TYPES = ("model", "tool", "api")
 PRICING_TIERS = ("unknown", "free", "freemium", "paid")
 SERVING_ENDPOINTS = ("", "visionlanguage", "diffusion")
 ADOPTION_KINDS = ("downloads", "likes", "stars")
 ECOSYSTEM_KINDS = ("integrations", "sdks", "formats")
+FACT_NAMES = ("licence", "released", "last_modified")  # released / last_modified hold ISO dates
+DATE_FACTS = ("released", "last_modified")
+SIGNAL_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 # How the real catalogue service names a pricing model (``Pricing.model``; "" = derive it from the tier).
 PRICING_MODELS = ("open_source", "free", "usage", "paid", "freemium", "unknown")
-_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-# owner--name as the real catalogue service spells it, e.g. "microsoft--kosmos-2-patch14-224"
-_SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_KIND_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,39}$")  # input/output types ("image", "text", "boxes")
-_URL_RE = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
-MAX_TEXT = 8000
-MAX_LIST = 50  # items in one list field of a capability or a model (intents, tags, ...)
 
 
 def slugify(name: str) -> str:
     """A stable id from a display name: "Stable Diffusion" -> "stable-diffusion"."""
     slug = re.sub(r"[^a-z0-9._-]+", "-", name.strip().lower()).strip("-._")
     return slug[:128]
-
-
-def _check_date(value: str, what: str) -> None:
-    try:
-        _dt.date.fromisoformat(value)
-    except ValueError:
-        raise InvalidArgument(f"{what}: observed_at {value!r} is not an ISO date like 2026-11-01") from None
-
-
-def _check_text(value: str, what: str, *, required: bool = True, limit: int = MAX_TEXT) -> None:
-    if required and not value.strip():
-        raise InvalidArgument(f"{what} is empty; give a short text")
-    if len(value) > limit:
-        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is {limit}")
-
-
-def _check_list(values: tuple[str, ...], what: str, *, limit: int = 500, items: int = MAX_LIST) -> None:
-    """Each item a non-empty text of at most ``limit`` characters, at most ``items`` of them, none repeated."""
-    if len(values) > items:
-        raise InvalidArgument(f"{what} has {len(values)} items; at most {items}")
-    for i, v in enumerate(values):
-        _check_text(v, f"{what}[{i}]", limit=limit)
-    if len(set(values)) != len(values):
-        raise InvalidArgument(f"{what} lists an item twice")
-
-
-def _check_kinds(values: tuple[str, ...], what: str) -> None:
-    _check_list(values, what, limit=40, items=20)
-    for i, v in enumerate(values):
-        if not _KIND_RE.match(v):
-            raise InvalidArgument(f"{what}[{i}] {v!r} must be a lowercase word like 'image', 'text' or 'boxes'")
-
-
-def check_url(value: str, what: str) -> None:
-    """An absolute http(s) URL of at most 500 characters (empty is allowed: no URL)."""
-    if value and (len(value) > 500 or not _URL_RE.match(value)):
-        raise InvalidArgument(f"{what} {value[:80]!r} must be an absolute http(s) URL of at most 500 characters")
 
 
 @dataclass(frozen=True)
@@ -88,16 +64,16 @@ class Capability:
     requires: tuple[str, ...] = ()  # prerequisites (hardware, accounts, licences)
 
     def validate(self, where: str) -> None:
-        _check_text(self.title, f"{where}.title", limit=200)
-        _check_text(self.description, f"{where}.description")
-        _check_text(self.unique, f"{where}.unique", required=False)
-        _check_text(self.vs_alternatives, f"{where}.vs_alternatives", required=False)
-        _check_list(self.intents, f"{where}.intents", limit=200)
-        _check_list(self.best_for, f"{where}.best_for")
-        _check_list(self.limitations, f"{where}.limitations")
-        _check_list(self.requires, f"{where}.requires")
-        _check_kinds(self.input_types, f"{where}.input_types")
-        _check_kinds(self.output_types, f"{where}.output_types")
+        check_text(self.title, where, name="title", limit=200)
+        check_text(self.description, where, name="description")
+        check_text(self.unique, where, name="unique", required=False)
+        check_text(self.vs_alternatives, where, name="vs_alternatives", required=False)
+        check_list(self.intents, where, name="intents", limit=200)
+        check_list(self.best_for, where, name="best_for")
+        check_list(self.limitations, where, name="limitations")
+        check_list(self.requires, where, name="requires")
+        check_kinds(self.input_types, where, name="input_types")
+        check_kinds(self.output_types, where, name="output_types")
 
 
 @dataclass(frozen=True)
@@ -108,31 +84,73 @@ class Signal:
     value: float
     source: str
     observed_at: str
+    says: str = ""  # what the page says ("161K"), so a reviewer can check the number
+    window: str = ""  # e.g. "last 30 days" for downloads; "" = as the page shows it
 
     def validate(self, where: str) -> None:
-        if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", self.kind):
+        if not SIGNAL_KIND_RE.fullmatch(self.kind):
             raise InvalidArgument(f"{where}.kind {self.kind!r} must be a lowercase word like 'downloads'")
         if not (self.value >= 0) or self.value == float("inf"):
             raise InvalidArgument(f"{where}.value must be a finite number >= 0, got {self.value}")
-        _check_text(self.source, f"{where}.source", limit=500)
-        _check_date(self.observed_at, where)
+        check_text(self.source, where, name="source", limit=500)
+        check_date(self.observed_at, where)
+        check_text(self.says, where, name="says", required=False, limit=1000)
+        check_text(self.window, where, name="window", required=False, limit=100)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A dated reading of a fact about a model: its licence, release date or last update."""
+
+    name: str  # one of FACT_NAMES
+    value: str  # the licence id, or an ISO date for released / last_modified
+    source: str
+    observed_at: str
+    says: str = ""
+
+    def validate(self, where: str) -> None:
+        if self.name not in FACT_NAMES:
+            raise InvalidArgument(f"{where}.name {self.name!r} must be one of {', '.join(FACT_NAMES)}")
+        check_text(self.value, where, name="value", limit=200)
+        if self.name in DATE_FACTS:
+            try:
+                _dt.date.fromisoformat(self.value)
+            except ValueError:
+                raise InvalidArgument(f"{where}.value {self.value!r} is not an ISO date like 2023-06-27") from None
+        check_text(self.source, where, name="source", limit=500)
+        check_date(self.observed_at, where)
+        check_text(self.says, where, name="says", required=False, limit=1000)
 
 
 @dataclass(frozen=True)
 class QualityEvidence:
-    """A benchmark result for a model this deployment does not probe itself."""
+    """A published benchmark result of the real model, on the task it measures.
+
+    ``score`` is the number as published on its ``scale`` (e.g. "0..1", "0..100", "CIDEr");
+    without a scale it must already be on 0..1. Results are compared only with the same
+    benchmark's results of other models of the same task.
+    """
 
     benchmark: str
     score: float
     source: str
     observed_at: str
+    task: str = ""  # the capability family it measures ("text-to-image"); "" = the model's only task
+    scale: str = ""
+    says: str = ""
 
     def validate(self, where: str) -> None:
-        _check_text(self.benchmark, f"{where}.benchmark", limit=200)
-        if not (0.0 <= self.score <= 1.0):
-            raise InvalidArgument(f"{where}.score must be normalised to 0..1, got {self.score}")
-        _check_text(self.source, f"{where}.source", limit=500)
-        _check_date(self.observed_at, where)
+        check_text(self.benchmark, where, name="benchmark", limit=200)
+        if not self.scale and not (0.0 <= self.score <= 1.0):
+            raise InvalidArgument(f"{where}.score must be on 0..1 when no scale is given, got {self.score}")
+        if self.score != self.score or abs(self.score) == float("inf"):
+            raise InvalidArgument(f"{where}.score must be a finite number")
+        if self.task and not TASK_RE.match(self.task):
+            raise InvalidArgument(f"{where}.task {self.task!r} must be a task name like 'text-to-image'")
+        check_text(self.scale, where, name="scale", required=False, limit=300)
+        check_text(self.source, where, name="source", limit=500)
+        check_date(self.observed_at, where)
+        check_text(self.says, where, name="says", required=False, limit=1000)
 
 
 @dataclass(frozen=True)
@@ -147,16 +165,16 @@ class PricingPlan:
     observed_at: str = ""  # ISO date the source was read
 
     def validate(self, where: str) -> None:
-        _check_text(self.name, f"{where}.name", limit=200)
+        check_text(self.name, where, name="name", limit=200)
         if not (self.usd_per_month >= 0):
             raise InvalidArgument(f"{where}.usd_per_month must be >= 0")
-        _check_text(self.description, f"{where}.description", required=False)
-        _check_text(self.source, f"{where}.source", required=False, limit=500)
-        _check_text(self.source_says, f"{where}.source_says", required=False, limit=1000)
+        check_text(self.description, where, name="description", required=False)
+        check_text(self.source, where, name="source", required=False, limit=500)
+        check_text(self.source_says, where, name="source_says", required=False, limit=1000)
         if self.source_says and not self.source:
             raise InvalidArgument(f"{where}.source_says needs the source it quotes: set {where}.source to its URL")
         if self.observed_at:
-            _check_date(self.observed_at, where)
+            check_date(self.observed_at, where)
 
 
 @dataclass(frozen=True)
@@ -209,9 +227,9 @@ class FailureMode:
     mitigation: str = ""
 
     def validate(self, where: str) -> None:
-        _check_text(self.mode, f"{where}.mode", limit=500)
-        _check_text(self.frequency, f"{where}.frequency", required=False, limit=40)
-        _check_text(self.mitigation, f"{where}.mitigation", required=False, limit=1000)
+        check_text(self.mode, where, name="mode", limit=500)
+        check_text(self.frequency, where, name="frequency", required=False, limit=40)
+        check_text(self.mitigation, where, name="mitigation", required=False, limit=1000)
 
 
 @dataclass(frozen=True)
@@ -222,9 +240,9 @@ class Link:
     url: str
 
     def validate(self, where: str) -> None:
-        if not _KIND_RE.match(self.rel):
+        if not KIND_RE.match(self.rel):
             raise InvalidArgument(f"{where}.rel {self.rel!r} must be a lowercase word like 'repository'")
-        check_url(self.url, f"{where}.url")
+        check_url(self.url, where, name="url")
         if not self.url:
             raise InvalidArgument(f"{where}.url is empty; give the address")
 
@@ -244,6 +262,10 @@ class ModelRecord:
     version: str = ""
     capabilities: tuple[Capability, ...] = ()
     external_quality: tuple[QualityEvidence, ...] = ()
+    tasks: tuple[str, ...] = ()  # capability families ("image-to-text", "text-to-image"): quality compares within one
+    facts: tuple[Fact, ...] = ()  # licence, release date, last update: each a dated reading
+    hub_id: str = ""  # Hugging Face repo id ("" = not on the Hub)
+    organization: str = ""
     slug: str = ""  # owner--name as the real catalogue service spells it; resolves like an alias
     url: str = ""  # the artifact's own page (e.g. its Hugging Face model page)
     pipeline_tag: str = ""  # the Hub's pipeline tag ("image-to-text"), "" when none
@@ -256,14 +278,19 @@ class ModelRecord:
         """The slug clients address it by: ``slug``, or the id when it has none."""
         return self.slug or self.id
 
+    def fact(self, name: str) -> Fact | None:
+        """The newest reading of fact ``name`` (by read date), or None."""
+        found = [f for f in self.facts if f.name == name]
+        return max(found, key=lambda f: f.observed_at) if found else None
+
     def validate(self) -> None:
         """Raise InvalidArgument naming the first bad field and how to fix it."""
-        if not _ID_RE.match(self.id):
+        if not ID_RE.match(self.id):
             raise InvalidArgument(
                 f"model id {self.id!r} must be a lowercase slug ([a-z0-9][a-z0-9._-]*, <=128 chars), "
                 f"e.g. {slugify(self.name) or 'stable-diffusion'!r}"
             )
-        _check_text(self.name, "model.name", limit=200)
+        check_text(self.name, "model.name", limit=200)
         if self.type not in MODEL_TYPES:
             raise InvalidArgument(f"model.type {self.type!r} must be one of {', '.join(MODEL_TYPES)}")
         self.pricing.validate()
@@ -271,8 +298,7 @@ class ModelRecord:
             raise InvalidArgument(
                 f"serving_endpoint {self.serving_endpoint!r} must be '', 'visionlanguage' or 'diffusion'"
             )
-        for i, alias in enumerate(self.aliases):
-            _check_text(alias, f"aliases[{i}]", limit=200)
+        check_list(self.aliases, "aliases", limit=200, items=1000, unique=False)
         for i, s in enumerate(self.adoption):
             s.validate(f"adoption[{i}]")
         for i, s in enumerate(self.ecosystem):
@@ -283,15 +309,31 @@ class ModelRecord:
             q.validate(f"external_quality[{i}]")
         if len(self.capabilities) > 200:
             raise InvalidArgument("at most 200 capabilities per model")
-        if self.slug and not _SLUG_RE.match(self.slug):
+        for i, t in enumerate(self.tasks):
+            if not TASK_RE.match(t):
+                raise InvalidArgument(f"tasks[{i}] {t!r} must be a task name like 'image-to-text'")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise InvalidArgument("tasks lists a task twice")
+        for i, fact in enumerate(self.facts):
+            fact.validate(f"facts[{i}]")
+        readings = [("adoption", s.kind, s.source, s.observed_at) for s in self.adoption]
+        readings += [("ecosystem", s.kind, s.source, s.observed_at) for s in self.ecosystem]
+        readings += [("facts", f.name, f.source, f.observed_at) for f in self.facts]
+        if len(set(readings)) != len(readings):
+            dup = next(r for r in readings if readings.count(r) > 1)
+            raise InvalidArgument(f"{dup[0]} has two readings of {dup[1]!r} from {dup[2]} on {dup[3]}: "
+                                  f"a page read on one day gives one value")
+        check_text(self.hub_id, "hub_id", required=False, limit=200)
+        check_text(self.organization, "organization", required=False, limit=200)
+        if self.slug and not SLUG_RE.match(self.slug):
             raise InvalidArgument(f"slug {self.slug!r} must be owner--name in letters, digits, '.', '_' and '-' "
                                   f"(<= 200 characters), e.g. 'microsoft--kosmos-2-patch14-224'")
         check_url(self.url, "url")
-        if self.pipeline_tag and not _KIND_RE.match(self.pipeline_tag):
+        if self.pipeline_tag and not KIND_RE.match(self.pipeline_tag):
             raise InvalidArgument(f"pipeline_tag {self.pipeline_tag!r} must be a lowercase word like 'image-to-text'")
-        _check_list(self.tags, "tags", limit=100, items=100)
-        for i, f in enumerate(self.failure_modes):
-            f.validate(f"failure_modes[{i}]")
+        check_list(self.tags, "tags", limit=100, items=100)
+        for i, mode in enumerate(self.failure_modes):
+            mode.validate(f"failure_modes[{i}]")
         if len(self.failure_modes) > MAX_LIST:
             raise InvalidArgument(f"failure_modes has {len(self.failure_modes)} items; at most {MAX_LIST}")
         for i, link in enumerate(self.links):
@@ -331,35 +373,3 @@ class MatchEvent:
                 raise InvalidArgument(f"{where}: compared/clicked {sorted(extra)} are not in matched")
         if self.timestamp_ms < 0:
             raise InvalidArgument(f"{where}.timestamp_ms must be >= 0 (unix epoch milliseconds)")
-
-
-OUTCOMES = ("success", "failure")
-_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}$")
-
-
-@dataclass(frozen=True)
-class Feedback:
-    """What became of a search: the outcome a user (or an agent) reports on one match record.
-
-    ``artifact`` names the result the outcome is about (an id, slug or alias among the event's matched
-    models); without it the outcome credits the event's clicked models, else its first matched one.
-    """
-
-    match_id: str  # the event_id of the match record (a search's or resolve's matchRecordId)
-    outcome: str  # one of OUTCOMES
-    clicked_through: bool = False
-    source: str = ""  # who reports it: "web", "mcp", "api", an agent's name (a short word)
-    comment: str = ""
-    artifact: str = ""
-
-    def validate(self) -> None:
-        if not self.match_id or len(self.match_id) > 200:
-            raise InvalidArgument("matchRecordId must be 1..200 characters: the matchRecordId of a search or "
-                                  "resolve answer")
-        if self.outcome not in OUTCOMES:
-            raise InvalidArgument(f"outcome {self.outcome!r} must be 'success' or 'failure'")
-        if self.source and not _SOURCE_RE.match(self.source):
-            raise InvalidArgument(f"source {self.source[:40]!r} must be a short word (letters, digits, '_.:/-', "
-                                  f"<= 100 characters), e.g. 'web' or 'mcp'")
-        _check_text(self.comment, "comment", required=False, limit=2000)
-        _check_text(self.artifact, "artifact", required=False, limit=200)

@@ -5,7 +5,8 @@ confident first), holding every model with a capability that serves it, ordered 
 
     match = (1 - p) * strength + p * UnfragileRank / 100
 
-(``strength``: how strongly its best capability serves the intent; ``p``: ``search_prior_weight``).
+(``strength``: how strongly its best capability serves the intent; ``p``: ``search_prior_weight``; a model
+whose rank is not measured gets no share from it, as Rank lists it after the ranked ones).
 A text with no recognisable intent is searched instead, and the capabilities of its best hits give
 the groups.
 """
@@ -61,10 +62,10 @@ class Resolver:
             arts = []
             for model_id, (strength, title) in best.items():
                 rank = rank_of(model_id)
-                score = (1 - self.p) * strength + self.p * rank.value / 100.0
+                score = (1 - self.p) * strength + self.p * (rank.value / 100.0 if rank.measured else 0.0)
                 arts.append(ResolvedArtifact(model_id, model_info(model_id).slug, names.get(model_id, model_id), title,
                                              score, rank, rate_of(model_id)))
-            arts.sort(key=lambda a: (-a.match_score, -a.rank.low, a.model_id))
+            arts.sort(key=lambda a: (-a.match_score, -(a.rank.low if a.rank.measured else -1.0), a.model_id))
             if arts:
                 groups.append((intent, tuple(arts[:limit])))
         return ResolveResult(tuple(intents), tuple(groups), snapshot)

@@ -1,24 +1,27 @@
 """Records to flip: how much evidence must be removed to erase a lead, per dimension and on the rank.
 
-For a pair (leader, trailer) and one dimension the leader's supporting evidence is removed
-record by record and both point scores recomputed, giving a curve of the difference after
-k removals (``graph.fragility`` turns curves into counts). Signals are removed greedily,
-probe outcomes and external benchmarks in a fixed most-damaging-first order, and match
-events that matched the leader without the trailer largest first. The rank count merges
-the dimension curves.
+For a pair (leader, trailer) and one dimension measured for both, the leader's supporting
+evidence is removed record by record and both point scores recomputed, giving a curve of the
+difference after k removals (``graph.fragility`` turns curves into counts). Readings are
+removed greedily (the signal scales held fixed; removing every reading leaves the dimension
+not measured, which erases the lead), quality games (probe outcomes and benchmark games of
+the tasks both share) in a fixed most-damaging-first order, and match events that matched
+the leader without the trailer largest first. Freshness rests on dates, not on records that
+can be outweighed: its lead is reported as not flippable by removals. The rank count merges
+the curves of the dimensions both ranks rest on, each worth its renormalised weight.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from graph import fragility, rank
+from graph import fragility, quality, rates
 from graph.catalogue import Catalogue
 from graph.config import EngineConfig
 from graph.counts import MatchCounts
 from graph.rank import DIMENSIONS
 from graph.scoring import ScoreState, StateKey
-from graph.store import ProbeOutcomeRow, Store
+from graph.store import Store
 
 Flips = tuple[dict[str, int], int]  # records to flip per dimension, and on the rank
 CACHE_PAIRS = 10_000
@@ -35,8 +38,12 @@ class Robustness:
         self._cache: dict[tuple[StateKey, int, int], Flips] = {}
         self._cache_state: StateKey | None = None
 
-    def flips(self, st: ScoreState, i: int, j: int) -> Flips:
-        """Records to flip each dimension's order of models ``i`` and ``j``, and their rank order."""
+    def flips(self, st: ScoreState, i: int, j: int, pair_quality: tuple[float, float] | None = None) -> Flips:
+        """Records to flip each dimension's order of models ``i`` and ``j``, and their rank order.
+
+        ``pair_quality``: the two quality values over their shared tasks (None: not comparable or not
+        measured for both), which is what the quality row of their comparison shows.
+        """
         if self._cache_state != st.key:  # new scores: the old counts describe other numbers
             self._cache.clear()
             self._cache_state = st.key
@@ -46,86 +53,127 @@ class Robustness:
         cap = self.config.fragility_max_records
         flips: dict[str, int] = {}
         rank_curves: dict[str, list[float]] = {}
+        both = st.rank.mask[i] and st.rank.mask[j]
         lead, trail = (i, j) if st.rank.value[i] >= st.rank.value[j] else (j, i)
         graph_skipped = False
         for dim in DIMENSIONS:
-            dl, dt = (i, j) if st.dims[dim].value[i] >= st.dims[dim].value[j] else (j, i)
-            curve = self._curve(st, dim, dl, dt, cap, stop=True)
+            vals = self._values(st, dim, i, j, pair_quality)
+            if vals is None:
+                flips[dim] = 0
+                continue
+            dl, dt = (i, j) if vals[0] >= vals[1] else (j, i)
+            curve = self._curve(st, dim, dl, dt, cap, stop=True, start=abs(vals[0] - vals[1]))
             if curve is None:
-                flips[dim] = 0 if abs(st.dims[dim].value[i] - st.dims[dim].value[j]) == 0 else -2
+                flips[dim] = 0 if vals[0] == vals[1] else -2
                 graph_skipped = True
+                rank_curves[dim] = [vals[0 if lead == i else 1] - vals[1 if lead == i else 0]]
                 continue
             flips[dim] = fragility.records_to_flip(curve, dim)
+            lead_diff = (vals[0] - vals[1]) if lead == i else (vals[1] - vals[0])
             if (dl, dt) == (lead, trail) and curve[-1] <= 0 and len(curve) > 1:
-                curve = self._curve(st, dim, lead, trail, cap, stop=False) or curve
+                curve = self._curve(st, dim, lead, trail, cap, stop=False, start=lead_diff) or curve
             elif (dl, dt) != (lead, trail):
-                curve = self._curve(st, dim, lead, trail, cap, stop=False) or \
-                    [st.dims[dim].value[lead] - st.dims[dim].value[trail]]
+                curve = self._curve(st, dim, lead, trail, cap, stop=False, start=lead_diff) or [lead_diff]
             rank_curves[dim] = curve
-        if graph_skipped:
-            mg = st.dims["match_graph"].value
-            rank_curves["match_graph"] = [float(mg[lead] - mg[trail])]
-        r = fragility.merge_rank_curves(rank_curves, self.config.weights, cap)
-        if r == -1 and graph_skipped:
-            r = -2
+        r = 0
+        if both:
+            points = self._points(st, lead, trail, rank_curves)
+            start = float(st.rank.value[lead] - st.rank.value[trail])
+            r = fragility.merge_rank_curves({d: c for d, c in rank_curves.items() if d in points}, points, cap, start)
+            if r == -1 and graph_skipped:
+                r = -2
         if len(self._cache) >= CACHE_PAIRS:  # bounded: pairs are cheap to recompute
             self._cache.clear()
         self._cache[key] = (flips, r)
         return flips, r
 
-    def _curve(self, st: ScoreState, dim: str, lead: int, trail: int, cap: int, stop: bool) -> list[float] | None:
+    @staticmethod
+    def _points(st: ScoreState, lead: int, trail: int, curves: dict[str, list[float]]) -> dict[str, float]:
+        """Rank points per unit of each dimension's difference: mean of the two models' renormalised weights x 100."""
+        out = {}
+        for k, d in enumerate(DIMENSIONS):
+            if d not in curves or not (st.ranks.rests_on[lead, k] and st.ranks.rests_on[trail, k]):
+                continue
+            share = []
+            for m in (lead, trail):
+                w = np.where(st.ranks.rests_on[m], st.ranks.weights[m], 0.0)
+                share.append(float(w[k] / w.sum()) if w.sum() > 0 else 0.0)
+            out[d] = 100 * (share[0] + share[1]) / 2
+        return out
+
+    @staticmethod
+    def _values(st: ScoreState, dim: str, i: int, j: int, pair_quality: tuple[float, float] | None
+                ) -> tuple[float, float] | None:
+        if dim == "quality":
+            return pair_quality
+        d = st.dims[dim]
+        if not (d.mask[i] and d.mask[j]):
+            return None
+        return float(d.value[i]), float(d.value[j])
+
+    def _curve(self, st: ScoreState, dim: str, lead: int, trail: int, cap: int, stop: bool, start: float
+               ) -> list[float] | None:
         if dim in ("adoption", "ecosystem"):
             return self._signal_curve(st, dim, lead, trail, cap, stop)
         if dim == "quality":
             return self._quality_curve(st, lead, trail, cap, stop)
+        if dim == "freshness":
+            return [start]
         return self._graph_curve(lead, trail, cap, stop)
 
     def _signal_curve(self, st: ScoreState, dim: str, lead: int, trail: int, cap: int, stop: bool) -> list[float]:
-        kinds, x, cols = st.signal_x[dim]
-        n = len(st.ids)
-        if not kinds:
-            return [0.0]
-        rows = [(kinds.index(r[1]), float(np.log1p(r[2]))) for r in self.store.signal_rows_for(st.ids[lead], dim)]
-        xo = x[trail]
-
-        def pct(val: float, c: int, peer: float) -> float:
-            """Percentile of ``val`` in column ``c`` with the pair's own values replaced by ``val`` and ``peer``."""
-            if val <= 0:
-                return 0.0
-            s = cols[c]
-            lt = np.searchsorted(s, val, "left") - (x[lead, c] < val) - (x[trail, c] < val) + (peer < val)
-            eq = np.searchsorted(s, val, "right") - np.searchsorted(s, val, "left") \
-                - (x[lead, c] == val) - (x[trail, c] == val) + (peer == val)
-            return float((lt + 0.5 * eq) / (n - 1)) if n > 1 else 1.0
+        scale = st.scales[dim]
+        kinds = scale.kinds
+        rows = [(kinds.index(r[1]), float(np.log1p(r[2]))) for r in self.store.signal_rows_for(st.ids[lead], dim)
+                if r[1] in kinds]
+        other = float(st.dims[dim].value[trail])
+        ref = scale.ref[lead]
 
         def diff_without(removed: list[object]) -> float:
             gone = set(removed)
-            sums = np.zeros(len(kinds))
-            cnt = np.zeros(len(kinds))
+            sums, cnt = np.zeros(len(kinds)), np.zeros(len(kinds))
             for r_i, (k, v) in enumerate(rows):
                 if r_i not in gone:
                     sums[k] += v
                     cnt[k] += 1
-            xl = np.divide(sums, cnt, out=np.zeros_like(sums), where=cnt > 0)
-            pl = np.mean([pct(xl[c], c, xo[c]) for c in range(len(kinds))])
-            po = np.mean([pct(xo[c], c, xl[c]) for c in range(len(kinds))])
-            return float(pl - po)
+            have = cnt > 0
+            if not have.any():
+                return 0.0  # no reading left: not measured, so no lead
+            s = np.divide(sums / np.maximum(cnt, 1), ref, out=np.zeros_like(sums), where=ref > 0)
+            return float(s[have].mean() - other)
 
         return fragility.greedy_curve(list(range(len(rows))), diff_without, cap, stop)
 
     def _quality_curve(self, st: ScoreState, lead: int, trail: int, cap: int, stop: bool) -> list[float]:
         lid, tid = st.ids[lead], st.ids[trail]
-        outcomes = self.store.probe_outcomes()
-        ext = self.store.external_quality_rows()
-        cand = _quality_candidates(outcomes, ext, lid, tid)
+        q = st.quality
+        shared = [t for t in q.tasks_of.get(lid, ()) if t in q.tasks_of.get(tid, ()) and t in q.tasks]
+        games = [(t, k, g) for t in shared for k, g in enumerate(q.tasks[t].games) if lid in g[:2] or tid in g[:2]]
+
+        def lead_score(g: quality.Game) -> float:
+            return g[2] if g[0] == lid else 1 - g[2] if g[1] == lid else -1.0
+
+        def trail_score(g: quality.Game) -> float:
+            return g[2] if g[0] == tid else 1 - g[2] if g[1] == tid else -1.0
+
+        cand = [(t, k) for t, k, g in games if lead_score(g) == 1 and trail_score(g) == 0]
+        cand += [(t, k) for t, k, g in games if lead_score(g) == 1 and trail_score(g) == -1]
+        cand += [(t, k) for t, k, g in games if trail_score(g) == 0 and lead_score(g) == -1]
+        cand += [(t, k) for t, k, g in games if lead_score(g) == 0.5]
 
         def diff_without(removed: list[object]) -> float:
             gone = set(removed)
-            outs = [(o.model_a, o.model_b, o.a_score) for k, o in enumerate(outcomes) if ("o", k) not in gone]
-            exts = [(r[0], r[2]) for k, r in enumerate(ext) if ("e", k) not in gone and r[0] in (lid, tid)]
-            players = sorted({lid, tid} | {o[0] for o in outs} | {o[1] for o in outs})
-            d = rank.quality_dimension(players, outs, exts, 0, np.random.default_rng(0), self.config.bt_prior)
-            return float(d.value[players.index(lid)] - d.value[players.index(tid)])
+            a, b = [], []
+            for t in shared:
+                kept = [g for k, g in enumerate(q.tasks[t].games) if (t, k) not in gone]
+                if not kept:
+                    continue
+                ts = quality.fit_task(t, kept, 0, np.random.default_rng(0), self.config.bt_prior)
+                ka, kb = ts.index(lid), ts.index(tid)
+                if ka is not None and kb is not None:
+                    a.append(ts.value[ka])
+                    b.append(ts.value[kb])
+            return float(np.mean(a) - np.mean(b)) if a else 0.0
 
         return fragility.prefix_curve(cand, diff_without, cap, stop)
 
@@ -140,38 +188,19 @@ class Robustness:
         events.sort(key=lambda e: -len(e))
         removable = [tuple(pos[m] for m in e) for e in events]
         ia, it = g.index[node_of[lid]], g.index[node_of[tid]]
+        matched = self.counts.stats[:, 0].astype(np.float64)
+        c = self.config
 
         def diff_without(removed: list[object]) -> float:
+            n = matched.copy()
             if removed:
-                pr, deg = g.without([e for e in removed if isinstance(e, tuple)])
+                groups = [e for e in removed if isinstance(e, tuple)]
+                pr, _deg = g.without(groups)
+                for grp in groups:
+                    n[list(grp)] -= 1
             else:
-                pr, deg = g.pr, g.degree()
-            pct = rank.midrank_percentile(np.where(deg > 0, pr, 0.0))
-            return float(pct[ia] - pct[it])
+                pr = g.pr
+            v = rates.match_graph_point(pr, n, c.match_graph_prior, c.match_graph_strength)
+            return float(v[ia] - v[it])
 
         return fragility.prefix_curve(removable, diff_without, cap, stop)
-
-
-def _quality_candidates(outcomes: list[ProbeOutcomeRow], ext: list[tuple[str, str, float, str, str]],
-                        lid: str, tid: str) -> list[tuple[str, int]]:
-    """Removal candidates for the leader ``lid``'s quality lead, most damaging first.
-
-    ("o", k) is probe outcome k, ("e", k) external benchmark row k.
-    """
-    def score_for(k: int, m: str) -> float:
-        return outcomes[k].a_score if outcomes[k].model_a == m else 1 - outcomes[k].a_score
-
-    def involves(k: int, m: str) -> bool:
-        return m in (outcomes[k].model_a, outcomes[k].model_b)
-
-    def by(k: int) -> float:
-        return ext[k][2]
-
-    o_idx = range(len(outcomes))
-    cand = [("o", k) for k in o_idx if involves(k, lid) and involves(k, tid) and score_for(k, lid) == 1]
-    cand += [("e", k) for k in sorted((k for k, r in enumerate(ext) if r[0] == lid), key=lambda k: -by(k))]
-    cand += [("e", k) for k in sorted((k for k, r in enumerate(ext) if r[0] == tid), key=by)]
-    cand += [("o", k) for k in o_idx if involves(k, lid) and not involves(k, tid) and score_for(k, lid) == 1]
-    cand += [("o", k) for k in o_idx if involves(k, tid) and not involves(k, lid) and score_for(k, tid) == 0]
-    cand += [("o", k) for k in o_idx if involves(k, lid) and score_for(k, lid) == 0.5]
-    return cand

@@ -11,7 +11,7 @@ Every model gets a ``match_score`` on 0..1:
   no recognisable intent is matched on its text alone and a vague one leans on its text;
 - ``text``: the model's best search document's full-text score relative to the best document's (1 for
   the best), averaged with its relative embedding similarity when the embedder answers;
-- ``prior``: the model's UnfragileRank / 100, a small share ``p`` that orders models which match
+- ``prior``: the model's UnfragileRank / 100 (0 when not measured), a small share ``p`` that orders models which match
   equally well (e.g. two captioners for "caption an image");
 - ``a``: the weight of the intent part (``search_intent_weight``).
 

@@ -21,20 +21,20 @@ do not, each with its source:
 - The SD 1.5 checkpoint moved from runwayml/stable-diffusion-v1-5 (removed by its owner in
   2024) to stable-diffusion-v1-5/stable-diffusion-v1-5; both names resolve here.
 
-The adoption values and the format count are illustrative (their sources say so), not
-readings of the pages they name; replace them with real observations through ``UpsertModel``.
-The pricing plans carry no read date: their licences are cited, not a dated reading.
+These records carry no adoption, ecosystem or date readings: a figure nobody read here is
+absent (its score "not measured"), never an illustrative number. The sourced, dated readings
+of both models are in the shipped catalogue (graph/data/catalogue.jsonl, loaded by
+``unfragile graph import catalogue``), which ``make run`` seeds. The pricing plans carry no
+read date: their licences are cited, not a dated reading.
 """
 
 from __future__ import annotations
 
-from graph.records import Capability, ModelRecord, Pricing, PricingPlan, Signal
+from graph.records import Capability, ModelRecord, Pricing, PricingPlan
 
 KOSMOS2_ID = "kosmos-2-patch14-224"
 SD_ID = "stable-diffusion"
 _HF = "https://huggingface.co/microsoft/kosmos-2-patch14-224"
-_DATE = "2026-11-01"
-_ILLUSTRATIVE = "illustrative value, not a reading"
 
 KOSMOS2_PRICING = Pricing("free", (
     PricingPlan("Open weights", 0.0, "MIT-licensed checkpoint; run it yourself", _HF,
@@ -59,16 +59,14 @@ KOSMOS2 = ModelRecord(
     type="model",
     aliases=("microsoft/kosmos-2-patch14-224", "Kosmos-2", "kosmos2"),
     pricing=KOSMOS2_PRICING,
-    adoption=(
-        Signal("downloads", 190_000, f"{_HF} (monthly downloads; {_ILLUSTRATIVE})", _DATE),
-        Signal("likes", 160, f"{_HF} (likes; {_ILLUSTRATIVE})", _DATE),
-    ),
-    ecosystem=(
-        Signal("integrations", 3, "transformers Kosmos2ForConditionalGeneration, this deployment, HF Spaces", _DATE),
-        Signal("formats", 2, f"{_HF} (safetensors, PyTorch bin; {_ILLUSTRATIVE})", _DATE),
-    ),
     serving_endpoint="visionlanguage",
     version="patch14-224",
+    tasks=("image-to-text",),
+    slug="microsoft--kosmos-2-patch14-224",
+    hub_id="microsoft/kosmos-2-patch14-224",
+    url=_HF,
+    organization="Microsoft",
+    pipeline_tag="image-to-text",
     capabilities=(
         Capability(
             "Grounded image captioning",
@@ -151,6 +149,12 @@ STABLE_DIFFUSION = ModelRecord(
     pricing=SD_PRICING,
     serving_endpoint="diffusion",
     version="v1-5",
+    tasks=("text-to-image",),
+    slug="stable-diffusion-v1-5--stable-diffusion-v1-5",
+    hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    url="https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5",
+    organization="Stable Diffusion community (weights by Runway and Stability AI)",
+    pipeline_tag="text-to-image",
     capabilities=(
         Capability(
             "Text-to-image generation",

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta as beta_dist
 
 
 def shrink(raw: np.ndarray | float, n: np.ndarray | float, prior: float, strength: float) -> np.ndarray:
@@ -60,6 +59,8 @@ def beta_rate(successes: int, trials: int, prior: float = 0.5, strength: float =
         raise ValueError("strength must be > 0")
     if not 0 <= successes <= trials:
         raise ValueError("need 0 <= successes <= trials")
+    from scipy.stats import beta as beta_dist  # imported on first use: scipy.stats is slow to import
+
     a = strength * prior + successes
     b = strength * (1 - prior) + (trials - successes)
     q = np.asarray(beta_dist.ppf([0.025, 0.975], a, b), dtype=np.float64)

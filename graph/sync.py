@@ -99,6 +99,9 @@ class Sync:
                 self.synced = self.synced._replace(probe_runs=target.probe_runs,
                                                    probe_failure_ms=target.probe_failure_ms)
                 self.scorer.probes_changed()
+            if target.feedback != before.feedback:
+                self.synced = self.synced._replace(feedback=target.feedback)
+                self.scorer.feedback_changed()
             if self.synced == before:
                 return False
             self.scorer.invalidate()
@@ -112,6 +115,10 @@ class Sync:
     def note_catalogue(self) -> None:
         """After an upsert by this process: the catalogue version it reflects now."""
         self.note(catalogue=self.store.data_versions().catalogue)
+
+    def note_feedback(self) -> None:
+        """After an outcome recorded by this process: the feedback version it reflects now."""
+        self.note(feedback=self.store.data_versions().feedback)
 
     def note_probes(self) -> None:
         """After a probe run (or a failed attempt) by this process: the probe versions it reflects now."""

@@ -4,15 +4,20 @@ The seed page says "kosmos-2-patch14-224 ranks higher at 42/100 vs Stable Diffus
 42/100" and "Stable Diffusion is stronger on quality" with quality 0 vs 0. These rules
 make both impossible:
 
-1. "X leads on D" only when the 95% interval of the paired difference excludes 0 AND the
-   numbers as displayed on the page are in the same order; anything else is "tied on D".
+1. A sentence cites a dimension only when it is measured for both models (with evidence:
+   a Match Graph at its prior alone is not). Then "X leads on D" only when the 95%
+   interval of the paired difference excludes 0 AND the numbers as displayed on the page
+   are in the same order; anything else is "tied on D".
 2. "X ranks higher" follows rule 1 on the UnfragileRank; equal displayed ranks are a tie.
-3. A dimension with no evidence on either side is "tied (no evidence for either)".
+   A model with no measured dimension has no rank, and the headline says so.
+3. A dimension not measured for one or both is said to be "not measured" (with whom it
+   lacks), never "tied"; two models that share no task are "not comparable" on quality,
+   with the reason.
 4. The pricing sentence is derived from the two pricing tiers and nothing else (the tiers
    carry their sources: each plan names the licence or price page it was read from).
 5. A lead that can be erased by removing a few evidence records is called fragile.
-6. Quality measured by probing random-weight test models is said to be so, next to the
-   claims it could otherwise be taken for.
+6. Probes of random-weight test models enter no score, and the page says quality is not
+   measured on the real model next to the claims it could otherwise be taken for.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from graph.rank import DIMENSION_LABELS, Difference, Score
 from graph.records import Pricing
 
 A_LEADS, B_LEADS, TIED = "a", "b", "tie"
-VERDICT_DIMENSIONS = ("adoption", "quality", "ecosystem", "match_graph")
+NOT_MEASURED, NOT_COMPARABLE = "not_measured", "not_comparable"
+VERDICT_DIMENSIONS = ("adoption", "quality", "ecosystem", "match_graph", "freshness")
 
 
 def decimals(dimension: str) -> int:
@@ -37,6 +43,8 @@ def shown(dimension: str, value: float) -> float:
 
 
 def fmt(dimension: str, value: float) -> str:
+    if value != value:  # NaN: not measured
+        return "not measured"
     return f"{shown(dimension, value):.{decimals(dimension)}f}"
 
 
@@ -55,10 +63,21 @@ class DimensionResult:
     diff: Difference
     records_to_flip: int = 0  # -1: no flip found by removals; -2: not computed
     fragile: bool = False
+    comparable: bool = True  # False: the two share no task (quality)
+    note: str = ""  # why it is not comparable or not measured
 
     @cached_property
     def outcome(self) -> str:
+        if not self.comparable:
+            return NOT_COMPARABLE
+        if not self.measured_both:
+            return NOT_MEASURED
         return outcome(self.dimension, self.a, self.b, self.diff)
+
+    @property
+    def measured_both(self) -> bool:
+        """Rule 1: measured for both, with evidence behind each."""
+        return all(s.measured and s.evidence_count > 0 for s in (self.a, self.b))
 
     @property
     def no_evidence(self) -> bool:
@@ -67,6 +86,8 @@ class DimensionResult:
 
 def outcome(dimension: str, a: Score, b: Score, diff: Difference) -> str:
     """Rule 1: a lead needs an interval that excludes 0 and displayed numbers in that order."""
+    if not (a.measured and b.measured) or diff.low != diff.low:
+        return NOT_MEASURED
     sa, sb = shown(dimension, a.value), shown(dimension, b.value)
     if diff.low > 0 and sa > sb:
         return A_LEADS
@@ -83,6 +104,12 @@ def _join(words: list[str]) -> str:
 
 def headline(name_a: str, name_b: str, rank: DimensionResult) -> str:
     """Rule 2: the first sentence of the page."""
+    if not (rank.a.measured and rank.b.measured):
+        if not rank.a.measured and not rank.b.measured:
+            return f"Neither {name_a} nor {name_b} has an UnfragileRank yet: no dimension is measured for either."
+        ranked, unranked, s = (name_a, name_b, rank.a) if rank.a.measured else (name_b, name_a, rank.b)
+        return (f"{ranked} has an UnfragileRank of {fmt('rank', s.value)}/100 (95% interval {fmt('rank', s.low)}"
+                f"–{fmt('rank', s.high)}); {unranked} has none yet: no dimension is measured for it.")
     ra, rb = fmt("rank", rank.a.value), fmt("rank", rank.b.value)
     ci = f"{fmt_signed('rank', rank.diff.low)} to {fmt_signed('rank', rank.diff.high)}"
     o = rank.outcome
@@ -122,19 +149,52 @@ def pricing_sentence(name_a: str, pa: Pricing, name_b: str, pb: Pricing) -> str:
 
 
 def test_model_sentence(tested: list[tuple[str, str]]) -> str:
-    """Rule 6: (model name, what its probes ran on) for every model whose quality comes from a test model."""
+    """Rule 6: (model name, what its probes ran on) for every model whose probes ran on a test model."""
     if not tested:
         return ""
     parts = "; ".join(f"{name} on {what}" for name, what in tested)
-    return (f"Quality here comes from live probes of random-weight test models ({parts}), so it says nothing "
-            f"about the real models.")
+    return (f"Quality not measured on the real model: the live probes ran on random-weight test models ({parts}); "
+            f"a test model's quality says nothing about the real models, so these probes enter no score.")
+
+
+def _label(dimension: str) -> str:
+    return DIMENSION_LABELS[dimension] if dimension == "rank" else DIMENSION_LABELS[dimension].lower()
+
+
+def _lacks(d: DimensionResult, name_a: str, name_b: str) -> str:
+    """Rule 3: 'adoption (measured for neither)', 'match graph (no search has matched B yet)'."""
+    def missing(s: Score) -> bool:
+        return not s.measured or s.evidence_count == 0
+
+    def prior_only(s: Score) -> bool:
+        return s.measured and s.evidence_count == 0
+
+    if missing(d.a) and missing(d.b):
+        if prior_only(d.a) and prior_only(d.b):
+            return f"{_label(d.dimension)} (no recorded search has matched either yet)"
+        return f"{_label(d.dimension)} (measured for neither)"
+    who, s = (name_a, d.a) if missing(d.a) else (name_b, d.b)
+    if prior_only(s):
+        return f"{_label(d.dimension)} (no recorded search has matched {who} yet)"
+    return f"{_label(d.dimension)} (not measured for {who})"
+
+
+def rests_on_sentence(name_a: str, on_a: tuple[str, ...], name_b: str, on_b: tuple[str, ...]) -> str:
+    """Which dimensions each rank rests on, when they differ."""
+    if set(on_a) == set(on_b) or not on_a or not on_b:
+        return ""
+    return (f"The ranks rest on different evidence: {name_a}'s on {_join([_label(d) for d in on_a])}, "
+            f"{name_b}'s on {_join([_label(d) for d in on_b])}.")
 
 
 def verdict(name_a: str, name_b: str, rank: DimensionResult, dims: list[DimensionResult],
-            pricing_a: Pricing, pricing_b: Pricing, quality_note: str = "") -> list[str]:
-    """The verdict paragraph as sentences, in order (``quality_note``: rule 6's sentence, if any)."""
-    label = {d: DIMENSION_LABELS[d] if d == "rank" else DIMENSION_LABELS[d].lower() for d in DIMENSION_LABELS}
+            pricing_a: Pricing, pricing_b: Pricing, quality_note: str = "", rests_on: str = "") -> list[str]:
+    """The verdict paragraph as sentences, in order (``quality_note``: rule 6's sentence, if any;
+    ``rests_on``: ``rests_on_sentence``)."""
+    label = {d: _label(d) for d in DIMENSION_LABELS}
     out = [headline(name_a, name_b, rank).replace(" ranks higher ", " scores higher ", 1)]
+    if rests_on:
+        out.append(rests_on)
     a_leads = [label[d.dimension] for d in dims if d.outcome == A_LEADS]
     b_leads = [label[d.dimension] for d in dims if d.outcome == B_LEADS]
     if a_leads and b_leads:
@@ -143,13 +203,18 @@ def verdict(name_a: str, name_b: str, rank: DimensionResult, dims: list[Dimensio
         out.append(f"{name_a} leads on {_join(a_leads)}.")
     elif b_leads:
         out.append(f"{name_b} leads on {_join(b_leads)}.")
-    tied = [d for d in dims if d.outcome == TIED]
+    tied = [label[d.dimension] for d in dims if d.outcome == TIED]
     if tied:
-        parts = [label[d.dimension] + (" (no evidence for either)" if d.no_evidence else "") for d in tied]
-        out.append(f"{'They' if (a_leads or b_leads) else 'The two'} are tied on {_join(parts)}.")
+        out.append(f"{'They' if (a_leads or b_leads) else 'The two'} are tied on {_join(tied)}.")
+    unmeasured = [_lacks(d, name_a, name_b) for d in dims if d.outcome == NOT_MEASURED]
+    if unmeasured:
+        out.append(f"Not compared, for want of measurements: {_join(unmeasured)}.")
+    for d in dims:
+        if d.outcome == NOT_COMPARABLE:
+            out.append(f"{DIMENSION_LABELS[d.dimension]} is {d.note}.")
     if quality_note:
         out.append(quality_note)
-    fragile = [d for d in [rank, *dims] if d.outcome != TIED and d.fragile]
+    fragile = [d for d in [rank, *dims] if d.outcome in (A_LEADS, B_LEADS) and d.fragile]
     if fragile:
         parts = [f"{name_a if d.outcome == A_LEADS else name_b}'s lead on {label[d.dimension]} disappears if "
                  f"{d.records_to_flip} evidence record{'s are' if d.records_to_flip != 1 else ' is'} removed"

@@ -1,7 +1,9 @@
 """What ``make run`` shows a new user, through real gRPC calls to the running stack.
 
-Seeds the match graph with the two models of the seed document, generates one image,
-captions it, probes both model servers for quality, and prints the comparison page.
+Seeds the match graph with the shipped catalogue (graph/data/catalogue.jsonl: real models,
+every figure a sourced, dated reading) through ImportModels, generates one image, captions
+it, probes both model servers (tiny random-weight test models here: their probes enter no
+score), and prints the comparison page of Kosmos-2 and Stable Diffusion.
 """
 
 from __future__ import annotations
@@ -13,20 +15,21 @@ import typer
 from services.core.client import channel
 from services.stack import Stack
 
-PAGE_PAIR = ("kosmos-2-patch14-224", "Stable Diffusion")
+PAGE_PAIR = ("kosmos-2-patch14-224", "stable-diffusion")
 
 
-def seed_graph(target: str) -> list[str]:
-    """UpsertModel the seed models; returns their ids."""
-    from graph.seed_data import SEED_MODELS
+def seed_graph(target: str, path: Path | None = None) -> list[str]:
+    """Import the catalogue file (the shipped one by default) with ImportModels; returns the ids imported."""
+    from graph import catalogue_file
     from services.matchgraph.types import record_to_pb
     from unfragile.matchgraph.v1 import matchgraph_pb2 as mg
     from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as mg_grpc
 
+    records = catalogue_file.load(path or catalogue_file.DEFAULT_PATH)
     with channel(target) as ch:
-        stub = mg_grpc.MatchGraphStub(ch)
-        return [stub.UpsertModel(mg.UpsertModelRequest(model=record_to_pb(r)), timeout=30).model.id
-                for r in SEED_MODELS]
+        mg_grpc.MatchGraphStub(ch).ImportModels(iter([mg.ImportModelsRequest(
+            models=[record_to_pb(r) for r in records])]), timeout=120)
+    return [r.id for r in records]
 
 
 def generate_png(target: str, prompt: str, seed: int = 0) -> bytes:
@@ -81,7 +84,8 @@ def run_demo(stack: Stack, out_dir: Path) -> None:
     """The walk-through printed by ``make run`` once every service is SERVING."""
     out_dir.mkdir(parents=True, exist_ok=True)
     graph, diffusion, vl = stack.target("matchgraph"), stack.target("diffusion"), stack.target("visionlanguage")
-    typer.echo(f"seeded match graph with: {', '.join(seed_graph(graph))}")
+    ids = seed_graph(graph)
+    typer.echo(f"seeded the match graph with the catalogue: {len(ids)} models ({', '.join(ids[:6])}, ...)")
     typer.echo("generating one image (tiny random-weight Stable Diffusion: expect noise):")
     png = generate_png(diffusion, "a snowman in a sunny park")
     path = out_dir / "demo.png"
@@ -90,7 +94,6 @@ def run_demo(stack: Stack, out_dir: Path) -> None:
     typer.echo(f"caption of that image (tiny random-weight Kosmos-2: expect nonsense): {caption_png(vl, png)}")
     typer.echo(f"quality probes: {run_probes(graph)}")
     typer.echo("\n" + compare_markdown(graph, *PAGE_PAIR))
-    from graph.seed_data import KOSMOS2_ID, SD_ID
     from services.gateway.server import compare_url
 
-    typer.echo(f"\nthe comparison page on the web: {compare_url(stack.gateway_url, KOSMOS2_ID, SD_ID)}")
+    typer.echo(f"\nthe comparison page on the web: {compare_url(stack.gateway_url, *PAGE_PAIR)}")

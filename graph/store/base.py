@@ -1,8 +1,8 @@
 """The match graph's storage interface, shared by the SQLite and PostgreSQL backends.
 
 The store is the single source of truth of the match graph: the catalogue (models,
-aliases, signals, capabilities, external quality, search documents), the search events
-and the probe results. Events are stored one row each with a UNIQUE event id, so replays
+aliases, tasks, dated readings with their history, capabilities, external quality, search
+documents), the search events and the probe results. Events are stored one row each with a UNIQUE event id, so replays
 are ignored (idempotent ingest), and their ``seq`` numbers equal commit order, so a reader
 tailing ``seq > last`` never skips one. Everything derived from events (co-match counts,
 Times Matched, the graph, PageRank) is rebuilt from them; to keep restarts fast the derived
@@ -21,18 +21,20 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
-from typing import Any, Literal, NamedTuple
-
-from pydantic import BaseModel, Field
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from graph.records import MatchEvent, ModelRecord
+from graph.store.columns import EVENT_COLUMNS as EVENT_COLUMNS
+from graph.store.columns import LOCAL_META as LOCAL_META
+from graph.store.columns import PORTABLE as PORTABLE
+from graph.store.config import StoreConfig as StoreConfig
 from graph.store.leadership import Leader as Leader
 from graph.store.leadership import LeaderLock as LeaderLock
 from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import FeedbackRow as FeedbackRow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 CHANGE_CHANNEL = "matchgraph"  # PostgreSQL NOTIFY channel; the payload is the newest committed event seq
 STATE_CHANNEL = "matchgraph_state"  # NOTIFY channel of save_state; the payload is the new snapshot version
 # graph_state rows that hold source data rather than state derived from events (e.g. what each
@@ -48,6 +50,7 @@ class DataVersions(NamedTuple):
     catalogue: int  # catalogue changes (upserts, bulk inserts)
     probe_runs: int  # probe runs stored
     probe_failure_ms: int  # when the latest probe attempt failed (0 = never); pages say so
+    feedback: int = 0  # feedback outcomes recorded (success rates read them)
 
 
 class Heads(NamedTuple):
@@ -66,23 +69,6 @@ class PoolStats:
     waiting: int
 
 
-class StoreConfig(BaseModel):
-    """Storage knobs of the MatchGraph (the backend itself is chosen by ``db_url``)."""
-
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
-        "FULL", description="SQLite: FULL fsyncs the WAL at every commit, so an acknowledged event survives "
-        "power loss; NORMAL fsyncs only at checkpoints (faster; survives a process crash, not a power cut).")
-    pg_pool_min_size: int = Field(2, ge=1, description="PostgreSQL: connections the pool keeps open.")
-    pg_pool_max_size: int = Field(8, ge=1, description="PostgreSQL: most connections the pool opens under load.")
-    pg_pool_timeout_s: float = Field(
-        5.0, gt=0, description="PostgreSQL: longest wait for a pooled connection; past it (e.g. the server is "
-        "down) a call answers UNAVAILABLE with a retry hint instead of hanging.")
-    pg_connect_timeout_s: int = Field(3, ge=1, description="PostgreSQL: timeout of each connection attempt.")
-    change_poll_interval_s: float = Field(
-        0.2, gt=0, description="Polling period of the waits for new events and snapshots when no LISTEN "
-        "connection can be used (SQLite, or PostgreSQL hot standbys and outages).")
-
-
 @dataclass(frozen=True)
 class StateRow:
     """One derived-state snapshot row: what a reader loads before replaying the event tail."""
@@ -94,25 +80,6 @@ class StateRow:
     data: bytes
 
 
-# Columns copied by ``unfragile graph migrate``, per table, in the order both backends store them.
-# Rows are read and written in insertion order (rowid / serial id), which scoring depends on.
-PORTABLE: dict[str, tuple[str, ...]] = {
-    "models": ("node", "id", "name", "type", "pricing_tier", "serving_endpoint", "version", "record", "updated_ms"),
-    "aliases": ("alias", "model_id"),
-    "signals": ("model_id", "dimension", "kind", "value", "source", "observed_at"),
-    "capabilities": ("model_id", "position", "title", "description", "unique_note", "vs_alternatives"),
-    "external_quality": ("model_id", "benchmark", "score", "source", "observed_at"),
-    "search_docs": ("id", "model_id", "capability", "title", "body"),
-    "probe_runs": ("run_id", "started_ms", "seed", "prompts", "skipped"),
-    "probe_results": tuple(f.name for f in fields(ProbeResultRow)),
-    "probe_outcomes": tuple(f.name for f in fields(ProbeOutcomeRow)),
-    "probe_scores": tuple(f.name for f in fields(ProbeScoreRow)),
-    "graph_state": ("key", "version", "snapshot", "saved_ms", "data"),
-    "meta": ("key", "value"),
-    "feedback": ("event_id", "outcome", "clicked_through", "source", "comment", "credited", "ts_ms"),
-}
-EVENT_COLUMNS = ("seq", "event_id", "query", "matched", "compared", "clicked", "ts_ms")
-LOCAL_META = frozenset({"schema_version"})  # meta rows that describe one database, never copied
 
 
 class Store(ABC):
@@ -137,6 +104,10 @@ class Store(ABC):
         """Create or replace ``record`` (keeping its node number). Returns (created, node)."""
 
     @abstractmethod
+    def upsert_models(self, records: list[ModelRecord]) -> list[tuple[bool, int]]:
+        """``upsert_model`` of every record in one transaction (all or none); (created, node) of each."""
+
+    @abstractmethod
     def bulk_insert_models(self, records: Iterable[ModelRecord]) -> None:
         """Fast path for benchmarks and imports: new models only."""
 
@@ -159,18 +130,43 @@ class Store(ABC):
 
     @abstractmethod
     def signal_rows(self, dimension: str) -> list[tuple[str, str, float, str, str]]:
-        """(model_id, kind, value, source, observed_at) of every signal of ``dimension``, in insertion order."""
+        """(model_id, kind, value, source, observed_at): the newest reading of each (model, kind, source) of
+        ``dimension`` ("adoption", "ecosystem"), in insertion order."""
 
     @abstractmethod
     def signal_values(self, dimension: str) -> list[tuple[str, str, float]]:
-        """(model_id, kind, value) of every signal of ``dimension``, in insertion order."""
+        """(model_id, kind, value) of the rows of ``signal_rows``."""
 
     @abstractmethod
     def signal_rows_for(self, model_id: str, dimension: str) -> list[tuple[str, str, float, str, str]]:
         """The rows of ``signal_rows`` for one model."""
 
     @abstractmethod
-    def external_quality_rows(self) -> list[tuple[str, str, float, str, str]]: ...
+    def fact_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(model_id, name, value, source, observed_at): the newest reading of each fact (licence, released,
+        last_modified) per (model, source), in insertion order."""
+
+    @abstractmethod
+    def observation_history(self, model_id: str) -> list[tuple[str, str, float, str, str, str, str, str]]:
+        """Every reading ever stored for a model, old ones included: (dimension, kind, value, text, source,
+        observed_at, says, period), by dimension, kind, source and date."""
+
+    @abstractmethod
+    def readings_as_of(self) -> str:
+        """The newest read date of any stored reading ("" when none): the date time-dependent scores
+        (freshness) are evaluated at, so the same data always gives the same numbers."""
+
+    @abstractmethod
+    def model_tasks(self) -> dict[str, tuple[str, ...]]:
+        """Model id -> its tasks (capability families), for models that list any."""
+
+    @abstractmethod
+    def model_types(self) -> dict[str, str]:
+        """Model id -> its artifact type ("model", "tool", "api")."""
+
+    @abstractmethod
+    def external_quality_rows(self) -> list[tuple[str, str, float, str, str, str, str]]:
+        """(model_id, benchmark, score, source, observed_at, task, scale) of every published result."""
 
     # ------------------------------------------------------------------ search
     @abstractmethod
@@ -304,7 +300,7 @@ class Store(ABC):
 
     @abstractmethod
     def probe_freshness(self) -> tuple[int, int, str]:
-        """(last probe run that stored results, ms or 0; last failed attempt ms or 0; its reason)."""
+        """(last probe run that stored scorable results, ms or 0; last failed attempt ms or 0; its reason)."""
 
     # ------------------------------------------------------------------ derived state (snapshots)
     @abstractmethod

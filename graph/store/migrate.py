@@ -16,8 +16,8 @@ from common.errors import FailedPrecondition
 from graph.store.base import LOCAL_META, PORTABLE, Row, Store
 
 # Copy order: the derived-state snapshots last (see the module docstring).
-TABLE_ORDER = ("models", "aliases", "signals", "capabilities", "external_quality", "search_docs", "probe_runs",
-               "probe_results", "probe_outcomes", "probe_scores", "feedback", "meta", "graph_state")
+TABLE_ORDER = ("models", "aliases", "observations", "tasks", "capabilities", "external_quality", "search_docs",
+               "probe_runs", "probe_results", "probe_outcomes", "probe_scores", "feedback", "meta", "graph_state")
 assert set(TABLE_ORDER) == set(PORTABLE)
 
 

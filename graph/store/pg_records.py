@@ -9,7 +9,11 @@ import psycopg
 
 from graph.records import MatchEvent, ModelRecord
 from graph.store.base import PORTABLE, FeedbackRow, Row
+from graph.store.observations import statements, with_readings
+from graph.store.pg_support import bump
 from graph.store.rows import event_from_row, feedback_totals, record_from_json
+
+_NEWEST, _QUALITY = (statements("%s", "rid")[k] for k in ("newest_capable", "quality_capable"))
 
 
 class PgMatchRecords:
@@ -25,8 +29,10 @@ class PgMatchRecords:
         raise NotImplementedError  # PgStore's
 
     def capability_records(self) -> list[ModelRecord]:
-        return [record_from_json(r[0]) for r in self._all(
-            "SELECT record FROM models WHERE id IN (SELECT model_id FROM capabilities) ORDER BY node")]
+        with self._conn() as conn, conn.transaction():  # records and readings from one snapshot
+            records = [record_from_json(r[0]) for r in conn.execute(
+                "SELECT record FROM models WHERE id IN (SELECT model_id FROM capabilities) ORDER BY node")]
+            return with_readings(records, conn.execute(_NEWEST).fetchall(), conn.execute(_QUALITY).fetchall())
 
     def match_record(self, event_id: str) -> tuple[MatchEvent, FeedbackRow | None] | None:
         with self._conn() as conn, conn.transaction():  # the event and its outcome from one snapshot
@@ -48,6 +54,7 @@ class PgMatchRecords:
                                     f"({', '.join(['%s'] * len(cols))}) ON CONFLICT (event_id) DO NOTHING",
                                     row.as_row()).rowcount
             if inserted:
+                bump(conn, "feedback_seq")
                 return row, True
             old = conn.execute(f"SELECT {', '.join(cols)} FROM feedback WHERE event_id = %s",
                                (row.event_id,)).fetchone()

@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -38,6 +39,8 @@ from graph.store.base import (
     Store,
     StoreConfig,
 )
+from graph.store.catalogue_write import CHILD_TABLES, QUALITY_COLUMNS, SEARCH_COLUMNS, batch_rows, model_upsert_sql
+from graph.store.observations import ReadingQueries, statements, upsert_sql
 from graph.store.pg_copy import append_events, copy_new_events, copy_rows, read_table, replace_table, stage_new_events
 from graph.store.pg_leader import FENCE, LEADER_ROW, LEADER_SCHEMA, PgLeaderLock
 from graph.store.pg_listen import ChangeListener
@@ -57,26 +60,30 @@ from graph.store.pg_support import (
     where,
 )
 from graph.store.rows import (
-    alias_rows,
+    OBSERVATION_COLUMNS,
     chunks,
     event_row,
     now_ms,
+    observation_rows_of,
     record_from_json,
     record_to_json,
     search_doc_rows,
     search_words,
-    signal_rows_of,
     unique_events,
+    with_stored_apart,
 )
 
+OBS_UPSERT = upsert_sql("%s")
 
-class PgStore(PgMatchRecords, PgProbes, Store):
+
+class PgStore(PgMatchRecords, PgProbes, ReadingQueries, Store):
     """All reads and writes of the match graph's PostgreSQL database (see the module docstring)."""
 
     def __init__(self, url: str, config: StoreConfig | None = None) -> None:
         config = config or StoreConfig()
         self.url = redact(url)
         self.place = where(url)
+        self.obs = statements("%s", "rid")
         self.conninfo, self.connect_timeout_s = url, config.pg_connect_timeout_s
         self.term: int | None = None  # leadership term every write is fenced by (None: not fenced; pg_leader.py)
         self.fenced = False  # a write was refused because the term is over
@@ -131,6 +138,9 @@ class PgStore(PgMatchRecords, PgProbes, Store):
         with self._conn() as conn:
             return conn.execute(sql, args).fetchone()
 
+    def _rows(self, sql: str, args: Row = ()) -> list[Any]:
+        return self._all(sql, args)
+
     def _row(self, sql: str, args: Row = ()) -> Row:
         """The first row of a query that always returns one (aggregates, scalar subqueries)."""
         row = self._one(sql, args)
@@ -151,34 +161,28 @@ class PgStore(PgMatchRecords, PgProbes, Store):
 
     # ------------------------------------------------------------------ models
     def upsert_model(self, record: ModelRecord) -> tuple[bool, int]:
+        return self.upsert_models([record])[0]
+
+    def upsert_models(self, records: list[ModelRecord]) -> list[tuple[bool, int]]:
+        rows = batch_rows(records, now_ms())
+        ids = [r.id for r in records]
         with self._wtx() as conn:
-            row = conn.execute(
-                "INSERT INTO models (id, name, type, pricing_tier, serving_endpoint, version, record, updated_ms) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, "
-                "type = EXCLUDED.type, pricing_tier = EXCLUDED.pricing_tier, serving_endpoint = "
-                "EXCLUDED.serving_endpoint, version = EXCLUDED.version, record = EXCLUDED.record, "
-                "updated_ms = EXCLUDED.updated_ms RETURNING node, (xmax = 0)",
-                (record.id, record.name, record.type, record.pricing.tier, record.serving_endpoint, record.version,
-                 record_to_json(record), now_ms())).fetchone()
-            assert row is not None
             bump(conn, "catalog_seq")
-            for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
-                conn.execute(f"DELETE FROM {table} WHERE model_id = %s", (record.id,))
+            node_of = "SELECT id, node FROM models WHERE id = ANY(%s)"
+            existing = {str(i): int(n) for i, n in conn.execute(node_of, (ids,)).fetchall()}
             cur = conn.cursor()
+            cur.executemany(model_upsert_sql("%s"), rows.models)
+            nodes = {str(i): int(n) for i, n in conn.execute(node_of, (ids,)).fetchall()}
+            for table in CHILD_TABLES:
+                cur.execute(f"DELETE FROM {table} WHERE model_id = ANY(%s)", (ids,))
             cur.executemany("INSERT INTO aliases (alias, model_id) VALUES (%s, %s) ON CONFLICT (alias) DO UPDATE "
-                            "SET model_id = EXCLUDED.model_id", alias_rows(record))
-            cur.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
-                            "VALUES (%s, %s, %s, %s, %s, %s)", signal_rows_of(record))
-            cur.executemany("INSERT INTO capabilities VALUES (%s, %s, %s, %s, %s, %s)",
-                            [(record.id, i, c.title, c.description, c.unique, c.vs_alternatives)
-                             for i, c in enumerate(record.capabilities)])
-            cur.executemany("INSERT INTO external_quality (model_id, benchmark, score, source, observed_at) "
-                            "VALUES (%s, %s, %s, %s, %s)",
-                            [(record.id, q.benchmark, q.score, q.source, q.observed_at)
-                             for q in record.external_quality])
-            cur.executemany("INSERT INTO search_docs (model_id, capability, title, body) VALUES (%s, %s, %s, %s)",
-                            search_doc_rows(record))
-        return bool(row[1]), int(row[0])
+                            "SET model_id = EXCLUDED.model_id", rows.aliases)
+            copy_rows(cur, "tasks", PORTABLE["tasks"], rows.tasks)
+            cur.executemany(OBS_UPSERT, rows.observations)  # older readings are kept
+            copy_rows(cur, "capabilities", PORTABLE["capabilities"], rows.capabilities)
+            copy_rows(cur, "external_quality", QUALITY_COLUMNS, rows.external_quality)
+            copy_rows(cur, "search_docs", SEARCH_COLUMNS, rows.search_docs)
+        return [(r.id not in existing, nodes[r.id]) for r in records]
 
     def bulk_insert_models(self, records: Iterable[ModelRecord]) -> None:
         now = now_ms()
@@ -190,13 +194,23 @@ class PgStore(PgMatchRecords, PgProbes, Store):
                                            "record", "updated_ms"),
                            [(r.id, r.name, r.type, r.pricing.tier, r.serving_endpoint, r.version, record_to_json(r),
                              now) for r in batch])
-                copy_rows(cur, "signals", PORTABLE["signals"], [s for r in batch for s in signal_rows_of(r)])
+                copy_rows(cur, "observations", OBSERVATION_COLUMNS,
+                          [o for r in batch for o in observation_rows_of(r, now)])
+                copy_rows(cur, "tasks", PORTABLE["tasks"], [(r.id, t) for r in batch for t in r.tasks])
+                copy_rows(cur, "external_quality", QUALITY_COLUMNS,
+                          [(r.id, q.benchmark, q.score, q.source, q.observed_at, q.task, q.scale, q.says)
+                           for r in batch for q in r.external_quality])
                 copy_rows(cur, "search_docs", ("model_id", "capability", "title", "body"),
                            [search_doc_rows(r)[0] for r in batch])
 
     def get_model(self, model_id: str) -> ModelRecord | None:
-        row = self._one("SELECT record FROM models WHERE id = %s", (model_id,))
-        return record_from_json(row[0]) if row else None
+        with self._conn() as conn, conn.transaction():  # the row and the parts stored apart from one snapshot
+            row = conn.execute("SELECT record FROM models WHERE id = %s", (model_id,)).fetchone()
+            if not row:
+                return None
+            return with_stored_apart(record_from_json(row[0]),
+                                     conn.execute(self.obs["newest_record"], (model_id,)).fetchall(),
+                                     conn.execute(self.obs["quality_of"], (model_id,)).fetchall())
 
     def model_nodes(self) -> list[tuple[int, str]]:
         return [(int(n), i) for n, i in self._all("SELECT node, id FROM models ORDER BY node")]
@@ -210,20 +224,6 @@ class PgStore(PgMatchRecords, PgProbes, Store):
     def serving(self) -> list[tuple[str, str, str]]:
         return self._all("SELECT id, serving_endpoint, version FROM models WHERE serving_endpoint <> '' "
                          "ORDER BY node")
-
-    def signal_rows(self, dimension: str) -> list[tuple[str, str, float, str, str]]:
-        return self._all("SELECT model_id, kind, value, source, observed_at FROM signals WHERE dimension = %s "
-                         "ORDER BY rid", (dimension,))
-
-    def signal_values(self, dimension: str) -> list[tuple[str, str, float]]:
-        return self._all("SELECT model_id, kind, value FROM signals WHERE dimension = %s ORDER BY rid", (dimension,))
-
-    def signal_rows_for(self, model_id: str, dimension: str) -> list[tuple[str, str, float, str, str]]:
-        return self._all("SELECT model_id, kind, value, source, observed_at FROM signals WHERE model_id = %s "
-                         "AND dimension = %s ORDER BY rid", (model_id, dimension))
-
-    def external_quality_rows(self) -> list[tuple[str, str, float, str, str]]:
-        return self._all("SELECT model_id, benchmark, score, source, observed_at FROM external_quality ORDER BY rid")
 
     # ------------------------------------------------------------------ search
     def capability_model_ids(self, text: str) -> set[str]:
@@ -344,7 +344,7 @@ class PgStore(PgMatchRecords, PgProbes, Store):
     def data_versions(self) -> DataVersions:
         row = self._row(DATA_VERSIONS)
         failure = int(json.loads(row[3])["at_ms"]) if row[3] else 0
-        return DataVersions(int(row[0]), int(row[1]), int(row[2]), failure)
+        return DataVersions(int(row[0]), int(row[1]), int(row[2]), failure, int(row[4]))
 
     # ------------------------------------------------------------------ copying between stores
     def read_rows(self, table: str, batch: int = 10_000) -> Iterator[list[Row]]:

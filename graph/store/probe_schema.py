@@ -56,9 +56,10 @@ PG_UPGRADE = ";\n".join(
      for table, cols in ADDED_COLUMNS.items() for name, _s, pg_type, d in cols] + [PG_SCORES]) + ";\n"
 
 
-# The newest probe run that stored results (a run that could measure nothing says why, but is no evidence).
+# The newest probe run that stored scorable results (a run that could measure nothing, or only test models or
+# under a test judge, says why, but is no evidence of quality).
 LAST_MEASURED = ("SELECT COALESCE(MAX(r.started_ms), 0) FROM probe_runs r "
-                 "WHERE EXISTS (SELECT 1 FROM probe_results p WHERE p.run_id = r.run_id)")
+                 "WHERE EXISTS (SELECT 1 FROM probe_results p WHERE p.run_id = r.run_id AND p.scorable)")
 
 
 def columns(table: str) -> str:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeVar
+
+import orjson
 
 from graph.records import (
     Capability,
+    Fact,
     FailureMode,
     Link,
     MatchEvent,
@@ -49,8 +51,19 @@ def search_words(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS][:MAX_QUERY_WORDS]
 
 
+# Parts of a record stored once, in tables of their own, and not in its JSON: readings as dated observations
+# (``observation_rows_of``; reads take the newest of each), published results as ``external_quality`` rows.
+STORED_APART = ("adoption", "ecosystem", "facts", "external_quality")
+_JSON_FIELDS = tuple(f.name for f in fields(ModelRecord) if f.name not in STORED_APART)
+
+
 def record_to_json(record: ModelRecord) -> str:
-    return json.dumps(asdict(record), sort_keys=True)
+    """The record as stored in its row: its fields in declaration order (tuples as lists) but those of
+    ``STORED_APART``; the same text for the same record.
+
+    orjson serialises the dataclasses natively (compact, UTF-8), several times faster than ``dataclasses.asdict``
+    + ``json.dumps``: this is on the catalogue import's hot path."""
+    return orjson.dumps({k: getattr(record, k) for k in _JSON_FIELDS}).decode()
 
 
 _CAPABILITY_LISTS = ("intents", "best_for", "limitations", "input_types", "output_types", "requires")
@@ -63,8 +76,10 @@ def _capability(c: dict[str, Any]) -> Capability:
 
 
 def record_from_json(text: str) -> ModelRecord:
-    """The record ``record_to_json`` wrote; fields added since a row was stored take their defaults."""
-    d = json.loads(text)
+    """The record ``record_to_json`` wrote; fields added since a row was stored take their defaults. Rows written
+    before ``STORED_APART`` held those parts too: they are read, and the stores replace them with the rows
+    they keep apart (``with_stored_apart``)."""
+    d = orjson.loads(text)
     p = d["pricing"]
     return ModelRecord(
         id=d["id"],
@@ -73,12 +88,16 @@ def record_from_json(text: str) -> ModelRecord:
         aliases=tuple(d["aliases"]),
         pricing=Pricing(p["tier"], tuple(PricingPlan(**x) for x in p["plans"]), model=p.get("model", ""),
                         starting_price=p.get("starting_price")),
-        adoption=tuple(Signal(**s) for s in d["adoption"]),
-        ecosystem=tuple(Signal(**s) for s in d["ecosystem"]),
+        adoption=tuple(Signal(**s) for s in d.get("adoption", ())),
+        ecosystem=tuple(Signal(**s) for s in d.get("ecosystem", ())),
         serving_endpoint=d["serving_endpoint"],
         version=d["version"],
         capabilities=tuple(_capability(c) for c in d["capabilities"]),
-        external_quality=tuple(QualityEvidence(**q) for q in d["external_quality"]),
+        external_quality=tuple(QualityEvidence(**q) for q in d.get("external_quality", ())),
+        tasks=tuple(d.get("tasks", ())),
+        facts=tuple(Fact(**f) for f in d.get("facts", ())),
+        hub_id=d.get("hub_id", ""),
+        organization=d.get("organization", ""),
         slug=d.get("slug", ""),
         url=d.get("url", ""),
         pipeline_tag=d.get("pipeline_tag", ""),
@@ -107,10 +126,37 @@ def search_doc_rows(record: ModelRecord) -> list[tuple[str, str, str, str]]:
     return docs
 
 
-def signal_rows_of(record: ModelRecord) -> list[tuple[str, str, str, float, str, str]]:
-    """(model_id, dimension, kind, value, source, observed_at) of a record's signals."""
-    return [(record.id, dim, s.kind, s.value, s.source, s.observed_at)
-            for dim, sigs in (("adoption", record.adoption), ("ecosystem", record.ecosystem)) for s in sigs]
+ObservationRow = tuple[str, str, str, float, str, str, str, str, str, int]
+OBSERVATION_COLUMNS = ("model_id", "dimension", "kind", "value", "text_value", "source", "observed_at", "says",
+                       "period", "recorded_ms")
+
+
+def observation_rows_of(record: ModelRecord, recorded_ms: int) -> list[ObservationRow]:
+    """A record's readings as observation rows (``OBSERVATION_COLUMNS``): adoption and ecosystem signals
+    (numbers) and facts (dimension "fact", the value as text)."""
+    rows: list[ObservationRow] = [
+        (record.id, dim, s.kind, float(s.value), "", s.source, s.observed_at, s.says, s.window, recorded_ms)
+        for dim, sigs in (("adoption", record.adoption), ("ecosystem", record.ecosystem)) for s in sigs]
+    rows += [(record.id, "fact", f.name, 0.0, f.value, f.source, f.observed_at, f.says, "", recorded_ms)
+             for f in record.facts]
+    return rows
+
+
+QualityRow = tuple[str, float, str, str, str, str, str]  # benchmark, score, source, observed_at, task, scale, says
+QUALITY_OF_MODEL = "SELECT benchmark, score, source, observed_at, task, scale, says FROM external_quality"
+
+
+def with_stored_apart(record: ModelRecord, readings: list[tuple[str, str, float, str, str, str, str, str]],
+                      quality: list[QualityRow]) -> ModelRecord:
+    """``record`` (from its JSON) with the parts stored apart: the newest reading of each (kind, source) from
+    (dimension, kind, value, text, source, observed_at, says, window) rows, and its published results."""
+    adoption = tuple(Signal(k, v, src, at, says, win) for dim, k, v, _t, src, at, says, win in readings
+                     if dim == "adoption")
+    ecosystem = tuple(Signal(k, v, src, at, says, win) for dim, k, v, _t, src, at, says, win in readings
+                      if dim == "ecosystem")
+    facts = tuple(Fact(k, t, src, at, says) for dim, k, _v, t, src, at, says, _w in readings if dim == "fact")
+    return replace(record, adoption=adoption, ecosystem=ecosystem, facts=facts,
+                   external_quality=tuple(QualityEvidence(*q) for q in quality))
 
 
 def event_row(e: MatchEvent, now_ms: int) -> EventRow:

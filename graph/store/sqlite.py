@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -24,21 +25,40 @@ from common.errors import Unavailable
 from graph.records import MatchEvent, ModelRecord
 from graph.store import probe_schema as ps
 from graph.store.base import EVENT_COLUMNS, KEPT_STATE, PORTABLE, DataVersions, Heads, Row, StateRow, Store, StoreConfig
+from graph.store.catalogue_write import (
+    CHILD_TABLES,
+    QUALITY_COLUMNS,
+    SEARCH_COLUMNS,
+    batch_rows,
+    insert_sql,
+    model_upsert_sql,
+)
+from graph.store.observations import ReadingQueries, statements, upsert_sql
 from graph.store.probe_rows import ProbeOutcomeRow, ProbeResultRow, ProbeRunRow, ProbeScoreRow
 from graph.store.rows import (
-    alias_rows,
     chunks,
     event_row,
     now_ms,
+    observation_rows_of,
     record_from_json,
     record_to_json,
     search_doc_rows,
     search_words,
-    signal_rows_of,
     unique_events,
+    with_stored_apart,
 )
 from graph.store.sqlite_records import SqliteMatchRecords
-from graph.store.sqlite_schema import create_schema, migrate_schema, schema_lock
+from graph.store.sqlite_schema import (
+    FTS_ADD,
+    FTS_FORGET,
+    FTS_REBUILD,
+    LAST_DOC,
+    create_schema,
+    migrate_schema,
+    schema_lock,
+)
+
+OBS_UPSERT = upsert_sql("?")
 
 
 def fts_query(text: str, op: str = "OR") -> str:
@@ -50,13 +70,14 @@ def fts_query(text: str, op: str = "OR") -> str:
     return f" {op} ".join(f'"{w}"' for w in search_words(text))
 
 
-class SqliteStore(SqliteMatchRecords, Store):
+class SqliteStore(SqliteMatchRecords, ReadingQueries, Store):
     """All reads and writes of the match graph's SQLite database."""
 
     def __init__(self, path: str | Path, config: StoreConfig | None = None) -> None:
         config = config or StoreConfig()
         self.path = str(path)
         self.url = "sqlite://" if self.path == ":memory:" else f"sqlite:///{self.path}"
+        self.obs = statements("?", "rowid")
         self.poll_interval_s = config.change_poll_interval_s
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +100,9 @@ class SqliteStore(SqliteMatchRecords, Store):
         with self.lock:
             self.conn.close()
 
+    def _rows(self, sql: str, args: Row = ()) -> list[Any]:
+        return self.conn.execute(sql, args).fetchall()
+
     def ping(self) -> float:
         t = time.perf_counter()
         try:
@@ -89,56 +113,68 @@ class SqliteStore(SqliteMatchRecords, Store):
 
     # ------------------------------------------------------------------ models
     def upsert_model(self, record: ModelRecord) -> tuple[bool, int]:
-        now = now_ms()
+        return self.upsert_models([record])[0]
+
+    def upsert_models(self, records: list[ModelRecord]) -> list[tuple[bool, int]]:
+        rows = batch_rows(records, now_ms())
+        ids = [r.id for r in records]
         with self.lock, self._tx():
-            row = self.conn.execute("SELECT node FROM models WHERE id = ?", (record.id,)).fetchone()
-            values = (record.name, record.type, record.pricing.tier, record.serving_endpoint, record.version,
-                      record_to_json(record), now)
-            if row is None:
-                cur = self.conn.execute(
-                    "INSERT INTO models (name, type, pricing_tier, serving_endpoint, version, record, "
-                    "updated_ms, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*values, record.id))
-                node, created = int(cur.lastrowid), True  # type: ignore[arg-type]
-            else:
-                self.conn.execute(
-                    "UPDATE models SET name=?, type=?, pricing_tier=?, serving_endpoint=?, version=?, "
-                    "record=?, updated_ms=? WHERE id=?", (*values, record.id))
-                node, created = int(row[0]), False
             self._bump("catalog_seq")
-            for table in ("aliases", "signals", "capabilities", "external_quality", "search_docs"):
-                self.conn.execute(f"DELETE FROM {table} WHERE model_id = ?", (record.id,))
-            self.conn.executemany("INSERT OR REPLACE INTO aliases (alias, model_id) VALUES (?, ?)",
-                                  alias_rows(record))
-            self.conn.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", signal_rows_of(record))
-            self.conn.executemany("INSERT INTO capabilities VALUES (?, ?, ?, ?, ?, ?)",
-                                  [(record.id, i, c.title, c.description, c.unique, c.vs_alternatives)
-                                   for i, c in enumerate(record.capabilities)])
-            self.conn.executemany("INSERT INTO external_quality VALUES (?, ?, ?, ?, ?)",
-                                  [(record.id, q.benchmark, q.score, q.source, q.observed_at)
-                                   for q in record.external_quality])
-            self.conn.executemany("INSERT INTO search_docs (model_id, capability, title, body) VALUES (?, ?, ?, ?)",
-                                  search_doc_rows(record))
-        return created, node
+            existing = self._nodes(ids)
+            self.conn.executemany(model_upsert_sql("?"), rows.models)
+            nodes = self._nodes(ids)
+            for batch in chunks(ids, 500):
+                marks = ", ".join("?" * len(batch))
+                self.conn.execute(FTS_FORGET.format(marks=marks), batch)
+                for table in CHILD_TABLES:
+                    self.conn.execute(f"DELETE FROM {table} WHERE model_id IN ({marks})", batch)
+            last_doc = self.conn.execute(LAST_DOC).fetchone()[0]  # new documents get larger ids
+            self.conn.executemany("INSERT OR REPLACE INTO aliases (alias, model_id) VALUES (?, ?)", rows.aliases)
+            self.conn.executemany("INSERT INTO tasks (model_id, task) VALUES (?, ?)", rows.tasks)
+            self.conn.executemany(OBS_UPSERT, rows.observations)  # older readings are kept
+            self.conn.executemany("INSERT INTO capabilities VALUES (?, ?, ?, ?, ?, ?)", rows.capabilities)
+            self.conn.executemany(insert_sql("external_quality", QUALITY_COLUMNS, "?"), rows.external_quality)
+            self.conn.executemany(insert_sql("search_docs", SEARCH_COLUMNS, "?"), rows.search_docs)
+            self.conn.execute(FTS_ADD, (last_doc,))
+        return [(r.id not in existing, nodes[r.id]) for r in records]
+
+    def _nodes(self, ids: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for batch in chunks(ids, 500):
+            out.update((i, int(n)) for i, n in self.conn.execute(
+                f"SELECT id, node FROM models WHERE id IN ({', '.join('?' * len(batch))})", batch))
+        return out
 
     def bulk_insert_models(self, records: Iterable[ModelRecord]) -> None:
         now = now_ms()
         with self.lock, self._tx():
             self._bump("catalog_seq")
+            last_doc = self.conn.execute(LAST_DOC).fetchone()[0]
             for batch in chunks(records, 10_000):
                 self.conn.executemany(
                     "INSERT INTO models (id, name, type, pricing_tier, serving_endpoint, version, record, "
                     "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(r.id, r.name, r.type, r.pricing.tier, r.serving_endpoint, r.version, record_to_json(r), now)
                      for r in batch])
-                self.conn.executemany("INSERT INTO signals (model_id, dimension, kind, value, source, observed_at) "
-                                      "VALUES (?, ?, ?, ?, ?, ?)", [s for r in batch for s in signal_rows_of(r)])
+                self.conn.executemany(OBS_UPSERT, [o for r in batch for o in observation_rows_of(r, now)])
+                self.conn.executemany("INSERT INTO tasks (model_id, task) VALUES (?, ?)",
+                                      [(r.id, t) for r in batch for t in r.tasks])
+                self.conn.executemany("INSERT INTO external_quality (model_id, benchmark, score, source, "
+                                      "observed_at, task, scale, says) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                      [(r.id, q.benchmark, q.score, q.source, q.observed_at, q.task, q.scale, q.says)
+                                       for r in batch for q in r.external_quality])
                 self.conn.executemany("INSERT INTO search_docs (model_id, capability, title, body) VALUES (?, ?, ?, ?)",
                                       [search_doc_rows(r)[0] for r in batch])
+            self.conn.execute(FTS_ADD, (last_doc,))
 
     def get_model(self, model_id: str) -> ModelRecord | None:
-        row = self.conn.execute("SELECT record FROM models WHERE id = ?", (model_id,)).fetchone()
-        return record_from_json(row[0]) if row else None
+        with self.lock:  # the row and the parts stored apart as one write left them
+            row = self.conn.execute("SELECT record FROM models WHERE id = ?", (model_id,)).fetchone()
+            if not row:
+                return None
+            return with_stored_apart(record_from_json(row[0]),
+                                     self.conn.execute(self.obs["newest_record"], (model_id,)).fetchall(),
+                                     self.conn.execute(self.obs["quality_of"], (model_id,)).fetchall())
 
     def model_nodes(self) -> list[tuple[int, str]]:
         return [(int(n), i) for n, i in self.conn.execute("SELECT node, id FROM models ORDER BY node")]
@@ -152,24 +188,6 @@ class SqliteStore(SqliteMatchRecords, Store):
     def serving(self) -> list[tuple[str, str, str]]:
         return list(self.conn.execute(
             "SELECT id, serving_endpoint, version FROM models WHERE serving_endpoint != '' ORDER BY node"))
-
-    def signal_rows(self, dimension: str) -> list[tuple[str, str, float, str, str]]:
-        return list(self.conn.execute(
-            "SELECT model_id, kind, value, source, observed_at FROM signals WHERE dimension = ? "
-            "ORDER BY rowid", (dimension,)))
-
-    def signal_values(self, dimension: str) -> list[tuple[str, str, float]]:
-        return self.conn.execute(
-            "SELECT model_id, kind, value FROM signals WHERE dimension = ? ORDER BY rowid", (dimension,)).fetchall()
-
-    def signal_rows_for(self, model_id: str, dimension: str) -> list[tuple[str, str, float, str, str]]:
-        return list(self.conn.execute(
-            "SELECT model_id, kind, value, source, observed_at FROM signals WHERE model_id = ? AND dimension = ? "
-            "ORDER BY rowid", (model_id, dimension)))
-
-    def external_quality_rows(self) -> list[tuple[str, str, float, str, str]]:
-        return list(self.conn.execute(
-            "SELECT model_id, benchmark, score, source, observed_at FROM external_quality ORDER BY rowid"))
 
     # ------------------------------------------------------------------ search
     def capability_model_ids(self, text: str) -> set[str]:
@@ -314,9 +332,10 @@ class SqliteStore(SqliteMatchRecords, Store):
     def data_versions(self) -> DataVersions:
         row = self.conn.execute(
             "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), (SELECT value FROM meta WHERE key = 'catalog_seq'), "
-            "(SELECT COUNT(*) FROM probe_runs), (SELECT value FROM meta WHERE key = 'last_probe_failure')").fetchone()
+            "(SELECT COUNT(*) FROM probe_runs), (SELECT value FROM meta WHERE key = 'last_probe_failure'), "
+            "(SELECT value FROM meta WHERE key = 'feedback_seq')").fetchone()
         failure = int(json.loads(row[3])["at_ms"]) if row[3] else 0
-        return DataVersions(int(row[0]), int(row[1]), int(row[2]), failure)
+        return DataVersions(int(row[0]), int(row[1]), int(row[2]), failure, int(row[4]))
 
     def heads(self) -> Heads:
         row = self.conn.execute("SELECT (SELECT COALESCE(MAX(seq), 0) FROM events), "
@@ -337,6 +356,8 @@ class SqliteStore(SqliteMatchRecords, Store):
             for batch in chunks(rows, 10_000):
                 self.conn.executemany(f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
                                       batch)
+            if table == "search_docs":  # its full-text index follows in one statement
+                self.conn.execute(FTS_REBUILD)
 
     # ------------------------------------------------------------------ helpers
     def _bump(self, key: str) -> int:

@@ -8,7 +8,10 @@ from contextlib import AbstractContextManager
 
 from graph.records import MatchEvent, ModelRecord
 from graph.store.base import PORTABLE, FeedbackRow
+from graph.store.observations import statements, with_readings
 from graph.store.rows import event_from_row, feedback_totals, record_from_json
+
+_NEWEST, _QUALITY = (statements("?", "rowid")[k] for k in ("newest_capable", "quality_capable"))
 
 
 class SqliteMatchRecords:
@@ -20,9 +23,14 @@ class SqliteMatchRecords:
     def _tx(self) -> AbstractContextManager[None]:
         raise NotImplementedError  # SqliteStore's
 
+    def _bump(self, key: str) -> int:
+        raise NotImplementedError  # SqliteStore's
+
     def capability_records(self) -> list[ModelRecord]:
-        return [record_from_json(r[0]) for r in self.conn.execute(
-            "SELECT record FROM models WHERE id IN (SELECT model_id FROM capabilities) ORDER BY node")]
+        with self.lock:  # records and readings from one read
+            records = [record_from_json(r[0]) for r in self.conn.execute(
+                "SELECT record FROM models WHERE id IN (SELECT model_id FROM capabilities) ORDER BY node")]
+            return with_readings(records, self.conn.execute(_NEWEST).fetchall(), self.conn.execute(_QUALITY))
 
     def match_record(self, event_id: str) -> tuple[MatchEvent, FeedbackRow | None] | None:
         row = self.conn.execute("SELECT event_id, query, matched, compared, clicked, ts_ms FROM events "
@@ -42,6 +50,7 @@ class SqliteMatchRecords:
             self.conn.execute(f"INSERT OR IGNORE INTO feedback ({', '.join(cols)}) VALUES "
                               f"({', '.join('?' * len(cols))})", row.as_row())
             if self.conn.total_changes > before:
+                self._bump("feedback_seq")
                 return row, True
             old = self.conn.execute(f"SELECT {', '.join(cols)} FROM feedback WHERE event_id = ?",
                                     (row.event_id,)).fetchone()

@@ -26,12 +26,15 @@ COLOR_GRID = "#d1d5db"
 FONT = 'font-family="system-ui, -apple-system, Segoe UI, Roboto, sans-serif"'
 
 DIMENSION_LABELS = {"rank": "UnfragileRank", "adoption": "Adoption", "ecosystem": "Ecosystem",
-                    "match_graph": "Match Graph", "quality": "Quality"}
-SUB_SCORES = ("adoption", "ecosystem", "match_graph", "quality")
+                    "match_graph": "Match Graph", "quality": "Quality", "freshness": "Freshness"}
+SUB_SCORES = ("adoption", "quality", "ecosystem", "match_graph", "freshness")
+NOT_MEASURED = "not measured"
 
 
-def fmt(x: float, digits: int = 2) -> str:
-    """Numbers as pages print them: fixed decimals, '-0.00' shown as '0.00'."""
+def fmt(x: float | None, digits: int = 2) -> str:
+    """Numbers as pages print them: fixed decimals, '-0.00' shown as '0.00'; None (not measured) as words."""
+    if x is None:
+        return NOT_MEASURED
     s = f"{x:.{digits}f}"
     return s[1:] if s.startswith("-") and float(s) == 0 else s
 
@@ -113,6 +116,12 @@ def score_intervals(chart_id: str, rows: list[tuple[str, list[tuple[Series, sche
         y += label_h
         for s, score in series:
             cy = y + line_h / 2
+            if not score.measured or score.value is None or score.low is None or score.high is None:
+                body.append(f'<text x="{x0}" y="{cy + 4:.1f}" font-size="11.5" fill="{s.color}">'
+                            f'{NOT_MEASURED}</text>')
+                descs.append(f"{label}, {s.label}: {NOT_MEASURED} ({score.not_measured_reason})")
+                y += line_h
+                continue
             body.append(f'<line x1="{xpos(score.low):.1f}" y1="{cy:.1f}" x2="{xpos(score.high):.1f}" y2="{cy:.1f}" '
                         f'stroke="{s.color}" stroke-width="3" stroke-linecap="round"/>')
             body.append(_marker(s.marker, xpos(score.value), cy, s.color))
@@ -148,7 +157,7 @@ def differences(chart_id: str, dims: list[schemas.Dimension], a_name: str, b_nam
     x0, x1, top, row_h = 20.0, WIDTH - 20.0, 4, 36
     plot_bottom = top + max(1, len(dims)) * row_h
     height = plot_bottom + 36
-    ext = _nice_extent([v for d in dims for v in (d.diff_low, d.diff_high, d.diff)])
+    ext = _nice_extent([v for d in dims for v in (d.diff_low, d.diff_high, d.diff) if v is not None])
 
     def xpos(v: float) -> float:
         return x0 + (max(-ext, min(ext, v)) + ext) / (2 * ext) * (x1 - x0)
@@ -171,6 +180,12 @@ def differences(chart_id: str, dims: list[schemas.Dimension], a_name: str, b_nam
         label = DIMENSION_LABELS.get(d.dimension, d.dimension)
         body.append(f'<text x="4" y="{ty + 12:.1f}" font-size="13" font-weight="600" '
                     f'fill="#111827">{escape(label)}</text>')
+        if d.diff is None or d.diff_low is None or d.diff_high is None:  # not measured for both / not comparable
+            word = "not comparable" if d.outcome == "not_comparable" else "not measured for both"
+            body.append(f'<text x="{WIDTH - 4}" y="{ty + 12:.1f}" font-size="11.5" text-anchor="end" '
+                        f'fill="{COLOR_NEUTRAL}">{word}</text>')
+            descs.append(f"{label}: {word}")
+            continue
         body.append(f'<text x="{WIDTH - 4}" y="{ty + 12:.1f}" font-size="11.5" text-anchor="end" fill="{color}">'
                     f'{fmt(d.diff)} ({fmt(d.diff_low)} to {fmt(d.diff_high)})</text>')
         body.append(f'<line x1="{xpos(d.diff_low):.1f}" y1="{cy:.1f}" x2="{xpos(d.diff_high):.1f}" y2="{cy:.1f}" '
@@ -203,7 +218,8 @@ def fragility(chart_id: str, dims: list[schemas.Dimension]) -> Markup:
             text = f"{n} record{'s' if n != 1 else ''}" + (" — fragile" if d.fragile else "")
             tx = x0 + w + 6
         else:
-            text = "tied: nothing to flip" if n == 0 else "no removal flips it"
+            text = ("not compared" if d.outcome in ("not_measured", "not_comparable") else "tied: nothing to flip") \
+                if n == 0 else "no removal flips it"
             tx = x0
         body.append(f'<text x="{tx:.1f}" y="{cy + 4:.1f}" font-size="12" '
                     f'fill="{COLOR_FRAGILE if d.fragile else "#111827"}">{escape(text)}</text>')

@@ -29,8 +29,9 @@ class ResolvedArtifact(BaseModel):
     name: str
     capability: str = Field(description="Its capability that serves the intent.")
     match_score: float = Field(ge=0, le=1)
-    rank: float = Field(description="UnfragileRank, 0..100.")
-    rank_interval: list[float] = Field(description="Its 95% interval.")
+    rank: float | None = Field(description="UnfragileRank, 0..100; null = not measured (rank_reason says why).")
+    rank_reason: str | None = None
+    rank_interval: list[float] | None = Field(description="Its 95% interval; null when the rank is not measured.")
     success_rate: float | None
     success_rate_reason: str | None = None
     success_rate_detail: RateDetail | None = None
@@ -58,13 +59,19 @@ class ResolveAnswer(BaseModel):
     snapshot_version: int
 
 
+def _rank(s: pb.Score) -> dict[str, float | str | list[float] | None]:
+    if not s.measured:
+        return {"rank": None, "rank_reason": s.not_measured_reason or "not measured", "rank_interval": None}
+    return {"rank": s.value, "rank_reason": None, "rank_interval": [s.low, s.high]}
+
+
 def resolve_from_pb(query: str, r: pb.ResolveResponse, base_url: str) -> ResolveAnswer:
     base = base_url.rstrip("/")
     caps = [ResolvedCapability(
         uri=c.intent.uri, intent=c.intent.id, label=c.intent.label, confidence=min(1.0, max(0.0, c.intent.confidence)),
         artifacts=[ResolvedArtifact(
             id=a.model_id, slug=a.slug or a.model_id, name=a.name, capability=a.capability,
-            match_score=min(1.0, max(0.0, a.match_score)), rank=a.rank.value, rank_interval=[a.rank.low, a.rank.high],
+            match_score=min(1.0, max(0.0, a.match_score)), **_rank(a.rank),
             page_url=f"{base}/models/{a.model_id}", passport_url=f"{base}/api/v1/passport/{a.slug or a.model_id}",
             **rate_fields(a.success_rate)) for a in c.artifacts]) for c in r.capabilities]
     return ResolveAnswer(query=query, intent=Intent.from_pb(r.intent) if r.HasField("intent") else None,

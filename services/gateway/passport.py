@@ -105,10 +105,26 @@ class FailureMode(BaseModel):
     mitigation: str | None
 
 
+class DimensionScore(BaseModel):
+    """One dimension of UnfragileRank (0..1) with its 95% interval, or null with why it is not measured."""
+
+    score: float | None
+    score_reason: str | None = None
+    score_interval: list[float] | None = None
+    note: str | None = Field(None, description='On a measured score, e.g. "prior only: no recorded search has '
+                                               'matched it yet".')
+    weight: float | None = Field(None, description="Its weight in this model's rank (renormalised over the "
+                                                   "measured dimensions); null = not in the rank.")
+
+
 class Trust(BaseModel):
     score: float | None = Field(description="UnfragileRank / 100.")
     score_reason: str | None = None
     score_interval: list[float] | None = Field(description="95% interval of score.")
+    rests_on: list[str] = Field(default_factory=list, description="The measured dimensions the score rests on.")
+    dimensions: dict[str, DimensionScore] = Field(
+        default_factory=dict, description="adoption, quality, ecosystem, match_graph, freshness: each 0..1, or null "
+        "with the reason it is not measured (docs/ranking.md).")
     verified: bool
     failure_modes: list[FailureMode] = Field(description="Declared by its maintainer.")
     observed_outcomes: ObservedOutcomes
@@ -154,6 +170,16 @@ def _capability(m: pb.ModelRecord, c: pb.Capability, o: pb.CapabilityOutcomes | 
         matches=o.matches if o else 0, **rate_fields(o.success_rate if o else pb.Rate()))
 
 
+DIMENSIONS = ("adoption", "quality", "ecosystem", "match_graph", "freshness")
+
+
+def _dimension(s: pb.Score, weight: float | None, scale: float = 1.0) -> DimensionScore:
+    if not s.measured:
+        return DimensionScore(score=None, score_reason=s.not_measured_reason or "not measured")
+    return DimensionScore(score=s.value / scale, score_interval=[s.low / scale, s.high / scale], note=s.note or None,
+                          weight=weight)
+
+
 def _links(m: pb.ModelRecord, slug: str, base: str) -> dict[str, dict[str, str]]:
     out = {"self": {"href": f"{base}/api/v1/passport/{slug}"}, "page": {"href": f"{base}/models/{m.id}"},
            "model": {"href": f"{base}/api/v1/models/{m.id}"}, "feedback": {"href": f"{base}/api/feedback"},
@@ -180,18 +206,19 @@ def passport_from_pb(r: pb.GetPassportResponse, base_url: str) -> PassportAnswer
                         status="active", verified=r.served, pipeline_tag=_or_none(m.pipeline_tag),
                         aliases=list(m.aliases))
     o = r.outcomes
-    rank = r.scores.rank
-    evidence = sum(s.evidence_count for s in (r.scores.adoption, r.scores.ecosystem, r.scores.match_graph,
-                                               r.scores.quality))
+    rank = _dimension(r.scores.rank, None, 100.0)
     observed = ObservedOutcomes(
         matches=o.matches, **rate_fields(o.success_rate),
         avg_confidence=o.avg_confidence if o.classified else None,
         avg_confidence_reason=None if o.classified else "no scanned search that matched it expressed a known intent",
         top_intents=[TopIntent(intent=t.intent.id, label=t.intent.label, uri=t.intent.uri, matches=t.matches)
                      for t in o.top_intents], scanned=o.scanned)
-    trust = Trust(score=rank.value / 100 if evidence else None,
-                  score_reason=None if evidence else "no evidence on any dimension of UnfragileRank",
-                  score_interval=[rank.low / 100, rank.high / 100] if evidence else None, verified=r.served,
+    used = r.scores.rank_weights
+    trust = Trust(score=rank.score, score_reason=rank.score_reason, score_interval=rank.score_interval,
+                  rests_on=list(r.scores.rests_on),
+                  dimensions={d: _dimension(getattr(r.scores, d), used[d] if d in used else None)
+                              for d in DIMENSIONS},
+                  verified=r.served,
                   failure_modes=[FailureMode(mode=f.mode, frequency=_or_none(f.frequency),
                                              mitigation=_or_none(f.mitigation)) for f in m.failure_modes],
                   observed_outcomes=observed)

@@ -10,148 +10,71 @@ from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.gateway.record_schemas import TIER_LABEL as TIER_LABEL
+from services.gateway.record_schemas import TYPE_LABEL as TYPE_LABEL
+from services.gateway.record_schemas import Capability as Capability
+from services.gateway.record_schemas import Fact as Fact
+from services.gateway.record_schemas import Model as Model
+from services.gateway.record_schemas import ModelTypeName as ModelTypeName
+from services.gateway.record_schemas import Pricing as Pricing
+from services.gateway.record_schemas import PricingPlan as PricingPlan
+from services.gateway.record_schemas import QualityEvidence as QualityEvidence
+from services.gateway.record_schemas import Signal as Signal
+from services.gateway.record_schemas import TierName as TierName
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
-ModelTypeName = Literal["unspecified", "model", "tool", "api"]
-TierName = Literal["unknown", "free", "freemium", "paid"]
-OutcomeName = Literal["unspecified", "a_leads", "b_leads", "tied"]
+OutcomeName = Literal["unspecified", "a_leads", "b_leads", "tied", "not_measured", "not_comparable"]
 
-_TYPE = {pb.MODEL_TYPE_UNSPECIFIED: "unspecified", pb.MODEL_TYPE_MODEL: "model",
-         pb.MODEL_TYPE_TOOL: "tool", pb.MODEL_TYPE_API: "api"}
-_TIER = {pb.PRICING_TIER_UNSPECIFIED: "unknown", pb.PRICING_TIER_FREE: "free",
-         pb.PRICING_TIER_FREEMIUM: "freemium", pb.PRICING_TIER_PAID: "paid"}
 _OUTCOME = {pb.OUTCOME_UNSPECIFIED: "unspecified", pb.OUTCOME_A_LEADS: "a_leads",
-            pb.OUTCOME_B_LEADS: "b_leads", pb.OUTCOME_TIED: "tied"}
-TIER_LABEL = {"unknown": "Unknown", "free": "Free", "freemium": "Freemium", "paid": "Paid"}
-TYPE_LABEL = {"unspecified": "Unspecified", "model": "Model", "tool": "Tool", "api": "API"}
+            pb.OUTCOME_B_LEADS: "b_leads", pb.OUTCOME_TIED: "tied", pb.OUTCOME_NOT_MEASURED: "not_measured",
+            pb.OUTCOME_NOT_COMPARABLE: "not_comparable"}
 
 
 class Score(BaseModel):
-    """A 0..1 sub-score (0..100 for rank) with its 95% bootstrap interval."""
+    """A 0..1 sub-score (0..100 for rank) with its 95% bootstrap interval, or not measured (null numbers)."""
 
-    value: float = Field(description="Point estimate on the full evidence.")
-    low: float = Field(description="2.5th percentile of the bootstrap distribution.")
-    high: float = Field(description="97.5th percentile of the bootstrap distribution.")
-    evidence_count: int = Field(ge=0, description="Evidence rows behind it (0 = no evidence).")
+    value: float | None = Field(description="Point estimate on the full evidence; null when not measured.")
+    low: float | None = Field(description="2.5th percentile of the bootstrap distribution; null when not measured.")
+    high: float | None = Field(description="97.5th percentile of the bootstrap distribution; null when not measured.")
+    evidence_count: int = Field(ge=0, description="Evidence rows behind it.")
+    measured: bool = Field(True, description="False: no evidence, so no number (never to be read as 0).")
+    not_measured_reason: str = Field("", description='Why it is not measured, e.g. "no adoption reading recorded".')
+    note: str = Field("", description='A note on a measured value, e.g. "prior only: no recorded search has matched '
+                                      'it yet".')
 
     @classmethod
     def from_pb(cls, s: pb.Score) -> Score:
-        return cls(value=s.value, low=s.low, high=s.high, evidence_count=s.evidence_count)
+        if not s.measured:
+            return cls(value=None, low=None, high=None, evidence_count=s.evidence_count, measured=False,
+                       not_measured_reason=s.not_measured_reason)
+        return cls(value=s.value, low=s.low, high=s.high, evidence_count=s.evidence_count, note=s.note)
 
 
 class ScoreCard(BaseModel):
-    """UnfragileRank and its four sub-scores, with the counts of the match graph."""
+    """UnfragileRank and its sub-scores, with the counts of the match graph."""
 
-    rank: Score = Field(description="UnfragileRank on 0..100.")
+    rank: Score = Field(description="UnfragileRank on 0..100: the weighted mean of the measured sub-scores.")
     adoption: Score
     ecosystem: Score
     match_graph: Score
     quality: Score
+    freshness: Score
     times_matched: int = Field(ge=0)
     times_compared: int = Field(ge=0)
     times_clicked: int = Field(ge=0)
-    weights: dict[str, float] = Field(description="Weights of the sub-scores in the rank.")
+    weights: dict[str, float] = Field(description="Configured weights of the sub-scores for its artifact type.")
+    rests_on: list[str] = Field(description="The sub-scores its rank rests on (the measured ones); empty = no rank.")
+    rank_weights: dict[str, float] = Field(description="The weights its rank used: those of rests_on, renormalised.")
+    feedback: Score = Field(description="Success rate of feedback on its matches (shrunk; shown, not weighted).")
 
     @classmethod
     def from_pb(cls, c: pb.ScoreCard) -> ScoreCard:
         return cls(rank=Score.from_pb(c.rank), adoption=Score.from_pb(c.adoption),
                    ecosystem=Score.from_pb(c.ecosystem), match_graph=Score.from_pb(c.match_graph),
-                   quality=Score.from_pb(c.quality), times_matched=c.times_matched,
-                   times_compared=c.times_compared, times_clicked=c.times_clicked, weights=dict(c.weights))
-
-
-class Capability(BaseModel):
-    title: str
-    description: str
-    unique: str
-    vs_alternatives: str
-    intents: list[str] = Field(default_factory=list, description="The needs it serves, in users' words.")
-    best_for: list[str] = Field(default_factory=list)
-    limitations: list[str] = Field(default_factory=list)
-    input_types: list[str] = Field(default_factory=list)
-    output_types: list[str] = Field(default_factory=list)
-    requires: list[str] = Field(default_factory=list)
-
-    @classmethod
-    def from_pb(cls, c: pb.Capability) -> Capability:
-        return cls(title=c.title, description=c.description, unique=c.unique, vs_alternatives=c.vs_alternatives,
-                   intents=list(c.intents), best_for=list(c.best_for), limitations=list(c.limitations),
-                   input_types=list(c.input_types), output_types=list(c.output_types), requires=list(c.requires))
-
-
-class Signal(BaseModel):
-    kind: str
-    value: float
-    source: str
-    observed_at: str
-
-
-class QualityEvidence(BaseModel):
-    benchmark: str
-    score: float
-    source: str
-    observed_at: str
-
-
-class PricingPlan(BaseModel):
-    name: str
-    usd_per_month: float
-    description: str
-    source: str = Field(description='URL of the licence or price page the plan was read from ("" = none).')
-    source_says: str = Field(description="What that page says, in a sentence.")
-    observed_at: str = Field(description='ISO date the source was read ("" = not recorded).')
-
-    @classmethod
-    def from_pb(cls, p: pb.PricingPlan) -> PricingPlan:
-        return cls(name=p.name, usd_per_month=p.usd_per_month, description=p.description, source=p.source,
-                   source_says=p.source_says, observed_at=p.observed_at)
-
-
-class Pricing(BaseModel):
-    tier: TierName
-    label: str = Field(description='As shown on pages: "Free", "Freemium", "Paid" or "Unknown".')
-    plans: list[PricingPlan]
-    model: str = Field("", description='open_source, free, usage, paid, freemium or unknown ("" = the tier\'s).')
-    starting_price: float | None = Field(None, description="USD per month of the cheapest paid way in; null = "
-                                                           "not known.")
-
-
-class Model(BaseModel):
-    """A model or tool record as stored by the MatchGraph."""
-
-    id: str
-    name: str
-    aliases: list[str]
-    type: ModelTypeName
-    pricing: Pricing
-    adoption: list[Signal]
-    ecosystem: list[Signal]
-    serving_endpoint: str = Field(description='"visionlanguage", "diffusion" or "" (not served here).')
-    version: str
-    capabilities: list[Capability]
-    external_quality: list[QualityEvidence]
-    slug: str = Field("", description='owner--name slug ("" = none: the id serves).')
-    url: str = Field("", description="The artifact's own page.")
-    pipeline_tag: str = ""
-    tags: list[str] = Field(default_factory=list)
-    links: dict[str, str] = Field(default_factory=dict, description="Repository, homepage, paper, ...")
-
-    @classmethod
-    def from_pb(cls, m: pb.ModelRecord) -> Model:
-        tier = _TIER.get(m.pricing.tier, "unknown")
-        sig = lambda s: Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)  # noqa: E731 - a one-line converter used twice below
-        return cls(
-            id=m.id, name=m.name, aliases=list(m.aliases), type=_TYPE.get(m.type, "unspecified"),
-            pricing=Pricing(tier=tier, label=TIER_LABEL[tier], plans=[PricingPlan.from_pb(p) for p in m.pricing.plans],
-                            model=m.pricing.model, starting_price=m.pricing.starting_price
-                            if m.pricing.HasField("starting_price") else None),
-            adoption=[sig(s) for s in m.adoption], ecosystem=[sig(s) for s in m.ecosystem],
-            serving_endpoint=m.serving_endpoint, version=m.version,
-            capabilities=[Capability.from_pb(c) for c in m.capabilities], slug=m.slug, url=m.url,
-            pipeline_tag=m.pipeline_tag, tags=list(m.tags), links={x.rel: x.url for x in m.links},
-            external_quality=[QualityEvidence(benchmark=q.benchmark, score=q.score, source=q.source,
-                                              observed_at=q.observed_at) for q in m.external_quality],
-        )
+                   quality=Score.from_pb(c.quality), freshness=Score.from_pb(c.freshness),
+                   times_matched=c.times_matched, times_compared=c.times_compared, times_clicked=c.times_clicked,
+                   weights=dict(c.weights), rests_on=list(c.rests_on), rank_weights=dict(c.rank_weights),
+                   feedback=Score.from_pb(c.feedback))
 
 
 class Evidence(BaseModel):
@@ -214,21 +137,26 @@ class RankList(BaseModel):
 class Dimension(BaseModel):
     """One dimension of a comparison, with the statistics its verdict sentence rests on."""
 
-    dimension: str = Field(description='"rank", "adoption", "ecosystem", "match_graph" or "quality".')
+    dimension: str = Field(description='"rank", "adoption", "quality", "ecosystem", "match_graph" or "freshness".')
     a: Score
     b: Score
-    diff: float = Field(description="a - b on the full evidence.")
-    diff_low: float = Field(description="Lower end of the 95% interval of a - b.")
-    diff_high: float = Field(description="Upper end of the 95% interval of a - b.")
+    diff: float | None = Field(description="a - b on the full evidence (null when not measured for both).")
+    diff_low: float | None = Field(description="Lower end of the 95% interval of a - b.")
+    diff_high: float | None = Field(description="Upper end of the 95% interval of a - b.")
     outcome: OutcomeName
     records_to_flip: int = Field(description="Evidence rows whose removal flips the order; 0 tied, -1 never.")
     fragile: bool
+    comparable: bool = Field(True, description="False: the two share no task (quality).")
+    note: str = Field("", description="Why it is not comparable or not measured.")
 
     @classmethod
     def from_pb(cls, d: pb.DimensionComparison) -> Dimension:
-        return cls(dimension=d.dimension, a=Score.from_pb(d.a), b=Score.from_pb(d.b), diff=d.diff,
-                   diff_low=d.diff_low, diff_high=d.diff_high, outcome=_OUTCOME.get(d.outcome, "unspecified"),
-                   records_to_flip=d.records_to_flip, fragile=d.fragile)
+        outcome = _OUTCOME.get(d.outcome, "unspecified")
+        missing = outcome in ("not_measured", "not_comparable")
+        return cls(dimension=d.dimension, a=Score.from_pb(d.a), b=Score.from_pb(d.b),
+                   diff=None if missing else d.diff, diff_low=None if missing else d.diff_low,
+                   diff_high=None if missing else d.diff_high, outcome=outcome,  # type: ignore[arg-type]
+                   records_to_flip=d.records_to_flip, fragile=d.fragile, comparable=d.comparable, note=d.note)
 
 
 class ServedModel(BaseModel):
@@ -264,6 +192,28 @@ class FeatureRow(BaseModel):
     b: str
 
 
+class SourceCell(BaseModel):
+    """One reading: the figure as shown, the page it was read from, the date, what the page says."""
+
+    text: str
+    source: str
+    observed_at: str
+    says: str = ""
+
+
+class SourceRow(BaseModel):
+    """One kind of figure for both models; an empty list = no reading."""
+
+    label: str
+    a: list[SourceCell]
+    b: list[SourceCell]
+
+    @classmethod
+    def from_pb(cls, r: pb.SourceRow) -> SourceRow:
+        cell = lambda c: SourceCell(text=c.text, source=c.source, observed_at=c.observed_at, says=c.says)  # noqa: E731
+        return cls(label=r.label, a=[cell(c) for c in r.a], b=[cell(c) for c in r.b])
+
+
 class Comparison(BaseModel):
     """GET /api/v1/compare: two models side by side, verdict and the page as Markdown."""
 
@@ -277,6 +227,8 @@ class Comparison(BaseModel):
     verdict: list[str] = Field(description="Verdict sentences in page order.")
     probe_basis: list[ProbeBasis] = Field(
         description="What the quality probes of a and b ran on (empty when neither was probed).")
+    sources: list[SourceRow] = Field(default_factory=list,
+                                     description="Every reading the scores rest on, with its source and date.")
     markdown: str = Field(description="The whole comparison page as Markdown.")
     links: dict[str, str] = Field(description="The HTML comparison page and each model's page.")
     snapshot_version: int | None = Field(
@@ -289,6 +241,7 @@ class Comparison(BaseModel):
                    b_scores=ScoreCard.from_pb(r.b_scores), dimensions=[Dimension.from_pb(d) for d in r.dimensions],
                    rows=[FeatureRow(feature=x.feature, a=x.a, b=x.b) for x in r.rows], headline=r.headline,
                    verdict=list(r.verdict), probe_basis=[ProbeBasis.from_pb(b) for b in r.probe_basis],
+                   sources=[SourceRow.from_pb(x) for x in r.sources],
                    markdown=r.markdown,
                    links={"page": f"/compare/{r.a.id}-vs-{r.b.id}", "a": f"/models/{r.a.id}",
                           "b": f"/models/{r.b.id}"}, snapshot_version=snapshot_version(r))

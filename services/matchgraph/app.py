@@ -24,7 +24,8 @@ from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
 FULL_NAME = full_name("matchgraph")
 # RPCs that write the source of truth (or spend the model services' compute): admin role once auth is on.
-ADMIN_METHODS = frozenset({"RecordMatches", "UpsertModel", "RunProbes", "RecordFeedback", "ImportManifest"})
+ADMIN_METHODS = frozenset({"RecordMatches", "UpsertModel", "ImportModels", "RunProbes", "RecordFeedback",
+                           "ImportManifest"})
 __all__ = ["FULL_NAME", "Settings", "build_engine", "build_service"]
 
 

@@ -10,48 +10,17 @@ from pathlib import Path
 
 import typer
 
-DEFAULT_TARGET = "127.0.0.1:50053"
+from services.matchgraph.cli_common import DEFAULT_TARGET as DEFAULT_TARGET
+from services.matchgraph.cli_common import TargetOpt
+from services.matchgraph.cli_common import fail as _fail
+from services.matchgraph.cli_common import reads as _stub
+from services.matchgraph.cli_common import write as _write
+from services.matchgraph.cli_import import import_app
+
 graph_app = typer.Typer(help="MatchGraph client: seed, compare, rank, search, record events, run probes; "
                         "migrate copies a database between backends.",
                         no_args_is_help=True)
-TargetOpt = typer.Option(DEFAULT_TARGET, "--target", help="MatchGraph host:port, or a comma-separated list: reads "
-                         "go to the healthy ones (round robin, retried once on another), writes to the leader")
-
-
-def _stub(target: str):
-    """Reads: spread over every healthy process in ``target`` (one, or a comma-separated list)."""
-    from services.matchgraph.routing import read_stub
-
-    return read_stub(target)
-
-
-def _write(target: str, call):  # type: ignore[no-untyped-def]
-    """``call(stub)`` on ``target``, or on the leader among a comma-separated list of writer-capable processes
-    (retried on the new leader after a takeover)."""
-    from services.core.client import channel
-    from services.matchgraph.routing import LeaderClient
-    from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
-
-    if "," not in target:
-        with channel(target) as ch:
-            return call(pb_grpc.MatchGraphStub(ch))
-    client = LeaderClient(target)
-    try:
-        return client.call(call)
-    finally:
-        client.close()
-
-
-def _fail(exc: Exception) -> None:
-    import grpc
-
-    if isinstance(exc, grpc.RpcError):
-        typer.echo(f"error: {exc.code().name}: {exc.details()}", err=True)  # type: ignore[attr-defined]
-        raise typer.Exit(1)
-    if isinstance(exc, TimeoutError):  # no leader among the writers given
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1)
-    raise exc
+graph_app.add_typer(import_app, name="import")
 
 
 @graph_app.command("seed")
@@ -120,7 +89,9 @@ def rank(target: str = TargetOpt, capability: str = typer.Option("", help="filte
         return
     for m in r.models:
         s = m.scores.rank
-        typer.echo(f"{m.position:3d}. {m.name:40s} {s.value:5.1f}/100  (95% {s.low:.1f}–{s.high:.1f})")
+        score = f"{s.value:5.1f}/100  (95% {s.low:.1f}–{s.high:.1f})" if s.measured else \
+            f"not measured ({s.not_measured_reason})"
+        typer.echo(f"{m.position:3d}. {m.name:40s} {score}")
 
 
 @graph_app.command("search")
@@ -211,7 +182,8 @@ def probes(target: str = TargetOpt, max_prompts: int = typer.Option(0), seed: in
         typer.echo(f"  {x.model_id:30s} {x.task}: mean judged score {x.mean:.3f} over {x.n} probes"
                    + ("" if x.scorable else f" (not scored: {x.reason})"))
     for m, q in sorted(r.quality.items()):
-        typer.echo(f"  {m:30s} quality {q.value:.2f} (95% {q.low:.2f}–{q.high:.2f}, {q.evidence_count} outcomes)")
+        typer.echo(f"  {m:30s} quality {q.value:.2f} (95% {q.low:.2f}–{q.high:.2f}, {q.evidence_count} games)"
+                   if q.measured else f"  {m:30s} quality not measured ({q.not_measured_reason})")
     for b in r.served:
         what = f"{b.served.model_id} ({b.served.endpoint})" if b.HasField("served") else "a model it did not report"
         typer.echo(f"  {b.model} ran on {what}" + (": a random-weight test model" if b.served.test_model else ""))
@@ -250,41 +222,6 @@ def migrate(source: str = typer.Option(..., "--from", help="db_url to copy from,
     typer.echo(f"migrated {src.url} -> {dst.url}: {report.events_copied} events copied "
                f"({report.events_before} already there), {report.rows.get('models', 0)} models, "
                f"{report.rows.get('probe_runs', 0)} probe runs, {report.rows.get('graph_state', 0)} state rows")
-
-
-import_app = typer.Typer(help="Import into the MatchGraph: unfragile.yml manifests.", no_args_is_help=True)
-graph_app.add_typer(import_app, name="import")
-
-
-@import_app.command("manifest")
-def import_manifest(file: Path = typer.Argument(..., help="an unfragile.yml manifest (- = stdin)"),
-                    target: str = TargetOpt,
-                    check: bool = typer.Option(False, "--check", help="validate only; import nothing")) -> None:
-    """Import an unfragile.yml manifest: a new model, or an update of the model its slug, id or name names (its
-    adoption, ecosystem and quality evidence kept). Every problem is printed with the path of its field."""
-    from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
-
-    text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
-    stub = _stub(target)
-    try:
-        v = stub.ValidateManifest(pb.ValidateManifestRequest(text=text), timeout=60)
-        for issue in v.warnings:
-            typer.echo(f"warning: {issue.path or '/'}: {issue.message}", err=True)
-        for issue in v.errors:
-            typer.echo(f"error: {issue.path or '/'}: {issue.message} [{issue.code}]", err=True)
-        if not v.valid:
-            raise typer.Exit(1)
-        if check:
-            typer.echo(f"valid: would {'update ' + v.updates if v.updates else 'add ' + v.model.id}")
-            return
-        r = _write(target, lambda w: w.ImportManifest(pb.ValidateManifestRequest(text=text), timeout=60))
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        _fail(exc)
-        return
-    verb = "created" if r.created else "updated"
-    typer.echo(f"{verb} {r.model.id} (slug {r.model.slug or r.model.id}, {len(r.model.capabilities)} capabilities)")
 
 
 def register(root: typer.Typer) -> None:

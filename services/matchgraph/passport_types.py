@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common.errors import InvalidArgument
+from graph.feedback import Feedback
 from graph.intents import Intent
 from graph.manifest import MAX_BYTES, Issue, ManifestResult
 from graph.passport import Passport
-from graph.records import Feedback, MatchEvent, ModelRecord
+from graph.records import MatchEvent, ModelRecord
 from graph.resolve import ResolveResult
 from graph.shrinkage import Rate
 from graph.store import FeedbackRow

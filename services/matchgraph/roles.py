@@ -32,13 +32,14 @@ from graph.sync import Lag
 from services.core.names import full_name
 from services.core.settings import section
 from services.matchgraph import metrics
+from services.matchgraph.refresh import HubRefresh
 from services.matchgraph.settings import Settings
 
 if TYPE_CHECKING:
     from services.core.server import RunningServer
 
 log = logging.getLogger(__name__)
-WRITE_RPCS = ("RecordMatches", "UpsertModel", "RunProbes", "RecordFeedback", "ImportManifest")
+WRITE_RPCS = ("RecordMatches", "UpsertModel", "ImportModels", "RunProbes", "RecordFeedback", "ImportManifest")
 LEADER_HEALTH = full_name("matchgraph") + ".Leader"  # SERVING while this process takes writes
 
 
@@ -123,6 +124,8 @@ class Role:
         self.candidate: Candidate | None = None
         self.schedule = ProbeSchedule(engine, settings.probe_interval_s) \
             if settings.probe_interval_s > 0 and settings.role != "reader" else None
+        self.hub_refresh = HubRefresh(engine, settings.hub_refresh_interval_s, settings.hub_endpoint) \
+            if settings.hub_refresh_interval_s > 0 and settings.role != "reader" else None
         self._set_leader_health: Callable[[bool], None] = lambda _leading: None
 
     def _follower(self) -> Follower:
@@ -199,11 +202,15 @@ class Role:
             self.candidate.start()
         if self.schedule is not None and self.engine.can_probe:
             self.schedule.thread.start()
+        if self.hub_refresh is not None:
+            self.hub_refresh.thread.start()
         metrics.watch_pool(self.engine.store)
 
     def stop(self) -> None:
         if self.schedule is not None:
             self.schedule.stop(self.settings.probe_timeout_s)
+        if self.hub_refresh is not None:
+            self.hub_refresh.stop(self.settings.probe_timeout_s)
         if self.follower is not None:
             self.follower.stop()
         if self.publisher is not None:

@@ -69,6 +69,19 @@ class MatchGraphServicer(pb_grpc.MatchGraphServicer):
             run, quality = self.engine.run_probes(req.models, req.max_prompts, req.seed, token.raise_if_cancelled)
         return t.ProbeQuery.to_pb(run, quality)
 
+    def ImportModels(self, request_iterator: Iterator[pb.ImportModelsRequest],
+                     context: grpc.ServicerContext) -> pb.ImportModelsResponse:
+        token = CancelToken.from_context(context)
+        out = pb.ImportModelsResponse()
+        for req in request_iterator:
+            token.raise_if_cancelled()
+            created = self.engine.import_models(t.ImportBatch.from_pb(req, out.received).records, validated=True)
+            out.received += len(req.models)
+            out.created += created
+            out.updated += len(req.models) - created
+            out.batches += 1
+        return out
+
     def GetSnapshot(self, request: pb.GetSnapshotRequest, context: grpc.ServicerContext) -> pb.GetSnapshotResponse:
         return t.snapshot_to_pb(self.engine.snapshot(), self.engine.graph_version(), self.engine.lag(), self.role())
 

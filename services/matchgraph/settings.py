@@ -49,6 +49,12 @@ class Settings(EngineConfig, FollowConfig, StoreConfig, GrpcServerSettings):
     diffusion_target: str = Field("", description="host:port of the Diffusion service (probe images); '' = none.")
     probe_interval_s: float = Field(0.0, ge=0, description="Run probes every this many seconds; 0 = only on RPC.")
     probe_timeout_s: float = Field(120.0, gt=0, description="Deadline of each call to a model service in a probe.")
+    hub_refresh_interval_s: float = Field(
+        0.0, ge=0, description="Writer: every this many seconds, re-read each catalogue model that has a Hugging Face "
+        "id from the Hub (downloads, likes, tags, licence, dates) and store the readings as dated observations; "
+        "0 = off.")
+    hub_endpoint: str = Field("", description="Hub the refresh reads ('' = the HF_ENDPOINT environment variable, "
+                              "else https://huggingface.co).")
     judge_target: str = Field(
         "", description="host:port of the VisionLanguage service whose Judge RPC (its judge_model) scores quality "
         "probes; '' = visionlanguage_target.")

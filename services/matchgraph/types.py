@@ -14,11 +14,13 @@ from common.errors import InvalidArgument
 from graph.compare import CompareResult
 from graph.explain import EvidenceRow
 from graph.ingest import IngestResult
+from graph.page_sources import SourceCell
 from graph.probes import JudgeModel, ProbeBasis, ProbeRun, ServedModel
 from graph.rank import Score, ScoreCard
 from graph.records import (
     MODEL_TYPES,
     Capability,
+    Fact,
     FailureMode,
     Link,
     MatchEvent,
@@ -30,7 +32,7 @@ from graph.records import (
 )
 from graph.search import SearchResult
 from graph.sync import Lag
-from graph.verdict import A_LEADS, B_LEADS, DimensionResult
+from graph.verdict import A_LEADS, B_LEADS, NOT_COMPARABLE, NOT_MEASURED, DimensionResult
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 _TYPE_FROM = {pb.MODEL_TYPE_MODEL: "model", pb.MODEL_TYPE_TOOL: "tool", pb.MODEL_TYPE_API: "api"}
@@ -38,7 +40,8 @@ _TYPE_TO = {v: k for k, v in _TYPE_FROM.items()}
 _TIER_FROM = {pb.PRICING_TIER_UNSPECIFIED: "unknown", pb.PRICING_TIER_FREE: "free",
               pb.PRICING_TIER_FREEMIUM: "freemium", pb.PRICING_TIER_PAID: "paid"}
 _TIER_TO = {v: k for k, v in _TIER_FROM.items()}
-_OUTCOME_TO = {A_LEADS: pb.OUTCOME_A_LEADS, B_LEADS: pb.OUTCOME_B_LEADS}
+_OUTCOME_TO = {A_LEADS: pb.OUTCOME_A_LEADS, B_LEADS: pb.OUTCOME_B_LEADS, NOT_MEASURED: pb.OUTCOME_NOT_MEASURED,
+               NOT_COMPARABLE: pb.OUTCOME_NOT_COMPARABLE}
 if TYPE_CHECKING:
     from services.matchgraph.roles import RoleInfo
 ReadAnswer = TypeVar("ReadAnswer", pb.GetModelResponse, pb.RankResponse, pb.CompareResponse, pb.SearchResponse)
@@ -80,12 +83,14 @@ def record_from_pb(m: pb.ModelRecord) -> ModelRecord:
         raise InvalidArgument("model.type is unspecified: set MODEL_TYPE_MODEL, MODEL_TYPE_TOOL or MODEL_TYPE_API")
     rec = ModelRecord(
         id=m.id, name=m.name, type=_TYPE_FROM[m.type], aliases=tuple(m.aliases), pricing=_pricing_from_pb(m.pricing),
-        adoption=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.adoption),
-        ecosystem=tuple(Signal(s.kind, s.value, s.source, s.observed_at) for s in m.ecosystem),
+        adoption=tuple(Signal(s.kind, s.value, s.source, s.observed_at, s.says, s.window) for s in m.adoption),
+        ecosystem=tuple(Signal(s.kind, s.value, s.source, s.observed_at, s.says, s.window) for s in m.ecosystem),
         serving_endpoint=m.serving_endpoint, version=m.version,
         capabilities=tuple(capability_from_pb(c) for c in m.capabilities),
-        external_quality=tuple(QualityEvidence(q.benchmark, q.score, q.source, q.observed_at)
+        external_quality=tuple(QualityEvidence(q.benchmark, q.score, q.source, q.observed_at, q.task, q.scale, q.says)
                                for q in m.external_quality),
+        tasks=tuple(m.tasks), facts=tuple(Fact(f.name, f.value, f.source, f.observed_at, f.says) for f in m.facts),
+        hub_id=m.hub_id, organization=m.organization,
         slug=m.slug, url=m.url, pipeline_tag=m.pipeline_tag, tags=tuple(m.tags),
         failure_modes=tuple(FailureMode(f.mode, f.frequency, f.mitigation) for f in m.failure_modes),
         links=tuple(Link(x.rel, x.url) for x in m.links),
@@ -94,17 +99,23 @@ def record_from_pb(m: pb.ModelRecord) -> ModelRecord:
     return rec
 
 
+def _signal_to_pb(s: Signal) -> pb.Signal:
+    return pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at, says=s.says,
+                     window=s.window)
+
+
 def record_to_pb(r: ModelRecord) -> pb.ModelRecord:
     return pb.ModelRecord(
         id=r.id, name=r.name, aliases=list(r.aliases), type=_TYPE_TO[r.type], pricing=_pricing_to_pb(r.pricing),
-        adoption=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
-                  for s in r.adoption],
-        ecosystem=[pb.Signal(kind=s.kind, value=s.value, source=s.source, observed_at=s.observed_at)
-                   for s in r.ecosystem],
+        adoption=[_signal_to_pb(s) for s in r.adoption], ecosystem=[_signal_to_pb(s) for s in r.ecosystem],
         serving_endpoint=r.serving_endpoint, version=r.version,
         capabilities=[capability_to_pb(c) for c in r.capabilities],
         external_quality=[pb.QualityEvidence(benchmark=q.benchmark, score=q.score, source=q.source,
-                                             observed_at=q.observed_at) for q in r.external_quality],
+                                             observed_at=q.observed_at, task=q.task, scale=q.scale, says=q.says)
+                          for q in r.external_quality],
+        tasks=r.tasks, facts=[pb.Fact(name=f.name, value=f.value, source=f.source, observed_at=f.observed_at,
+                                      says=f.says) for f in r.facts],
+        hub_id=r.hub_id, organization=r.organization,
         slug=r.slug, url=r.url, pipeline_tag=r.pipeline_tag, tags=list(r.tags),
         failure_modes=[pb.FailureMode(mode=f.mode, frequency=f.frequency, mitigation=f.mitigation)
                        for f in r.failure_modes],
@@ -113,14 +124,20 @@ def record_to_pb(r: ModelRecord) -> pb.ModelRecord:
 
 
 def score_to_pb(s: Score) -> pb.Score:
-    return pb.Score(value=s.value, low=s.low, high=s.high, evidence_count=s.evidence_count)
+    """A measured score with its numbers; one that is not measured with 0s, ``measured`` false and the reason."""
+    if not s.measured:
+        return pb.Score(evidence_count=s.evidence_count, measured=False, not_measured_reason=s.reason)
+    return pb.Score(value=s.value, low=s.low, high=s.high, evidence_count=s.evidence_count, measured=True,
+                    note=s.reason)
 
 
 def card_to_pb(c: ScoreCard) -> pb.ScoreCard:
     return pb.ScoreCard(rank=score_to_pb(c.rank), adoption=score_to_pb(c.adoption),
                         ecosystem=score_to_pb(c.ecosystem), match_graph=score_to_pb(c.match_graph),
                         quality=score_to_pb(c.quality), times_matched=c.times_matched,
-                        times_compared=c.times_compared, times_clicked=c.times_clicked, weights=c.weights)
+                        times_compared=c.times_compared, times_clicked=c.times_clicked, weights=c.weights,
+                        freshness=score_to_pb(c.freshness), rests_on=c.rests_on, rank_weights=c.rank_weights,
+                        feedback=score_to_pb(c.feedback))
 
 
 def served_to_pb(s: ServedModel) -> pb.ServedModel:
@@ -180,6 +197,22 @@ class GetModel:
                                    evidence=[evidence_to_pb(e) for e in evidence], snapshot_version=snapshot)
 
 
+@dataclass(frozen=True)
+class ImportBatch:
+    records: list[ModelRecord]
+
+    @classmethod
+    def from_pb(cls, req: pb.ImportModelsRequest, first: int) -> ImportBatch:
+        """The batch's records, validated; a bad one is named by its position in the whole stream and its id."""
+        out = []
+        for k, m in enumerate(req.models):
+            try:
+                out.append(record_from_pb(m))
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"models[{first + k}] ({m.id!r}): {exc.message}") from None
+        return cls(out)
+
+
 def event_from_pb(e: pb.MatchEvent) -> MatchEvent:
     if e.outcome != pb.MATCH_OUTCOME_UNSPECIFIED:
         raise InvalidArgument(f"event {e.event_id!r} carries an outcome: outcomes come after the search; record the "
@@ -233,14 +266,23 @@ class CompareQuery:
             b_scores=card_to_pb(c.b_scores), dimensions=[_dim_to_pb(d) for d in (c.rank, *c.dimensions)],
             rows=[pb.FeatureRow(feature=f, a=x, b=y) for f, x, y in c.rows], headline=c.headline,
             verdict=list(c.verdict), markdown=r.markdown, html=r.html, snapshot_version=r.snapshot,
-            probe_basis=[basis_to_pb(b) for b in c.probe_basis])
+            probe_basis=[basis_to_pb(b) for b in c.probe_basis],
+            sources=[pb.SourceRow(label=row.label, a=[_cell_to_pb(x) for x in row.a], b=[_cell_to_pb(x) for x in row.b])
+                     for row in c.sources])
+
+
+def _cell_to_pb(c: SourceCell) -> pb.SourceCell:
+    return pb.SourceCell(text=c.text, source=c.source, observed_at=c.observed_at, says=c.says)
 
 
 def _dim_to_pb(d: DimensionResult) -> pb.DimensionComparison:
-    return pb.DimensionComparison(dimension=d.dimension, a=score_to_pb(d.a), b=score_to_pb(d.b), diff=d.diff.diff,
-                                  diff_low=d.diff.low, diff_high=d.diff.high,
-                                  outcome=_OUTCOME_TO.get(d.outcome, pb.OUTCOME_TIED),
-                                  records_to_flip=d.records_to_flip, fragile=d.fragile)
+    out = pb.DimensionComparison(dimension=d.dimension, a=score_to_pb(d.a), b=score_to_pb(d.b),
+                                 outcome=_OUTCOME_TO.get(d.outcome, pb.OUTCOME_TIED),
+                                 records_to_flip=d.records_to_flip, fragile=d.fragile, comparable=d.comparable,
+                                 note=d.note)
+    if d.outcome not in (NOT_MEASURED, NOT_COMPARABLE):  # no difference of numbers that are not there
+        out.diff, out.diff_low, out.diff_high = d.diff.diff, d.diff.low, d.diff.high
+    return out
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ import grpc
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
-from services.gateway.passport import Body, PassportAnswer, PassportCapability, RateDetail, passport_from_pb
+from services.gateway.passport import (
+    Body,
+    DimensionScore,
+    PassportAnswer,
+    PassportCapability,
+    RateDetail,
+    passport_from_pb,
+)
 from services.gateway.upstream import UpstreamError
 from services.mcp.tools import Backend
 
@@ -37,11 +44,13 @@ class Resources:
         return [
             (PASSPORT, self.passport, "model-passport", "application/json",
              "Trust passport of a model (slug, id, name or alias): capabilities, intents, trust score with its "
-             "interval, failure modes, observed outcomes."),
+             "interval and the dimensions it rests on (each a number or null with why it is not measured), "
+             "failure modes, observed outcomes."),
             (PAGE, self.page, "model-page", "text/markdown",
              "The model's passport as a readable Markdown page."),
             (COMPARISON, self.comparison, "comparison-page", "text/markdown",
-             "Two models compared: verdict, per-dimension numbers with intervals, fragility, feature table."),
+             "Two models compared: verdict, per-dimension numbers with intervals (or not measured / not "
+             "comparable, with why), fragility, feature table, every reading with its source and date."),
         ]
 
     async def _passport(self, slug: str, ctx: Context[Any, Any]) -> PassportAnswer:
@@ -78,6 +87,20 @@ def _rate(rate: float | None, reason: str | None, detail: RateDetail | None) -> 
             f"reported successes)")
 
 
+DIMENSION_LABEL = {"adoption": "adoption", "quality": "quality", "ecosystem": "ecosystem",
+                   "match_graph": "match graph", "freshness": "freshness"}
+
+
+def _dimension(name: str, d: DimensionScore) -> str:
+    """One dimension of the trust score: its number, interval and weight in the score, or why it has none."""
+    label = DIMENSION_LABEL.get(name, name).capitalize()
+    if d.score is None:
+        return f"- {label}: not measured ({d.score_reason})"
+    interval = f"95% {d.score_interval[0]:.2f}–{d.score_interval[1]:.2f}; " if d.score_interval else ""
+    weight = f"weight {d.weight:.2f} in the score" if d.weight is not None else "not in the score"
+    return f"- {label}: {d.score:.2f} ({interval}{weight})" + (f"; {d.note}" if d.note else "")
+
+
 def _capability(c: PassportCapability) -> list[str]:
     lines = [f"### {c.name}", "", f"`{c.uri}`" if c.uri else "", "", c.description, ""]
     for label, items in (("Serves", c.intents), ("Best for", c.best_for), ("Limitations", c.limitations),
@@ -96,7 +119,8 @@ def page_markdown(p: Body) -> str:
     a, t = p.artifact, p.trust
     links = [f"[{rel}]({href['href']})" for rel, href in p.links.items() if rel in ("page", "artifact", "self")]
     price = a.pricing.model + (f", from ${a.pricing.starting_price:g}/month" if a.pricing.starting_price else "")
-    score = (f"{t.score:.2f} (95% interval {t.score_interval[0]:.2f}–{t.score_interval[1]:.2f})"
+    score = (f"{t.score:.2f} (95% interval {t.score_interval[0]:.2f}–{t.score_interval[1]:.2f}), resting on "
+             f"{', '.join(DIMENSION_LABEL.get(d, d) for d in t.rests_on)}"
              if t.score is not None and t.score_interval else f"not measured ({t.score_reason})")
     o = t.observed_outcomes
     lines = [f"# {a.name}", "", f"{a.type} · {a.pipeline_tag or 'no pipeline tag'} · pricing: {price} · "
@@ -106,7 +130,9 @@ def page_markdown(p: Body) -> str:
              f"- Searches that matched it: {o.matches}; success rate: "
              f"{_rate(o.success_rate, o.success_rate_reason, o.success_rate_detail)}",
              f"- Top intents: {', '.join(f'{i.label} ({i.matches})' for i in o.top_intents) or 'none yet'}",
-             f"- Tags: {', '.join(a.tags) or 'none'}", "", "## Capabilities", ""]
+             f"- Tags: {', '.join(a.tags) or 'none'}", "", "## What the trust score rests on", ""]
+    lines += [_dimension(name, d) for name, d in t.dimensions.items()]
+    lines += ["", "## Capabilities", ""]
     for c in p.capabilities:
         lines += _capability(c)
     lines += ["## Failure modes", ""]

@@ -147,9 +147,12 @@ class Tools:
     async def compare(self, ctx: Context[Any, Any], a: ModelName,
                       b: ModelName) -> Annotated[CallToolResult, Comparison]:
         """Compare two models: the verdict sentences (a lead is claimed only where the 95% interval of the
-        difference excludes 0), per-dimension scores with intervals (rank, adoption, ecosystem, match graph,
-        quality; "not measured" or "not comparable" where the evidence says so), how fragile each lead is
-        (evidence rows whose removal would flip it), the feature table and the whole page as Markdown."""
+        difference excludes 0, and only on dimensions measured for both), per-dimension scores with intervals
+        (rank, adoption, quality, ecosystem, match graph, freshness); a dimension without evidence has null
+        numbers, outcome "not_measured" and a note, and quality of two models that share no task is
+        "not_comparable" with the reason. Also how fragile each lead is (evidence rows whose removal would flip
+        it), each model's rests_on (the dimensions its rank rests on), every reading with its source URL and
+        date, the feature table and the whole page as Markdown."""
         out = Comparison.from_pb(await self.backend.call(self.backend.upstream().compare(a, b)))
         base = self.backend.base_url(ctx)
         out.links = {k: base + v for k, v in out.links.items()}
@@ -159,8 +162,10 @@ class Tools:
                              model: ModelName) -> Annotated[CallToolResult, PassportAnswer]:
         """The trust passport of a model: the artifact (licence tags, pricing, links), its capabilities with
         the intents they serve, best-for and limitations, and trust: UnfragileRank/100 with its interval,
-        declared failure modes and observed outcomes (matches, success rate shrunk toward a prior). A number
-        that was not measured is null with a `*_reason` saying why."""
+        rests_on (the measured dimensions it is computed from), dimensions (adoption, quality, ecosystem,
+        match_graph, freshness: each 0..1 with its interval and weight in the score), declared failure modes
+        and observed outcomes (matches, success rate shrunk toward a prior). A number that was not measured
+        is null with a `*_reason` saying why; never read it as 0."""
         resp = await self.backend.call(self.backend.upstream().passport(model))
         return structured(passport_from_pb(resp, self.backend.base_url(ctx)))
 
@@ -168,8 +173,8 @@ class Tools:
                                  limit: Limit = 5) -> Annotated[CallToolResult, ResolveAnswer]:
         """Turn a need into capabilities (capability://... URIs, one per intent the text expresses, most
         confident first) and, for each, the models that have it, best first, with match score, UnfragileRank
-        and its interval and observed success rate. `limit` is the most models per capability. Keep
-        matchRecordId for `feedback`."""
+        and its interval (null with rank_reason when not measured) and observed success rate. `limit` is the
+        most models per capability. Keep matchRecordId for `feedback`."""
         resp = await self.backend.call(self.backend.upstream().resolve(intent, limit))
         out = resolve_from_pb(intent, resp, self.backend.base_url(ctx))
         out.match_record_id, out.match_record_error = await self._match_record(intent, resolved_models(resp))

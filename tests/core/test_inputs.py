@@ -78,8 +78,14 @@ def test_pretrained_source_folder_and_missing(tmp_path):
 
 
 def test_uncached_hub_id_fails_fast_naming_the_model(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads these at its first import: patch its constants too (restored afterwards), so a
+    # first import here does not leave the whole process offline
+    import huggingface_hub.constants as hf_constants
+
+    for name, value in (("HF_HUB_CACHE", str(tmp_path)), ("HF_HUB_OFFLINE", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     t = time.monotonic()
     with pytest.raises(ModelUnavailable, match="microsoft/kosmos-2-patch14-224"):
         pretrained_source("microsoft/kosmos-2-patch14-224")

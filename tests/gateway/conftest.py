@@ -37,12 +37,14 @@ SEARCHES = [
 
 
 def seed_matchgraph(stub: pb_grpc.MatchGraphStub) -> None:
-    """The two seed models (the service's own seed records) and a few search events, over gRPC."""
+    """The two seed models (the service's own seed records) with test readings, and a few search events,
+    over gRPC."""
     from graph.seed_data import SEED_MODELS
     from services.matchgraph.types import record_to_pb
+    from tests.graph.conftest import with_readings
 
     for m in SEED_MODELS:
-        stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(m)))
+        stub.UpsertModel(pb.UpsertModelRequest(model=record_to_pb(with_readings(m))))
     now = int(time.time() * 1000)
     events = [pb.MatchEvent(event_id=i, query=q, matched=m, compared=c, clicked=k, timestamp_ms=now)
               for i, q, m, c, k in SEARCHES]

@@ -19,11 +19,14 @@ def http(base_url: str):
 
 
 def _score(d: dict) -> tuple:
-    return (d["value"], d["low"], d["high"], d["evidence_count"])
+    return (d["value"], d["low"], d["high"], d["evidence_count"], d["measured"], d["not_measured_reason"])
 
 
 def _pb_score(s: pb.Score) -> tuple:
-    return (s.value, s.low, s.high, s.evidence_count)
+    """As the JSON gives it: a score that is not measured has null numbers, never 0."""
+    if not s.measured:
+        return (None, None, None, s.evidence_count, False, s.not_measured_reason)
+    return (s.value, s.low, s.high, s.evidence_count, True, "")
 
 
 def test_compare_json_equals_grpc_compare(http, stub):
@@ -39,7 +42,10 @@ def test_compare_json_equals_grpc_compare(http, stub):
     for g, w in zip(got["dimensions"], want.dimensions):
         assert g["dimension"] == w.dimension
         assert _score(g["a"]) == _pb_score(w.a) and _score(g["b"]) == _pb_score(w.b)
-        assert (g["diff"], g["diff_low"], g["diff_high"]) == (w.diff, w.diff_low, w.diff_high)
+        if w.outcome in (pb.OUTCOME_NOT_MEASURED, pb.OUTCOME_NOT_COMPARABLE):
+            assert (g["diff"], g["diff_low"], g["diff_high"]) == (None, None, None) and g["note"] == w.note
+        else:
+            assert (g["diff"], g["diff_low"], g["diff_high"]) == (w.diff, w.diff_low, w.diff_high)
         assert g["records_to_flip"] == w.records_to_flip and g["fragile"] == w.fragile
         assert g["outcome"] == pb.Outcome.Name(w.outcome).removeprefix("OUTCOME_").lower()
     assert got["a"]["id"] == KOSMOS and got["b"]["id"] == SD
@@ -62,8 +68,9 @@ def test_model_detail_with_evidence_equals_grpc(http, stub):
     assert got["model"]["name"] == want.model.name
     assert got["model"]["pricing"]["tier"] == "free" and got["model"]["pricing"]["label"] == "Free"
     assert _score(got["scores"]["rank"]) == _pb_score(want.scores.rank)
-    for dim in ("adoption", "ecosystem", "match_graph", "quality"):
+    for dim in ("adoption", "ecosystem", "match_graph", "quality", "freshness"):
         assert _score(got["scores"][dim]) == _pb_score(getattr(want.scores, dim))
+    assert got["scores"]["rests_on"] == list(want.scores.rests_on)
     assert got["scores"]["times_matched"] == want.scores.times_matched > 0
     assert len(got["evidence"]) == len(want.evidence) > 0
     assert [e["detail"] for e in got["evidence"]] == [e.detail for e in want.evidence]

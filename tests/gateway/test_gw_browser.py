@@ -127,6 +127,15 @@ def _check_a11y(pg) -> None:
     assert problems == [], f"{pg.url}: {problems}"
 
 
+def _check_score(cell, s: pb.Score, digits: int) -> None:
+    """A measured score shows its number; one that is not measured says so, with its reason, and no number."""
+    if s.measured:
+        assert cell.locator(".num").inner_text() == fmt(s.value, digits)
+    else:
+        assert cell.locator(".num").count() == 0 and "not measured" in cell.inner_text()
+        assert s.not_measured_reason in cell.inner_text()
+
+
 def test_search_open_result_then_compare_matches_grpc(page, base_url, stub):
     page.goto(base_url + "/")
     page.get_by_label("Search models and capabilities").fill("image captioning")
@@ -144,9 +153,8 @@ def test_search_open_result_then_compare_matches_grpc(page, base_url, stub):
     detail = stub.GetModel(pb.GetModelRequest(model=first, explain=True))
     assert page.locator("h1").inner_text() == detail.model.name
     assert page.locator("#model-rank .num").inner_text() == fmt(detail.scores.rank.value, 1)
-    for dim in ("adoption", "ecosystem", "match_graph", "quality"):
-        cell = page.locator(f'#subscores tr[data-dimension="{dim}"] .num')
-        assert cell.inner_text() == fmt(getattr(detail.scores, dim).value, 2)
+    for dim in ("adoption", "quality", "ecosystem", "match_graph", "freshness"):
+        _check_score(page.locator(f'#subscores tr[data-dimension="{dim}"]'), getattr(detail.scores, dim), 2)
     assert page.locator("article.capability").count() == len(detail.model.capabilities)
     _check_a11y(page)
 
@@ -163,22 +171,27 @@ def test_search_open_result_then_compare_matches_grpc(page, base_url, stub):
     assert rows.count() == len(want.rows)
     for i, row in enumerate(want.rows):
         assert rows.nth(i).locator("th, td").all_inner_texts() == [row.feature, row.a, row.b]
+    missing = {pb.OUTCOME_NOT_MEASURED: "Not measured for both", pb.OUTCOME_NOT_COMPARABLE: "Not comparable"}
     for d in want.dimensions:
         digits = 1 if d.dimension == "rank" else 2
         tr = page.locator(f'#dimensions tr[data-dimension="{d.dimension}"]')
-        assert tr.locator("td.a .num").inner_text() == fmt(d.a.value, digits)
-        assert tr.locator("td.b .num").inner_text() == fmt(d.b.value, digits)
+        _check_score(tr.locator("td.a"), d.a, digits)
+        _check_score(tr.locator("td.b"), d.b, digits)
+        outcome = {pb.OUTCOME_A_LEADS: f"{want.a.name} leads", pb.OUTCOME_B_LEADS: f"{want.b.name} leads", **missing}
+        assert tr.locator("td.outcome").inner_text() == outcome.get(d.outcome, "Tied")
+        if d.outcome in missing:  # no difference of numbers that are not there
+            assert tr.locator("td.diff .num").count() == 0 and missing[d.outcome].lower() in \
+                tr.locator("td.diff").inner_text()
+            continue
         assert tr.locator("td.diff .num").inner_text() == fmt(d.diff, digits)
         assert tr.locator("td.diff .ci").inner_text() == f"({fmt(d.diff_low, digits)}–{fmt(d.diff_high, digits)})"
-        outcome = {pb.OUTCOME_A_LEADS: f"{want.a.name} leads", pb.OUTCOME_B_LEADS: f"{want.b.name} leads"}
-        assert tr.locator("td.outcome").inner_text() == outcome.get(d.outcome, "Tied")
         flip = tr.locator("td.flip").inner_text()
         if d.records_to_flip > 0:
             assert flip.startswith(str(d.records_to_flip)) and ("fragile" in flip) == d.fragile
     # The charts state the same numbers in their text alternatives.
     desc = page.locator("#compare-diffs desc").text_content() or ""
     for d in want.dimensions:
-        if d.dimension != "rank":
+        if d.dimension != "rank" and d.outcome not in missing:
             assert f"difference {fmt(d.diff)} (95% interval {fmt(d.diff_low)} to {fmt(d.diff_high)})" in desc
     assert page.locator("#compare-fragility").count() == 1
     assert page.locator("article.capability").count() == len(want.a.capabilities) + len(want.b.capabilities)

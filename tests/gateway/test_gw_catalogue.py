@@ -90,10 +90,17 @@ def test_search_parameters_out_of_range_are_422(stack: Stack, params: dict[str, 
 def test_feedback_is_one_outcome_per_match_record_and_feeds_success_rates(stack: Stack):
     http, stub, _address = stack
     match_id = http.get("/api/v1/search", params={"q": "upscale an image"}).json()["matchRecordId"]
+    before = http.get(f"/api/v1/models/{PAINTER}")
+    assert before.json()["scores"]["feedback"]["measured"] is False
     first = {"matchRecordId": match_id, "outcome": "success", "clickedThrough": True, "source": "web",
              "comment": "good picture"}
     r = http.post("/api/feedback", json=first)
     assert r.status_code == 201, r.text
+    # the outcome is a new snapshot: the model's old ETag no longer matches, and its success rate is measured
+    after = http.get(f"/api/v1/models/{PAINTER}", headers={"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200 and after.headers["etag"] != before.headers["etag"]
+    assert after.headers["x-snapshot-version"] != before.headers["x-snapshot-version"]
+    assert after.json()["scores"]["feedback"]["measured"] is True
     assert r.json() == {"recorded": True, "duplicate": False, "matchRecordId": match_id, "outcome": "success",
                         "credited": [PAINTER], "clickedThrough": True, "source": "web",
                         "query": "upscale an image"}
@@ -168,6 +175,15 @@ def test_passport_has_the_real_services_shape(stack: Stack):
     trust = p["trust"]
     assert trust["failure_modes"] == [{"mode": "misses small objects", "frequency": "occasional", "mitigation": None}]
     assert trust["observed_outcomes"]["avg_confidence"] is None and trust["observed_outcomes"]["avg_confidence_reason"]
+    # no evidence on any dimension: the score is not measured (null with why), never 0
+    assert trust["score"] is None and trust["score_interval"] is None and trust["rests_on"] == []
+    assert trust["score_reason"] == "no dimension is measured for it"
+    assert set(trust["dimensions"]) == {"adoption", "quality", "ecosystem", "match_graph", "freshness"}
+    dims = trust["dimensions"]
+    assert all(dims[d]["score"] is None and dims[d]["score_reason"] and dims[d]["weight"] is None
+               for d in ("adoption", "quality", "ecosystem", "freshness"))
+    # the match graph sits at its prior until a search matches it: shown as such, and not a rank of its own
+    assert dims["match_graph"]["score"] == 0.5 and dims["match_graph"]["note"].startswith("prior only")
     assert p["_links"]["self"]["href"].endswith("/api/v1/passport/test-org--captioner-a")
     painter = http.get(f"/api/v1/passport/{PAINTER}").json()["passport"]["unfragile"]["artifact"]
     assert painter["pricing"] == {"model": "usage", "free": False, "starting_price": 9.0}

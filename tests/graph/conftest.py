@@ -8,12 +8,15 @@ uses them runs on SQLite and on a real PostgreSQL, unless it pins one backend wi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from graph.probes import JudgeModel, JudgeScores, ServedModel
+from graph.records import Fact, ModelRecord, QualityEvidence, Signal
 from services.core.server import RunningServer, start_server
 from services.matchgraph.app import Settings, build_engine, build_service
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
@@ -131,4 +134,52 @@ def upsert_seed() -> Callable[[pb_grpc.MatchGraphStub], None]:
 def seeded(make_server: Callable[..., GraphServer]) -> GraphServer:
     server = make_server()
     seed(server.stub)
+    return server
+
+
+# ---------------------------------------------------------------- readings for tests
+# Test readings in the catalogue's shape (sources on example.org say they are not real figures):
+# Stable Diffusion has ten times Kosmos-2's downloads, each model one task.
+T = "https://example.org/test-readings"
+SAMPLE_CATALOGUE = Path(__file__).resolve().parent / "data" / "catalogue_sample.jsonl"
+
+
+def with_readings(rec: ModelRecord) -> ModelRecord:
+    """A seed record with test readings: adoption, ecosystem, dates and one published benchmark."""
+    if rec.id == "kosmos-2-patch14-224":
+        return replace(rec, adoption=(Signal("downloads", 160_000, f"{T}/kosmos-2", "2026-11-01", "160K",
+                                             "last 30 days"),
+                                      Signal("likes", 170, f"{T}/kosmos-2", "2026-11-01", "170")),
+                       ecosystem=(Signal("finetunes", 12, f"{T}/kosmos-2", "2026-11-01", "12"),),
+                       facts=(Fact("licence", "mit", f"{T}/kosmos-2", "2026-11-01"),
+                              Fact("released", "2023-06-27", f"{T}/kosmos-2", "2026-11-01"),
+                              Fact("last_modified", "2024-01-15", f"{T}/kosmos-2", "2026-11-01")),
+                       external_quality=(QualityEvidence("COCO Captions CIDEr", 110.0, f"{T}/paper", "2026-11-01",
+                                                         "image-to-text", "CIDEr"),))
+    return replace(rec, adoption=(Signal("downloads", 1_500_000, f"{T}/sd", "2026-11-01", "1.5M", "last 30 days"),
+                                  Signal("likes", 12_000, f"{T}/sd", "2026-11-01", "12K")),
+                   ecosystem=(Signal("finetunes", 3_000, f"{T}/sd", "2026-11-01", "3K"),),
+                   facts=(Fact("released", "2022-10-20", f"{T}/sd", "2026-11-01"),),
+                   external_quality=(QualityEvidence("GenEval overall", 0.43, f"{T}/paper", "2026-11-01",
+                                                     "text-to-image", "0..1"),))
+
+
+def import_records(stub: pb_grpc.MatchGraphStub, records: list[ModelRecord]) -> pb.ImportModelsResponse:
+    from services.matchgraph.types import record_to_pb
+
+    return stub.ImportModels(iter([pb.ImportModelsRequest(models=[record_to_pb(r) for r in records])]))
+
+
+def seed_with_readings(stub: pb_grpc.MatchGraphStub) -> None:
+    """The seed models with test readings, plus the sample catalogue's BLIP and SDXL (one per task)."""
+    from graph import catalogue_file
+    from graph.seed_data import SEED_MODELS
+
+    import_records(stub, [with_readings(m) for m in SEED_MODELS] + catalogue_file.load(SAMPLE_CATALOGUE))
+
+
+@pytest.fixture()
+def evidenced(make_server: Callable[..., GraphServer]) -> GraphServer:
+    server = make_server()
+    seed_with_readings(server.stub)
     return server

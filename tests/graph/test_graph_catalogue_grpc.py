@@ -10,9 +10,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from graph.seed_data import KOSMOS2, STABLE_DIFFUSION
 from services.matchgraph.types import record_to_pb
+from tests.graph.conftest import with_readings
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
-SEED_FEATURES = ["Type", "UnfragileRank", "Adoption", "Quality", "Ecosystem", "Match Graph", "Pricing",
+SEED_FEATURES = ["Type", "UnfragileRank", "Adoption", "Quality", "Ecosystem", "Match Graph", "Freshness", "Pricing",
                  "Capabilities", "Times Matched"]
 
 
@@ -42,27 +43,30 @@ def test_get_model_by_id_name_and_alias(seeded):
     assert not k.evidence  # explain off
 
 
-def test_get_model_explain_traces_every_subscore(seeded):
-    r = seeded.stub.GetModel(pb.GetModelRequest(model="kosmos-2-patch14-224", explain=True))
+def test_get_model_explain_traces_every_subscore(evidenced):
+    r = evidenced.stub.GetModel(pb.GetModelRequest(model="kosmos-2-patch14-224", explain=True))
     dims = {e.dimension for e in r.evidence}
-    assert {"adoption", "ecosystem", "match_graph", "rank"} <= dims
-    # each signal row of the record appears with its source and date
+    assert {"adoption", "ecosystem", "match_graph", "quality", "freshness", "rank"} <= dims
+    # each reading appears with its source and date
     sources = {(e.kind, e.source, e.observed_at) for e in r.evidence if e.dimension == "adoption"}
-    assert {(s.kind, s.source, s.observed_at) for s in KOSMOS2.adoption} <= sources
-    # contributions of the signal rows add up to the sub-score; the weight rows add up to the rank
-    for dim in ("adoption", "ecosystem"):
+    assert {(s.kind, s.source, s.observed_at) for s in with_readings(KOSMOS2).adoption} == sources
+    # contributions of the reading rows add up to the sub-score; the weight rows add up to the rank
+    for dim in ("adoption", "ecosystem", "quality", "freshness"):
         total = sum(e.contribution for e in r.evidence if e.dimension == dim)
-        assert total == pytest.approx(getattr(r.scores, dim).value)
+        assert getattr(r.scores, dim).measured and total == pytest.approx(getattr(r.scores, dim).value)
     assert sum(e.contribution for e in r.evidence if e.dimension == "rank") == pytest.approx(r.scores.rank.value)
+    assert list(r.scores.rests_on) == ["adoption", "quality", "ecosystem", "match_graph", "freshness"]
+    assert sum(r.scores.rank_weights.values()) == pytest.approx(1.0)
 
 
-def test_compare_seed_page_has_seed_sections_and_consistent_verdict(seeded):
-    r = seeded.stub.Compare(pb.CompareRequest(a="kosmos-2-patch14-224", b="Stable Diffusion"))
+def test_compare_seed_page_has_seed_sections_and_consistent_verdict(evidenced):
+    r = evidenced.stub.Compare(pb.CompareRequest(a="kosmos-2-patch14-224", b="Stable Diffusion"))
     assert [row.feature for row in r.rows] == SEED_FEATURES
     rows = {row.feature: (row.a, row.b) for row in r.rows}
     assert rows["Type"] == ("Model", "Model")
     assert rows["Pricing"] == ("Free", "Free")  # the seed's "Paid" for Stable Diffusion is wrong: open weights
     assert rows["Capabilities"] == ("8 decomposed", "4 decomposed")
+    assert rows["Quality"] == ("not comparable (image-to-text)", "not comparable (text-to-image)")
     assert rows["Times Matched"] == ("0", "0")
     md = r.markdown
     assert md.startswith("# kosmos-2-patch14-224 vs Stable Diffusion\n")
@@ -84,14 +88,21 @@ def test_compare_seed_page_has_seed_sections_and_consistent_verdict(seeded):
         assert r.headline.startswith(f"kosmos-2-patch14-224 ranks higher at {ra}/100 vs Stable Diffusion at {rb}/100")
     for d in r.dimensions[1:]:
         label = {"match_graph": "match graph"}.get(d.dimension, d.dimension)
-        if d.outcome == pb.OUTCOME_TIED:
-            assert re.search(rf"leads on [^.]*\b{label}\b", text) is None
-        else:
+        if d.outcome in (pb.OUTCOME_A_LEADS, pb.OUTCOME_B_LEADS):
             assert (d.diff_low > 0) if d.outcome == pb.OUTCOME_A_LEADS else (d.diff_high < 0)
-    # no evidence on quality for either: tied, never "stronger on quality"
+        else:
+            assert re.search(rf"leads on [^.]*\b{label}\b", text) is None
+    # a captioner and a generator share no task: quality is not comparable, said with the reason, never "tied"
     q = next(d for d in r.dimensions if d.dimension == "quality")
-    assert q.outcome == pb.OUTCOME_TIED and "tied on quality (no evidence for either)" in text.replace(
-        "They are tied on ", "tied on ").replace("The two are tied on ", "tied on ")
+    assert q.outcome == pb.OUTCOME_NOT_COMPARABLE and not q.comparable
+    assert ("Quality is not comparable: kosmos-2-patch14-224 is image-to-text, Stable Diffusion is text-to-image."
+            in text) and "tied on quality" not in text
+    # ten times the downloads: Stable Diffusion leads on adoption
+    a = next(d for d in r.dimensions if d.dimension == "adoption")
+    assert a.outcome == pb.OUTCOME_B_LEADS and "Stable Diffusion leads on adoption" in text
+    # no search matched either: the match graph is at its prior for both, so it is not compared
+    mg = next(d for d in r.dimensions if d.dimension == "match_graph")
+    assert mg.outcome == pb.OUTCOME_NOT_MEASURED and "match graph (no recorded search has matched either yet)" in text
     assert r.verdict[-1] == "Both are free to use." and "paid" not in text
 
 
@@ -161,7 +172,7 @@ def test_not_found_suggests_close_names(seeded):
 
 def _bad_records():
     def changed(edit, words):
-        r = record_to_pb(KOSMOS2)
+        r = record_to_pb(with_readings(KOSMOS2))
         edit(r)
         return r, words
 
@@ -178,6 +189,9 @@ def _bad_records():
         changed(bad_quality, "0..1"),
         changed(lambda r: setattr(r.pricing.plans[0], "observed_at", "soon"), "ISO date"),
         changed(lambda r: setattr(r.pricing.plans[0], "source", ""), "pricing.plans[0].source_says needs the source"),
+        changed(lambda r: r.tasks.append("Image To Text"), "task name"),
+        changed(lambda r: setattr(r.facts[1], "value", "June 2023"), "ISO date like"),
+        changed(lambda r: r.adoption.append(r.adoption[0]), "two readings of 'downloads'"),
     ]
 
 

@@ -43,8 +43,8 @@ def test_one_writer_leads_the_other_stands_by_serving_its_answers(make_server):
     with pytest.raises(grpc.RpcError) as err:
         b.stub.UpsertModel(pb.UpsertModelRequest(model=_records()[0]), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"standby writer, not the leader: send RecordMatches, UpsertModel, RunProbes, RecordFeedback, " \
-           f"ImportManifest to the leader at {a.running.address} (term 1)" in err.value.details()
+    assert f"standby writer, not the leader: send RecordMatches, UpsertModel, ImportModels, RunProbes, " \
+           f"RecordFeedback, ImportManifest to the leader at {a.running.address} (term 1)" in err.value.details()
     for r in _records():
         a.stub.UpsertModel(pb.UpsertModelRequest(model=r), timeout=30)
     a.stub.RecordMatches(iter([_batch(30, 1)]), timeout=30)

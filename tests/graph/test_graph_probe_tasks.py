@@ -184,7 +184,7 @@ def test_databases_from_before_keep_their_probes_for_the_record_but_never_score_
         (res,) = store.probe_results()
         assert (res.detail, res.judge_id, res.scorable, res.reason) == ("round trip", "", False, LEGACY_REASON)
         assert store.probe_runs()[0].skipped == ()
-        assert dict(store.read_rows("meta").__next__())["schema_version"] == "3"
+        assert dict(store.read_rows("meta").__next__())["schema_version"] == "4"
         # and a new run is stored beside them with all its columns
         store.add_probe_run("new", 1, ["p"], [_row("a", "p", 0.7)], pairwise([_row("a", "p", 0.7),
                                                                               _row("b", "p", 0.2)], 0.02),

@@ -80,14 +80,19 @@ def test_probes_against_real_tiny_services(model_services, make_server, upsert_s
     assert served["stable-diffusion"].model_id.endswith("tiny-sd")
     assert all(s.test_model and s.test_preset == "tiny" and s.parameters > 0 for s in served.values())
     assert all(b.judge.model_id == judge.model_id for b in r.served)
+    # probes of random-weight test models (contestants and judge alike) enter no score
+    assert not r.quality["stable-diffusion"].measured and not r.quality["kosmos-2-patch14-224"].measured
     # same seed + same model versions + same judge -> the same images and captions, so the same scores
     again = s.stub.RunProbes(pb.RunProbesRequest(max_prompts=2, seed=3))
     assert [(x.model_id, x.prompt, x.score) for x in again.results] == [(x.model_id, x.prompt, x.score)
                                                                         for x in r.results]
     page = s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd"))
+    q = next(x for x in page.dimensions if x.dimension == "quality")
+    assert not q.a.measured and q.outcome == pb.OUTCOME_NOT_COMPARABLE
     assert [(b.model, b.runs, b.served.test_model, b.judge.test_model) for b in page.probe_basis] == [
         ("kosmos-2-patch14-224", 2, True, True), ("stable-diffusion", 2, True, True)]
-    assert "random-weight test models" in " ".join(page.verdict)
+    assert "Quality not measured on the real model: the live probes ran on random-weight test models" in \
+        " ".join(page.verdict)
 
 
 def test_search_uses_real_embeddings_then_degrades(model_services, make_server, upsert_seed, tmp_path):

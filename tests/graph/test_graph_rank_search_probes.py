@@ -11,6 +11,7 @@ import pytest
 
 from graph import bradley_terry
 from graph.probes import PROBE_PROMPTS, pairwise
+from graph.rates import match_graph_point
 from graph.store import ProbeResultRow
 from tests.graph.conftest import FakeProbes
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
@@ -21,16 +22,20 @@ def test_rank_orders_by_lower_bound_and_filters_by_capability(seeded):
     for k in range(4):
         seeded.stub.UpsertModel(pb.UpsertModelRequest(model=pb.ModelRecord(
             id=f"tool-{k}", name=f"Tool {k}", type=pb.MODEL_TYPE_TOOL,
-            adoption=[pb.Signal(kind="downloads", value=10 ** (k + 2), source="t", observed_at="2026-01-01")
-                      for _ in range(k + 1)],
+            adoption=[pb.Signal(kind="downloads", value=10 ** (k + 2), source=f"https://example.org/{s}",
+                                observed_at="2026-01-01") for s in range(k + 1)],
             capabilities=[pb.Capability(title="Upscaling", description="makes images larger")])))
     r = seeded.stub.Rank(pb.RankRequest(limit=10))
     assert r.total == 6 and [m.position for m in r.models] == list(range(1, 7))
-    lows = [m.scores.rank.low for m in r.models]
+    # the four tools have adoption readings; the two seed models none: no rank, listed after the ranked ones
+    assert [m.scores.rank.measured for m in r.models] == [True] * 4 + [False] * 2
+    assert {m.id for m in r.models[4:]} == {"kosmos-2-patch14-224", "stable-diffusion"}
+    assert all(m.scores.rank.not_measured_reason == "no dimension is measured for it" for m in r.models[4:])
+    lows = [m.scores.rank.low for m in r.models[:4]]
     assert lows == sorted(lows, reverse=True)
-    for m in r.models:
+    for m in r.models[:4]:
         s = m.scores.rank
-        assert 0 <= s.low <= s.high <= 100
+        assert 0 <= s.low <= s.value <= s.high <= 100
     page2 = seeded.stub.Rank(pb.RankRequest(limit=2, offset=2))
     assert [m.id for m in page2.models] == [m.id for m in r.models[2:4]] and page2.models[0].position == 3
     only = seeded.stub.Rank(pb.RankRequest(capability="inpainting"))
@@ -191,15 +196,16 @@ def test_match_graph_lead_reports_records_to_flip(seeded):
     assert mg.records_to_flip >= 1
     # check the claim: remove that many of kosmos-2's events (largest first, as documented) and recompute
     g = seeded.engine.graph
-    removed = [tuple(seeded.engine.catalogue.pos[m] for m in ("kosmos-2-patch14-224", f"m{k}"))
-               for k in range(mg.records_to_flip)]
-    pr, deg = g.without(removed)
-    from graph.rank import midrank_percentile
-
-    pct = midrank_percentile(np.where(deg > 0, pr, 0.0))
-    node_of = seeded.engine.catalogue.node_of
-    ia, ib = g.index[node_of["kosmos-2-patch14-224"]], g.index[node_of["stable-diffusion"]]
-    assert round(pct[ia], 2) <= round(pct[ib], 2)
+    pos = seeded.engine.catalogue.pos
+    removed = [tuple(pos[m] for m in ("kosmos-2-patch14-224", f"m{k}")) for k in range(mg.records_to_flip)]
+    pr, _deg = g.without(removed)
+    matched = seeded.engine.counts.stats[:, 0].astype(float)
+    for grp in removed:
+        matched[list(grp)] -= 1
+    cfg = seeded.engine.config
+    v = match_graph_point(pr, matched, cfg.match_graph_prior, cfg.match_graph_strength)
+    ia, ib = pos["kosmos-2-patch14-224"], pos["stable-diffusion"]
+    assert round(v[ia], 2) <= round(v[ib], 2)
     rank = page.dimensions[0]
     assert rank.records_to_flip != 0 and rank.fragile == (0 < rank.records_to_flip <= 5)
 
@@ -216,7 +222,7 @@ def test_probes_also_run_on_a_schedule(make_server, upsert_seed):
         time.sleep(0.1)
     runs = {r.run_id for r in s.engine.store.probe_results()}
     assert runs, "the schedule never ran a probe"
-    assert s.stub.GetModel(pb.GetModelRequest(model="sd")).scores.quality.evidence_count > 0
+    assert s.engine.store.probe_outcomes()
 
 
 # ---------------------------------------------------------------- what the probes ran on
@@ -242,7 +248,8 @@ def test_probe_runs_record_what_they_ran_on_and_pages_say_so(make_server, upsert
     ex = s.stub.GetModel(pb.GetModelRequest(model="sd", explain=True))
     basis = [e for e in ex.evidence if e.kind == "probe_basis"]
     assert len(basis) == 1 and basis[0].dimension == "quality" and basis[0].value == 2
-    assert "random-weight test model: its quality says nothing about the real model" in basis[0].detail
+    assert "random-weight test model: its quality says nothing about the real model, so these probes enter no score" \
+        in basis[0].detail
     s.restart()  # the basis is stored with the runs: a restart shows the same page
     assert s.stub.Compare(pb.CompareRequest(a="kosmos2", b="sd")) == page
 

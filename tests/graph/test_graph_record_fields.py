@@ -5,10 +5,13 @@ outcomes, stored on both backends, copied by migrate, and read back from rows wr
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import grpc
+import orjson
 import pytest
 
+from graph import catalogue_file
 from graph.records import MatchEvent
 from graph.seed_data import SEED_MODELS
 from graph.store import FeedbackRow, open_store, record_from_json, record_to_json
@@ -44,7 +47,8 @@ def test_new_fields_round_trip_and_the_slug_resolves_like_an_alias(make_server, 
     assert server.stub.GetModel(pb.GetModelRequest(model="microsoft--florence-2-large")).model == FLORENCE
     # an unset starting price stays unset (not 0)
     plain = server.stub.GetModel(pb.GetModelRequest(model="kosmos-2-patch14-224")).model
-    assert not plain.pricing.HasField("starting_price") and plain.slug == "" and plain.pricing.model == ""
+    assert not plain.pricing.HasField("starting_price") and plain.pricing.model == ""
+    assert plain.slug == "microsoft--kosmos-2-patch14-224" and not plain.failure_modes and not plain.links
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])
@@ -85,14 +89,43 @@ def test_a_slug_owned_by_another_model_is_refused(make_server, upsert_seed):
 
 
 def test_records_stored_before_the_new_fields_read_with_their_defaults():
-    old = json.loads(record_to_json(SEED_MODELS[0]))
-    for key in ("slug", "url", "pipeline_tag", "tags", "failure_modes", "links"):
+    new_fields = ("tasks", "facts", "hub_id", "organization", "slug", "url", "pipeline_tag", "tags", "failure_modes",
+                  "links")
+    plain = replace(SEED_MODELS[0], **{k: type(getattr(SEED_MODELS[0], k))() for k in new_fields},
+                    capabilities=tuple(replace(c, intents=(), best_for=(), limitations=(), input_types=(),
+                                               output_types=(), requires=()) for c in SEED_MODELS[0].capabilities))
+    old = json.loads(orjson.dumps(plain))  # rows of that time held the whole record, readings and results too
+    for key in new_fields:
         del old[key]
     del old["pricing"]["model"], old["pricing"]["starting_price"]
     for c in old["capabilities"]:
         for key in ("intents", "best_for", "limitations", "input_types", "output_types", "requires"):
             del c[key]
-    assert record_from_json(json.dumps(old)) == SEED_MODELS[0]
+    for s in old["adoption"] + old["ecosystem"]:
+        del s["says"], s["window"]
+    assert record_from_json(json.dumps(old)) == plain
+
+
+def test_readings_and_published_results_are_stored_once_and_read_back(graph_dbs):
+    """A record's readings live in observations and its published results in external_quality, not also in its
+    row's JSON; the store reads them back (the newest reading of each kind and source)."""
+    blip = next(r for r in catalogue_file.load() if r.id.startswith("blip") and r.external_quality)
+    assert blip.adoption and blip.facts
+    stored = json.loads(record_to_json(blip))
+    assert not {"adoption", "ecosystem", "facts", "external_quality"} & set(stored)
+    store = open_store(graph_dbs.url())
+    try:
+        store.upsert_models([blip])
+        assert store.get_model(blip.id) == blip
+        assert [r for r in store.capability_records() if r.id == blip.id] == [blip]
+        newer = replace(blip, adoption=(replace(blip.adoption[0], value=1.0, observed_at="2099-01-01"),),
+                        external_quality=blip.external_quality[:1])
+        store.upsert_models([newer])
+        again = store.get_model(blip.id)
+        assert again is not None and again.external_quality == blip.external_quality[:1]
+        assert newer.adoption[0] in again.adoption and len(again.adoption) == len(blip.adoption)  # one per source
+    finally:
+        store.close()
 
 
 def _events() -> list[MatchEvent]:

@@ -89,6 +89,8 @@ def test_readers_writer_and_single_sqlite_process_answer_byte_for_byte(cluster, 
     steps: list[Callable[[Any], Any]] = [
         (lambda s, r=r: s.stub.UpsertModel(pb.UpsertModelRequest(model=r), timeout=30)) for r in _records()]
     steps += [(lambda s, k=k: s.stub.RecordMatches(iter([_batch(40, k)]), timeout=30)) for k in range(3)]
+    steps += [(lambda s, e=e: s.stub.RecordFeedback(pb.RecordFeedbackRequest(  # outcomes: success rates move
+        match_id=e, outcome=pb.MATCH_OUTCOME_SUCCESS), timeout=30)) for e in ("s0-0", "s1-3")]
     seen = set()
     for step in steps:
         step(writer)
@@ -111,6 +113,8 @@ def test_write_rpcs_on_a_reader_answer_failed_precondition_naming_the_writer(clu
         "UpsertModel": lambda: reader.stub.UpsertModel(pb.UpsertModelRequest(model=_records()[0]), timeout=10),
         "RecordMatches": lambda: reader.stub.RecordMatches(iter([_batch(3, 0)]), timeout=10),
         "RunProbes": lambda: reader.stub.RunProbes(pb.RunProbesRequest(), timeout=10),
+        "ImportModels": lambda: reader.stub.ImportModels(iter([pb.ImportModelsRequest(models=_records()[:1])]),
+                                                         timeout=10),
         "RecordFeedback": lambda: reader.stub.RecordFeedback(pb.RecordFeedbackRequest(
             match_id="m", outcome=pb.MATCH_OUTCOME_SUCCESS), timeout=10),
         "ImportManifest": lambda: reader.stub.ImportManifest(pb.ValidateManifestRequest(text="a: 1"), timeout=10),
@@ -119,8 +123,8 @@ def test_write_rpcs_on_a_reader_answer_failed_precondition_naming_the_writer(clu
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, name
-        assert (f"send RecordMatches, UpsertModel, RunProbes, RecordFeedback, ImportManifest to the writer at "
-                f"{writer.running.address}") in err.value.details()
+        assert (f"send RecordMatches, UpsertModel, ImportModels, RunProbes, RecordFeedback, ImportManifest to the "
+                f"writer at {writer.running.address}") in err.value.details()
     assert reader.engine.store.event_count() == 0 and reader.engine.store.model_nodes() == []
 
 

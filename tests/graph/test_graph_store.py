@@ -264,7 +264,7 @@ def test_heads_news_and_kept_state_rows(graph_dbs):
     assert set(store.load_snapshots(["probe_basis", "pagerank", "nothing"])) == {"probe_basis", "pagerank"}
     store.delete_state()
     assert store.load_snapshot("comatch") is None and store.load_snapshot("probe_basis") is not None
-    assert store.data_versions() == (3, 2, 0, 0)
+    assert store.data_versions() == (3, 2, 0, 0, 0)
     store.record_probe_failure("down")
     assert store.data_versions().probe_failure_ms > 0
     store.close()

@@ -12,10 +12,22 @@ from graph.engine import Engine
 from graph.rank import Difference, Score
 from graph.records import ModelRecord, Pricing, Signal
 from graph.store import SqliteStore
-from graph.verdict import A_LEADS, B_LEADS, TIED, DimensionResult, headline, pricing_sentence, shown, verdict
+from graph.verdict import (
+    A_LEADS,
+    B_LEADS,
+    NOT_COMPARABLE,
+    NOT_MEASURED,
+    TIED,
+    DimensionResult,
+    headline,
+    pricing_sentence,
+    shown,
+    verdict,
+)
 
-DIMS = ("adoption", "quality", "ecosystem", "match_graph")
-LABEL = {"adoption": "adoption", "quality": "quality", "ecosystem": "ecosystem", "match_graph": "match graph"}
+DIMS = ("adoption", "quality", "ecosystem", "match_graph", "freshness")
+LABEL = {"adoption": "adoption", "quality": "quality", "ecosystem": "ecosystem", "match_graph": "match graph",
+         "freshness": "freshness"}
 unit = st.floats(0, 1, allow_nan=False)
 
 
@@ -32,8 +44,14 @@ def dimension(draw, name: str) -> DimensionResult:
             lo, hi = min(lo, 0.0), max(hi, 0.0)
     ev = draw(st.integers(0, 3)), draw(st.integers(0, 3))
     flip = draw(st.integers(-2, 8))
-    return DimensionResult(name, Score(a, a, a, ev[0]), Score(b, b, b, ev[1]), Difference(a - b, lo, hi), flip,
-                           0 < flip <= 5)
+    sa, sb = Score(a, a, a, ev[0]), Score(b, b, b, ev[1])
+    if name != "rank" and draw(st.integers(0, 4)) == 0:  # sometimes not measured for one or both
+        gone = Score.not_measured("no reading")
+        sa, sb = draw(st.sampled_from([(gone, sb), (sa, gone), (gone, gone)]))
+        lo = hi = a = b = float("nan")
+    comparable = name != "quality" or draw(st.integers(0, 4)) > 0
+    return DimensionResult(name, sa, sb, Difference(a - b, lo, hi), flip, 0 < flip <= 5, comparable,
+                           "" if comparable else "not comparable: Alpha is image-to-text, Beta is text-to-image")
 
 
 tiers = st.sampled_from(["unknown", "free", "freemium", "paid"])
@@ -41,9 +59,9 @@ tiers = st.sampled_from(["unknown", "free", "freemium", "paid"])
 
 @settings(max_examples=400, deadline=None)
 @given(rank=dimension("rank"), d1=dimension("adoption"), d2=dimension("quality"), d3=dimension("ecosystem"),
-       d4=dimension("match_graph"), ta=tiers, tb=tiers)
-def test_verdict_never_contradicts_numbers(rank, d1, d2, d3, d4, ta, tb):
-    dims = [d1, d2, d3, d4]
+       d4=dimension("match_graph"), d5=dimension("freshness"), ta=tiers, tb=tiers)
+def test_verdict_never_contradicts_numbers(rank, d1, d2, d3, d4, d5, ta, tb):
+    dims = [d1, d2, d3, d4, d5]
     pa, pb = Pricing(ta), Pricing(tb)
     sentences = verdict("Alpha", "Beta", rank, dims, pa, pb)
     text = " ".join(sentences)
@@ -64,8 +82,18 @@ def test_verdict_never_contradicts_numbers(rank, d1, d2, d3, d4, ta, tb):
     for who, listed in re.findall(r"(Alpha|Beta) leads on ([a-z ,]+?)(?:,? while|\.)", text):
         leads[who] |= {d for d in DIMS if re.search(rf"\b{LABEL[d]}\b", listed)}
     for d in dims:
-        sa, sb = shown(d.dimension, d.a.value), shown(d.dimension, d.b.value)
         in_a, in_b = d.dimension in leads["Alpha"], d.dimension in leads["Beta"]
+        # rule 1: only dimensions measured for both (with evidence) are cited at all
+        both = d.comparable and all(s.measured and s.evidence_count > 0 for s in (d.a, d.b))
+        if not both:
+            assert not in_a and not in_b and d.outcome in (NOT_MEASURED, NOT_COMPARABLE)
+            assert not re.search(rf"tied on [^.]*\b{LABEL[d.dimension]}\b", text)  # rule 3: never "tied"
+            if d.outcome == NOT_COMPARABLE:
+                assert f"{LABEL[d.dimension].capitalize()} is not comparable: Alpha is image-to-text" in text
+            else:
+                assert re.search(rf"Not compared, for want of measurements: [^.]*\b{LABEL[d.dimension]}\b", text)
+            continue
+        sa, sb = shown(d.dimension, d.a.value), shown(d.dimension, d.b.value)
         assert in_a == (d.diff.low > 0 and sa > sb)
         assert in_b == (d.diff.high < 0 and sb > sa)
         if sa == sb:
@@ -116,6 +144,10 @@ def test_engine_pages_agree_with_their_numbers(models, tier_a, tier_b, events):
         e.record_events(evs)
     r = e.compare("m0", "m1").comparison
     for d in (r.rank, *r.dimensions):
+        if d.outcome in (NOT_MEASURED, NOT_COMPARABLE):  # nothing is said about numbers that are not there
+            assert not (d.a.measured and d.b.measured and d.a.evidence_count and d.b.evidence_count) or \
+                d.outcome == NOT_COMPARABLE
+            continue
         sa, sb = shown(d.dimension, d.a.value), shown(d.dimension, d.b.value)
         if d.outcome == A_LEADS:
             assert d.diff.low > 0 and sa > sb

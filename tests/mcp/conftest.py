@@ -1,5 +1,7 @@
 """Fixtures: a real MatchGraph (port 0, its own SQLite file, the seed models and a few catalogue records) that
-the MCP servers under test call (sessions over stdio and HTTP: tests/mcp/sessions.py)."""
+the MCP servers under test call (sessions over stdio and HTTP: tests/mcp/sessions.py). The two seed models get
+a downloads reading and a release date (test readings, not real figures) so that answers hold measured
+dimensions next to ones that are not measured."""
 
 from __future__ import annotations
 
@@ -12,7 +14,27 @@ from services.core.server import RunningServer, start_server
 from services.matchgraph.app import Settings as GraphSettings
 from services.matchgraph.app import build_service
 from tests.catalogue_records import seed_test_catalogue
+from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
+
+# (model, downloads): the second leads adoption
+READINGS = (("kosmos-2-patch14-224", 1_000), ("stable-diffusion", 1_000_000))
+# A record no test query finds (so no match record ever measures its match graph): nothing measured, ever.
+UNREAD = pb.ModelRecord(id="listener-e", name="Listener E", type=pb.MODEL_TYPE_MODEL, slug="test-org--listener-e",
+                        capabilities=[pb.Capability(title="Speech transcription", description="Writes down speech.",
+                                                    intents=["transcribe speech"], input_types=["audio"],
+                                                    output_types=["transcript"])])
+
+
+def add_test_readings(stub: pb_grpc.MatchGraphStub) -> None:
+    for model_id, downloads in READINGS:
+        m = stub.GetModel(pb.GetModelRequest(model=model_id)).model
+        source = f"https://example.org/test-readings/{model_id}"
+        m.adoption.append(pb.Signal(kind="downloads", value=downloads, source=source, observed_at="2026-11-30",
+                                    says=f"{downloads} downloads"))
+        m.facts.append(pb.Fact(name="released", value="2024-06-01", source=source, observed_at="2026-11-30"))
+        stub.UpsertModel(pb.UpsertModelRequest(model=m))
+    stub.UpsertModel(pb.UpsertModelRequest(model=UNREAD))
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +45,7 @@ def matchgraph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServ
     server = start_server(settings, build_service(settings))
     with grpc.insecure_channel(server.address) as ch:
         seed_test_catalogue(pb_grpc.MatchGraphStub(ch))
+        add_test_readings(pb_grpc.MatchGraphStub(ch))
     yield server
     server.stop(0)
 

@@ -101,6 +101,22 @@ def test_compare_answers_verdict_dimensions_intervals_and_fragility(client: Clie
         assert isinstance(d["fragile"], bool) and isinstance(d["records_to_flip"], int)
         if d["diff"] is not None:
             assert d["diff_low"] <= d["diff"] <= d["diff_high"]
+    dims = {d["dimension"]: d for d in out["dimensions"]}
+    assert set(dims) == {"rank", "adoption", "quality", "ecosystem", "match_graph", "freshness"}
+    assert dims["adoption"]["outcome"] == "b_leads" and dims["adoption"]["diff"] < 0  # measured for both
+    # a captioner and a generator share no task: quality not comparable, with why, and no numbers
+    quality = dims["quality"]
+    assert quality["outcome"] == "not_comparable" and not quality["comparable"] and "image-to-text" in quality["note"]
+    assert quality["diff"] is None and quality["a"]["value"] is None and quality["b"]["value"] is None
+    ecosystem = dims["ecosystem"]
+    assert ecosystem["outcome"] == "not_measured" and ecosystem["a"]["measured"] is False
+    assert ecosystem["a"]["value"] is None and ecosystem["a"]["not_measured_reason"]
+    assert "adoption" in out["b_scores"]["rests_on"] and "quality" not in out["b_scores"]["rests_on"]
+    assert any("Quality is not comparable" in s for s in out["verdict"])
+    assert not any("leads on quality" in s or "leads on ecosystem" in s for s in out["verdict"])
+    sources = {r["label"]: r for r in out["sources"]}
+    assert any(c["source"] == f"https://example.org/test-readings/{SD}" and c["observed_at"] == "2026-11-30"
+               for r in sources.values() for c in r["b"])
     assert out["links"]["page"] == f"{client.base_url}/compare/{KOSMOS}-vs-{SD}"
     if out["snapshot_version"] == direct["snapshot_version"]:
         assert {k: v for k, v in out.items() if k != "links"} == {k: v for k, v in direct.items() if k != "links"}
@@ -117,6 +133,25 @@ def test_trust_passport_is_the_gateway_passport(client: Client, stub: Any) -> No
                               client.base_url).model_dump(mode="json", by_alias=True)
     if direct["passport"]["unfragile"]["version"] == body["version"]:
         assert out == direct
+    # no reading on any dimension: no score (null with why), every dimension block says why
+    trust = client.ok("trust_passport", {"model": "test-org--listener-e"})["passport"]["unfragile"]["trust"]
+    assert trust["score"] is None and trust["score_interval"] is None and trust["rests_on"] == []
+    assert trust["score_reason"] == "no dimension is measured for it"
+    assert set(trust["dimensions"]) == {"adoption", "quality", "ecosystem", "match_graph", "freshness"}
+    assert all(trust["dimensions"][d]["score"] is None and trust["dimensions"][d]["score_reason"]
+               for d in ("adoption", "quality", "ecosystem", "freshness"))
+    assert trust["dimensions"]["match_graph"]["note"].startswith("prior only")  # shown, not in the score
+
+
+def test_trust_passport_of_a_measured_model_names_what_its_score_rests_on(client: Client) -> None:
+    trust = client.ok("trust_passport", {"model": SD})["passport"]["unfragile"]["trust"]
+    low, high = trust["score_interval"]
+    assert low <= trust["score"] <= high and {"adoption", "freshness"} <= set(trust["rests_on"])
+    dims = trust["dimensions"]
+    assert dims["adoption"]["score"] == 1.0 and dims["adoption"]["weight"] > 0  # the most downloads of its type
+    assert dims["quality"]["score"] is None and dims["quality"]["weight"] is None and dims["quality"]["score_reason"]
+    # the weights used are those of rests_on, renormalised
+    assert sum(dims[d]["weight"] for d in trust["rests_on"]) == pytest.approx(1.0)
 
 
 def test_resolve_capability_answers_capabilities_and_their_models(client: Client, stub: Any) -> None:
@@ -125,6 +160,11 @@ def test_resolve_capability_answers_capabilities_and_their_models(client: Client
     assert first["intent"] == "generate" and first["uri"].startswith("capability://image.generation")
     assert 1 <= len(first["artifacts"]) <= 2
     assert {a["id"] for a in first["artifacts"]} <= {PAINTER, SD}
+    for a in first["artifacts"]:  # a rank with its interval, or null with why (Painter C has no reading)
+        if a["rank"] is None:
+            assert a["id"] == PAINTER and a["rank_interval"] is None and a["rank_reason"]
+        else:
+            assert a["rank_interval"][0] <= a["rank"] <= a["rank_interval"][1] and a["rank_reason"] is None
     record = stub.GetMatch(pb.GetMatchRequest(match_id=out["matchRecordId"])).match
     direct = stub.Resolve(pb.ResolveRequest(intent="I want to make pictures from words", limit=2))
     assert list(record.matched) == resolved_models(direct)
@@ -183,8 +223,16 @@ def test_resources_are_model_pages(client: Client) -> None:
     page = read("unfragile://model/test-org--painter-c/page").text
     assert page.startswith("# Painter C\n") and "success rate: not measured (" in page
     assert f"({client.base_url}/models/{PAINTER})" in page and "## Capabilities" in page and "Upscaling" in page
+    unread = read("unfragile://model/test-org--listener-e/page").text
+    assert "- Trust score (UnfragileRank / 100): not measured (no dimension is measured for it)" in unread
+    assert "- Adoption: not measured (no adoption reading recorded)" in unread
+    assert "- Match graph: 0.50 (95% " in unread and "not in the score); prior only" in unread
+    sd_page = read(f"unfragile://model/{SD}/page").text
+    assert "resting on adoption" in sd_page and "- Quality: not measured (" in sd_page
+    assert "- Adoption: 1.00 (95% " in sd_page and "in the score)" in sd_page
     comparison = read(f"unfragile://compare/{KOSMOS}/{SD}").text
     assert comparison.startswith(f"# {KOSMOS} vs Stable Diffusion") and "## Evidence" in comparison
+    assert f"https://example.org/test-readings/{SD}" in comparison  # readings link their source
     with pytest.raises(MCPError) as err:
         read("unfragile://model/no-such-model")
     assert err.value.error.code == -32602 and "'no-such-model' is not in the match graph" in err.value.error.message

@@ -41,13 +41,25 @@ def test_demo_prints_page_saves_png_and_shuts_down_cleanly(tmp_path, tiny_models
                 proc.kill()
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
-    assert "# kosmos-2-patch14-224 vs Stable Diffusion" in text
+    assert "seeded the match graph with the catalogue: " in text
+    assert "# Kosmos-2 vs Stable Diffusion" in text
     assert "## Verdict" in text and "| UnfragileRank |" in text
     assert "caption of that image" in text
+    # the page rests on sourced, dated readings: Stable Diffusion leads adoption (about ten times the downloads)
+    verdict = text[text.index("## Verdict"):text.index("## Need something different?")]
+    assert re.search(r"Stable Diffusion( [0-9.]+)? leads on [a-z ,]*adoption", verdict), verdict
+    # a captioner and an image generator: quality is not comparable, and the test models' probes are not cited
+    assert "Quality is not comparable: Kosmos-2 is image-to-text, Stable Diffusion" in verdict
+    assert "leads on quality" not in verdict and "Quality not measured on the real model" in verdict
+    rows = text[text.index("## Readings and their sources"):text.index("## What the quality probes ran on")]
+    for line in rows.splitlines():
+        if line.startswith("| ") and not line.startswith(("| Reading ", "|---")):
+            for cell in line.split(" | ")[1:]:  # every figure links its source and date, or says there is none
+                assert "](http" in cell or cell.strip(" |") == "no reading", line
     # the probes ran on the tiny random-weight models, and the printed page and the web page say so
     assert "(random-weight test model)" in text and "## What the quality probes ran on" in text
     assert "says nothing about the real models" in text and "random-weight test model" in page
-    assert "Verdict" in page and "kosmos-2-patch14-224" in page
+    assert "Verdict" in page and "Kosmos-2" in page and "Readings and their sources" in page
     assert "stopped: {'visionlanguage': 0, 'diffusion': 0, 'matchgraph': 0, 'gateway': 0, 'openai': 0}" in text
     assert re.search(r"openai\s+http://127\.0\.0\.1:\d+/v1 \(OpenAI-compatible API\)", text)
     png = (out / "demo.png").read_bytes()
