@@ -253,9 +253,12 @@ def difference(d: DimensionScores, i: int, j: int) -> Difference:
 
 
 def difference_of(a: float, b: float, reps_a: np.ndarray, reps_b: np.ndarray) -> Difference:
+    """The interval always holds the point difference: where a point sits at an end of its own range (freshness
+    with one date read is the date read; the replicates draw the missing one), the percentile interval of the
+    replicates' differences alone could leave it outside, and a lead is claimed from this interval."""
     delta = reps_a - reps_b
     lo, hi = interval(delta) if delta.size else (a - b, a - b)
-    return Difference(a - b, lo, hi)
+    return Difference(a - b, min(lo, a - b), max(hi, a - b))
 
 
 def is_nan(x: float) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from graph import quality, rates
 from graph.config import EngineConfig
 from graph.engine import Engine
-from graph.rank import DIMENSIONS
+from graph.rank import DIMENSIONS, Difference, difference, difference_of
 from graph.records import Fact, MatchEvent, ModelRecord, QualityEvidence, Signal
 from graph.seed_data import SEED_MODELS
 from graph.shrinkage import beta_rate, max_step
@@ -141,6 +141,11 @@ def test_freshness_decays_with_a_half_life_at_the_newest_reading_date():
     assert h.freshness.low == pytest.approx(0.5) and h.freshness.high > 0.6  # an unread update could be fresher
     again = _engine([rec, half], EngineConfig(bootstrap_rounds=200, freshness_half_life_days={"model": 365.0}))
     assert _card(again, "h").freshness == h.freshness  # the same data, the same numbers, whatever the clock says
+    st = e.state()  # "h" sits at the low end of its own range: the difference's interval still holds the point
+    for a, b in (("m", "h"), ("h", "m")):
+        d = difference(st.dims["freshness"], st.ids.index(a), st.ids.index(b))
+        assert d.low <= d.diff <= d.high
+    assert difference_of(0.5, 0.5, np.full(9, 0.7), np.full(9, 0.5)) == Difference(0.0, 0.0, pytest.approx(0.2))
 
 
 # ---------------------------------------------------------------- match graph shrinkage
