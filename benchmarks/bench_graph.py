@@ -352,6 +352,7 @@ def run() -> list[Result]:
         results += got
         start = N_EVENTS + 2 * BATCH
         results += refresh_results(engine, [_events(rng, BATCH, start + k * BATCH) for k in range(3)], _log)
+        engine.checkpoints.save_pagerank()  # as after the ingest: the restarts below start from this PageRank
         ranks_orig = [(i, c.rank.value) for i, _n, c in engine.rank("", 100, 0)[0]]  # before any restart
         engine.store.close()  # an unclean stop: no shutdown checkpoint
         del engine
