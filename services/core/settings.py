@@ -3,7 +3,7 @@
 Each setting is declared once, with a description, in one of these pydantic models:
 
 - ``ListenerSettings``: what any network server needs (bind address, ports, TLS, logging);
-  the HTTP gateway uses only this.
+  ``HttpListenerSettings`` adds the base URL of an HTTP one (the gateway, the OpenAI frontend).
 - ``GrpcServerSettings``: a ``ListenerSettings`` plus the gRPC server's limits and auth.
 - ``ModelSettings``: where models live and which device/dtype runs them.
 - Domain configs (an engine's batching knobs, a service's request limits, the MatchGraph
@@ -17,6 +17,7 @@ Nothing else in the code base reads ``os.environ`` for configuration.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +37,16 @@ def section(settings: BaseModel, config_cls: type[M], **extra: Any) -> M:
     """The ``config_cls`` part of ``settings`` (the fields it inherited), plus ``extra`` values."""
     values = {name: getattr(settings, name) for name in config_cls.model_fields if hasattr(settings, name)}
     return config_cls.model_validate({**values, **extra})
+
+
+def listed(v: Any) -> Any:
+    """A list setting given as a string (env vars, ``--set name=a,b``): a JSON list or comma-separated values."""
+    if isinstance(v, str):
+        text = v.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return v
 
 
 def describe(settings_cls: type[BaseModel]) -> list[tuple[str, str, str, str]]:
@@ -68,6 +79,16 @@ class ListenerSettings(BaseSettings):
     tls_client_ca_file: Path | None = Field(
         None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."
     )
+
+
+class HttpListenerSettings(ListenerSettings):
+    """An HTTP server (the gateway, the OpenAI frontend): a listener with an address clients are given."""
+
+    def base_url(self, port: int | None = None) -> str:
+        """http(s)://host:port of this server (a wildcard bind address shown as 127.0.0.1)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        scheme = "https" if self.tls_cert_file and self.tls_key_file else "http"
+        return f"{scheme}://{host}:{port if port is not None else self.port}"
 
 
 class GrpcServerSettings(ListenerSettings):

@@ -26,6 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from services.core import clip_bpe
+
 # Words that get whole-word BPE merges / Unigram pieces, so test prompts tokenize to a few ids.
 _WORDS = (
     "a", "an", "the", "of", "in", "on", "with", "and", "photo", "painting", "style", "cat", "dog",
@@ -43,38 +45,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable unicode mapping."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def build_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """CLIP-style byte-level BPE: 256 bytes, 256 end-of-word bytes, merges, specials."""
-    chars = list(_bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars]
-    merges: list[tuple[str, str]] = []
-    seen = set(tokens)
-    for word in _WORDS:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:  # merge left to right: ((c a) t</w>)
-            pair = (parts[0], parts[1])
-            merged = pair[0] + pair[1]
-            if pair not in merges:
-                merges.append(pair)
-            if merged not in seen:
-                tokens.append(merged)
-                seen.add(merged)
-            parts = [merged] + parts[2:]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, merges
+    """CLIP-style byte-level BPE: 256 bytes, 256 end-of-word bytes, merges of the words above, specials."""
+    return clip_bpe.vocab_and_merges(_WORDS)
 
 
 def build_tokenizer() -> Any:

@@ -25,24 +25,15 @@ from services.gateway.metrics import MetricsMiddleware
 from services.gateway.middleware import HeadAsGet, SecurityHeaders
 from services.gateway.openapi import build_openapi
 from services.gateway.settings import Settings
-from services.gateway.upstream import ChannelConfig, GrpcMatchGraph, MatchGraphAPI
+from services.gateway.upstream import MatchGraphAPI, open_matchgraph
 
 __all__ = ["Settings", "create_app"]
 
 STATIC = Path(__file__).with_name("static")
 
 
-def default_upstream(settings: Settings) -> MatchGraphAPI:
-    """The real thing: a grpc.aio channel to ``matchgraph_target`` with the TLS/token settings."""
-    return GrpcMatchGraph(ChannelConfig(
-        target=settings.matchgraph_target, timeout_s=settings.rpc_timeout_s, root_ca=settings.matchgraph_root_ca,
-        client_cert=settings.matchgraph_client_cert, client_key=settings.matchgraph_client_key,
-        token=settings.matchgraph_token, max_message_bytes=settings.max_message_bytes),
-        writer_target=settings.matchgraph_writer_target)
-
-
 def create_app(settings: Settings | None = None,
-               upstream_factory: Callable[[Settings], MatchGraphAPI] = default_upstream) -> FastAPI:
+               upstream_factory: Callable[[Settings], MatchGraphAPI] = open_matchgraph) -> FastAPI:
     """Build the ASGI app. The MatchGraph channel opens in the lifespan, on the serving loop."""
     settings = settings or Settings()
 

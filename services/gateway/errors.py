@@ -12,38 +12,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import grpc
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from services.core.http_status import GRPC_TO_HTTP, retry_after_header
 from services.gateway.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
-
-GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 502,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 502,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 502,
-}
-"""UNKNOWN/INTERNAL/DATA_LOSS become 502 Bad Gateway: the fault is upstream, not in the
-gateway, and a 5xx there must not be confused with a gateway bug (500)."""
 
 TITLES = {
     400: "Bad request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
@@ -90,10 +68,8 @@ def http_status(err: UpstreamError) -> int:
 
 def retry_headers(err: UpstreamError) -> dict[str, str]:
     """Retry-After (whole seconds, at least 1) for 429 and 503."""
-    status = http_status(err)
-    if status == 429 or status == 503:
-        seconds = err.retry_after_s if err.retry_after_s is not None else 1.0
-        return {"Retry-After": str(max(1, int(seconds + 0.999)))}
+    if http_status(err) in (429, 503):
+        return retry_after_header(err.retry_after_s)
     return {}
 
 

@@ -8,12 +8,9 @@ collectors like the gRPC services do.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.core.http_metrics import RequestMetrics, Scope
 from services.core.metrics import LATENCY_BUCKETS
 
 HTTP_REQUESTS = Counter(
@@ -42,36 +39,15 @@ NOT_MODIFIED = Counter(
     "unfragile_gateway_not_modified_total", "Answers that were 304 Not Modified thanks to If-None-Match.", ["route"],
 )
 
-Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 
+class MetricsMiddleware(RequestMetrics):
+    """Every HTTP request by method, route template and status, its latency, and the 304 answers."""
 
-class MetricsMiddleware:
-    """Pure ASGI middleware (no response buffering, unlike BaseHTTPMiddleware)."""
+    in_flight = HTTP_IN_FLIGHT
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = {"code": 500}
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        start = time.perf_counter()
-        HTTP_IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            HTTP_IN_FLIGHT.dec()
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope.get("method", "GET")
-            HTTP_REQUESTS.labels(method, route, str(status["code"])).inc()
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - start)
-            if status["code"] == 304:
-                NOT_MODIFIED.labels(route).inc()
+    def record(self, scope: Scope, route: str, status: int, seconds: float) -> None:
+        method = scope.get("method", "GET")
+        HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        HTTP_LATENCY.labels(method, route).observe(seconds)
+        if status == 304:
+            NOT_MODIFIED.labels(route).inc()

@@ -1,165 +1,44 @@
 """Run the gateway: ``run(settings)`` blocks under uvicorn; ``start(settings)`` runs it in a
 thread (tests, ``unfragile up``) and returns once it accepts connections.
 
-The socket is bound here, not by uvicorn, so ``port=0`` works and the real port is
-known before the first request. SIGTERM/SIGINT make uvicorn stop accepting, finish
-in-flight requests (up to ``grace_seconds``) and return, so ``run`` exits cleanly.
+The serving itself (socket bound here so ``port=0`` works, SIGTERM/SIGINT drain in-flight
+requests for ``grace_seconds`` and return) is ``services.core.http_server``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
-import socket
-import ssl
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import uvicorn
 from fastapi import FastAPI
 
-from services.core.metrics import start_metrics_server
+from services.core import http_server
+from services.core.http_server import RunningHttpServer
 from services.gateway.app import create_app
 from services.gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-def bind_socket(settings: Settings) -> socket.socket:
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit this. Without it a keep-alive client waits ~40 ms per
-    # answer (Nagle's algorithm meets delayed ACKs: uvicorn/h11 writes headers and body
-    # separately), measured: /healthz p50 44 ms -> 5 ms.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, except that a SIGTERM/SIGINT shutdown ends in a normal return.
-
-    Stock uvicorn re-raises the captured signal after draining, so SIGTERM would end
-    the process with -15 instead of exit 0 like the gRPC services.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
-
-
-def _tls_options(settings: Settings) -> dict[str, object]:
-    """HTTPS with the shared tls_* settings (client certificates required if a CA is set)."""
-    if not (settings.tls_cert_file and settings.tls_key_file):
-        return {}
-    opts: dict[str, object] = {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
-    if settings.tls_client_ca_file:
-        opts.update(ssl_ca_certs=str(settings.tls_client_ca_file), ssl_cert_reqs=ssl.CERT_REQUIRED)
-    return opts
-
-
 AppFactory = Callable[[Settings], FastAPI]
-
-
-def _server(settings: Settings, app_factory: AppFactory = create_app) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app_factory(settings), log_level=settings.log_level.lower(), access_log=False,
-        timeout_graceful_shutdown=int(settings.grace_seconds) or None, proxy_headers=False,
-        lifespan="on", server_header=False, log_config=None,  # log through the process's own logging setup
-        **_tls_options(settings),  # type: ignore[arg-type]
-    )
-    return _Server(config)
+RunningGateway = RunningHttpServer[Settings]
+"""A gateway serving from a background thread."""
 
 
 def run(settings: Settings, app_factory: AppFactory = create_app) -> None:
     """Serve until SIGTERM/SIGINT, then drain and return (blocking; call from the main thread).
     ``app_factory`` builds the application (``services.mcp.http.gateway_app`` adds the MCP endpoint)."""
-    sock = bind_socket(settings)
-    port = sock.getsockname()[1]
-    metrics_server = None
-    if settings.metrics_port >= 0:
-        mport, metrics_server = start_metrics_server(settings.metrics_port, settings.host)
-        log.info("gateway metrics on http://%s:%s/metrics", settings.host, mport)
-    log.info("gateway on %s (MatchGraph at %s)", settings.base_url(port), settings.matchgraph_target)
-    try:
-        _server(settings, app_factory).run(sockets=[sock])
-    finally:
-        sock.close()
-        if metrics_server is not None:
-            metrics_server.shutdown()  # type: ignore[attr-defined]
 
+    def announce(port: int) -> None:
+        log.info("gateway on %s (MatchGraph at %s)", settings.base_url(port), settings.matchgraph_target)
 
-@dataclass
-class RunningGateway:
-    """A gateway serving from a background thread."""
-
-    settings: Settings
-    port: int
-    server: uvicorn.Server
-    thread: threading.Thread
-    sock: socket.socket
-
-    @property
-    def url(self) -> str:
-        return self.settings.base_url(self.port)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout)
-        self.sock.close()
+    http_server.run(settings, app_factory, "gateway", announce)
 
 
 def start(settings: Settings, timeout: float = 30.0, app_factory: AppFactory = create_app) -> RunningGateway:
     """Start in a daemon thread (no signal handlers there) and wait until it serves."""
-    sock = bind_socket(settings)
-    server = _server(settings, app_factory)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="gateway", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("gateway thread exited during startup; see the log")
-        if time.monotonic() > deadline:
-            server.should_exit = True
-            raise TimeoutError(f"gateway did not start within {timeout:.0f}s")
-        time.sleep(0.02)
-    return RunningGateway(settings, sock.getsockname()[1], server, thread, sock)
+    return http_server.start(settings, app_factory, "gateway", "gateway", timeout)
 
 
 def compare_url(base_url: str, a: str, b: str) -> str:
     """Address of the comparison page of models ``a`` and ``b`` (``make run`` prints the seed pair's)."""
     return f"{base_url.rstrip('/')}/compare/{a}-vs-{b}"
-
-
-def wait_until_ready(base_url: str, timeout: float = 60.0) -> None:
-    """Block until ``/readyz`` says the gateway and its MatchGraph serve (for ``unfragile up``)."""
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base_url.rstrip('/')}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except urllib.error.HTTPError as err:
-            last = f"HTTP {err.code}"
-        except OSError as err:
-            last = str(err)
-        time.sleep(0.2)
-    raise TimeoutError(f"{base_url} not ready within {timeout:.0f}s (last: {last})")

@@ -9,14 +9,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from services.core.client import DEFAULT_MAX_MESSAGE_BYTES
-from services.core.settings import ListenerSettings, settings_config
+from services.core.settings import HttpListenerSettings, listed, settings_config
 
 
-class Settings(ListenerSettings):
+class MatchGraphClient(BaseModel):
+    """How to reach the MatchGraph: where reads and writes go, TLS, token, limits (the gateway's, and the stdio
+    MCP server's, which shares the gateway's MatchGraph client)."""
+
+    matchgraph_target: str = Field(
+        "127.0.0.1:50053", description="host:port of the MatchGraph gRPC service the reads go to: one process, or "
+        "the readers: dns:///readers-headless:50053 or a comma-separated host:port list (round robin over the ones "
+        "whose health is SERVING; a read that meets a dying one is retried once on another).")
+    matchgraph_writer_target: str = Field(
+        "", description="Where the writes (match records, feedback outcomes, the gateway's recorded searches) go: "
+        "host:port of the MatchGraph writer (or of a Service in front of the leader), or a comma-separated list of "
+        "writer-capable MatchGraphs, of which the leader is found and followed; '' = matchgraph_target (one "
+        "MatchGraph process).")
+    matchgraph_root_ca: Path | None = Field(None, description="PEM CA to verify a TLS MatchGraph (unset = plaintext).")
+    matchgraph_client_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS.")
+    matchgraph_client_key: Path | None = Field(None, description="PEM key of matchgraph_client_cert.")
+    matchgraph_token: str = Field("", description="Bearer token sent to MatchGraph when its auth is on (\"\" = none).")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="Largest gRPC message sent to or accepted from MatchGraph.")
+    rpc_timeout_s: float = Field(10.0, gt=0, description="Deadline of each MatchGraph call; past it the gateway "
+                                 "answers 504, an MCP tool an error saying so.")
+
+
+class Settings(MatchGraphClient, HttpListenerSettings):
     """HTTP gateway settings. ``port`` is the HTTP port here (not a gRPC one).
 
     Inherited ``tls_cert_file``/``tls_key_file``/``tls_client_ca_file`` make it serve HTTPS
@@ -33,22 +56,6 @@ class Settings(ListenerSettings):
                     "the same metrics are always on `metrics_path` of the HTTP port too.",
     )
     metrics_path: str = Field("/metrics", description='Path of the Prometheus endpoint on the HTTP port ("" = off).')
-    matchgraph_target: str = Field(
-        "127.0.0.1:50053", description="host:port of the MatchGraph gRPC service the reads go to: one process, or "
-        "the readers: dns:///readers-headless:50053 or a comma-separated host:port list (round robin over the ones "
-        "whose health is SERVING; a read that meets a dying one is retried once on another).")
-    matchgraph_writer_target: str = Field(
-        "", description="Where the writes (recorded searches, match records, feedback) go: host:port of the "
-        "MatchGraph writer (or of a Service in front of the leader), or a comma-separated list of writer-capable "
-        "MatchGraphs, of which the gateway finds and follows the leader; '' = matchgraph_target (one MatchGraph "
-        "process).")
-    matchgraph_root_ca: Path | None = Field(None, description="PEM CA to verify a TLS MatchGraph (unset = plaintext).")
-    matchgraph_client_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS.")
-    matchgraph_client_key: Path | None = Field(None, description="PEM key of matchgraph_client_cert.")
-    matchgraph_token: str = Field("", description="Bearer token sent to MatchGraph when its auth is on (\"\" = none).")
-    max_message_bytes: int = Field(
-        DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="Largest gRPC message sent to or accepted from MatchGraph.")
-    rpc_timeout_s: float = Field(10.0, gt=0, description="Deadline of each MatchGraph call; past it the answer is 504.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description='Origins allowed to call the JSON API from a browser, e.g. ["https://search.example"]; '
@@ -77,14 +84,7 @@ class Settings(ListenerSettings):
     @classmethod
     def _origins(cls, v: Any) -> Any:
         """Accept a JSON list or a comma-separated string (env vars, ``--set cors_origins=a,b``)."""
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("["):
-                import json
-
-                return json.loads(text)
-            return [o.strip() for o in text.split(",") if o.strip()]
-        return v
+        return listed(v)
 
     @field_validator("metrics_path", "mcp_path")
     @classmethod
@@ -97,6 +97,4 @@ class Settings(ListenerSettings):
         """Where a browser reaches this gateway: public_base_url, else http://host:port."""
         if self.public_base_url:
             return self.public_base_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        scheme = "https" if self.tls_cert_file and self.tls_key_file else "http"
-        return f"{scheme}://{host}:{port if port is not None else self.port}"
+        return super().base_url(port)

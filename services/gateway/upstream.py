@@ -30,9 +30,11 @@ import grpc
 import grpc.aio
 
 from services.core.client import DEFAULT_MAX_MESSAGE_BYTES, bearer, channel, replicas_target, retry_unavailable
+from services.core.http_status import retry_after_s
 from services.core.names import full_name
 from services.gateway import metrics
 from services.gateway.catalogue_calls import READ_METHODS, CatalogueCalls
+from services.gateway.settings import MatchGraphClient
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
@@ -66,16 +68,6 @@ class MatchGraphAPI(Protocol):
     async def snapshot(self) -> pb.GetSnapshotResponse: ...
     async def ready(self) -> bool: ...
     async def close(self) -> None: ...
-
-
-def _retry_after(err: grpc.aio.AioRpcError) -> float | None:
-    for key, value in err.trailing_metadata() or ():
-        if key == "retry-after-ms":
-            try:
-                return max(0.0, int(value) / 1000.0)
-            except ValueError:
-                return None
-    return None
 
 
 @dataclass
@@ -118,7 +110,7 @@ class GrpcMatchGraph(CatalogueCalls):
             return await method(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             code = err.code().name
-            raise UpstreamError(err.code(), err.details() or err.code().name, _retry_after(err)) from None
+            raise UpstreamError(err.code(), err.details() or err.code().name, retry_after_s(err)) from None
         finally:
             metrics.UPSTREAM_CALLS.labels(name, code).inc()
             metrics.UPSTREAM_LATENCY.labels(name).observe(time.perf_counter() - start)
@@ -200,3 +192,13 @@ class GrpcMatchGraph(CatalogueCalls):
         await self._channel.close()
         for ch in self._writer_channels:
             await ch.close()
+
+
+def open_matchgraph(settings: MatchGraphClient) -> GrpcMatchGraph:
+    """Channels to the MatchGraph with the TLS/token settings: reads to ``matchgraph_target``, writes to
+    ``matchgraph_writer_target``."""
+    return GrpcMatchGraph(ChannelConfig(
+        target=settings.matchgraph_target, timeout_s=settings.rpc_timeout_s, root_ca=settings.matchgraph_root_ca,
+        client_cert=settings.matchgraph_client_cert, client_key=settings.matchgraph_client_key,
+        token=settings.matchgraph_token, max_message_bytes=settings.max_message_bytes),
+        writer_target=settings.matchgraph_writer_target)

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 
 from common.errors import InvalidArgument
 from graph.feedback import Feedback
-from graph.intents import Intent
 from graph.manifest import MAX_BYTES, Issue, ManifestResult
 from graph.passport import Passport
 from graph.records import MatchEvent, ModelRecord
 from graph.resolve import ResolveResult
 from graph.shrinkage import Rate
 from graph.store import FeedbackRow
-from services.matchgraph.types import card_to_pb, record_to_pb, score_to_pb
+from services.matchgraph.types import card_to_pb, intent_to_pb, page_limit, record_to_pb, required_text, score_to_pb
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 
 _OUTCOME_FROM = {pb.MATCH_OUTCOME_SUCCESS: "success", pb.MATCH_OUTCOME_FAILURE: "failure"}
@@ -26,10 +25,6 @@ _OUTCOME_TO = {v: k for k, v in _OUTCOME_FROM.items()}
 
 def rate_to_pb(r: Rate) -> pb.Rate:
     return pb.Rate(value=r.value, low=r.low, high=r.high, successes=r.successes, trials=r.trials)
-
-
-def intent_to_pb(i: Intent) -> pb.Intent:
-    return pb.Intent(id=i.id, label=i.label, uri=i.uri, confidence=i.confidence, cues=list(i.cues))
 
 
 def event_to_pb(e: MatchEvent, fb: FeedbackRow | None) -> pb.MatchEvent:
@@ -101,14 +96,8 @@ class ResolveQuery:
 
     @classmethod
     def from_pb(cls, req: pb.ResolveRequest) -> ResolveQuery:
-        if not req.intent.strip():
-            raise InvalidArgument("intent is empty: say what you need, e.g. 'caption an image'")
-        if len(req.intent) > 512:
-            raise InvalidArgument(f"intent is {len(req.intent)} characters; the limit is 512")
-        limit = req.limit or 5
-        if limit > 20:
-            raise InvalidArgument(f"limit {req.limit} is over 20")
-        return cls(req.intent, limit)
+        intent = required_text(req.intent, "intent", "say what you need, e.g. 'caption an image'")
+        return cls(intent, page_limit(req.limit, 5, 20))
 
     @staticmethod
     def to_pb(r: ResolveResult) -> pb.ResolveResponse:

@@ -14,6 +14,7 @@ from common.errors import InvalidArgument
 from graph.compare import CompareResult
 from graph.explain import EvidenceRow
 from graph.ingest import IngestResult
+from graph.intents import Intent
 from graph.page_sources import SourceCell
 from graph.probes import JudgeModel, ProbeBasis, ProbeRun, ServedModel
 from graph.rank import Score, ScoreCard
@@ -164,7 +165,28 @@ def evidence_to_pb(e: EvidenceRow) -> pb.Evidence:
                        contribution=e.contribution, source=e.source, observed_at=e.observed_at)
 
 
+def intent_to_pb(i: Intent) -> pb.Intent:
+    return pb.Intent(id=i.id, label=i.label, uri=i.uri, confidence=i.confidence, cues=list(i.cues))
+
+
 # ---------------------------------------------------------------- requests
+def required_text(value: str, what: str, hint: str) -> str:
+    """A free-text field that must not be blank (else "``what`` is empty: ``hint``"), of at most 512 characters."""
+    if not value.strip():
+        raise InvalidArgument(f"{what} is empty: {hint}")
+    if len(value) > 512:
+        raise InvalidArgument(f"{what} is {len(value)} characters; the limit is 512")
+    return value
+
+
+def page_limit(limit: int, default: int, most: int, advice: str = "") -> int:
+    """A request's ``limit``: ``default`` when unset (0), never over ``most`` (the error ends with ``advice``)."""
+    size = limit or default
+    if size > most:
+        raise InvalidArgument(f"limit {limit} is over {most}{advice}")
+    return size
+
+
 @dataclass(frozen=True)
 class UpsertModel:
     record: ModelRecord
@@ -233,9 +255,7 @@ class RankQuery:
 
     @classmethod
     def from_pb(cls, req: pb.RankRequest) -> RankQuery:
-        limit = req.limit or 20
-        if limit > 1000:
-            raise InvalidArgument(f"limit {req.limit} is over 1000; page with offset instead")
+        limit = page_limit(req.limit, 20, 1000, "; page with offset instead")
         if len(req.capability) > 512:
             raise InvalidArgument("capability filter is longer than 512 characters")
         return cls(req.capability, limit, req.offset)
@@ -293,16 +313,11 @@ class SearchQuery:
 
     @classmethod
     def from_pb(cls, req: pb.SearchRequest) -> SearchQuery:
-        if not req.query.strip():
-            raise InvalidArgument("query is empty: type some words to search for")
-        if len(req.query) > 512:
-            raise InvalidArgument(f"query is {len(req.query)} characters; the limit is 512")
-        limit = req.limit or 10
-        if limit > 100:
-            raise InvalidArgument(f"limit {req.limit} is over 100")
+        query = required_text(req.query, "query", "type some words to search for")
+        limit = page_limit(req.limit, 10, 100)
         if req.type and req.type not in MODEL_TYPES:
             raise InvalidArgument(f"type {req.type!r} must be one of {', '.join(MODEL_TYPES)} (or empty for all)")
-        return cls(req.query, limit, req.type)
+        return cls(query, limit, req.type)
 
     @staticmethod
     def to_pb(r: SearchResult, snapshot: int) -> pb.SearchResponse:
@@ -314,9 +329,7 @@ class SearchQuery:
                          intent_score=h.intent_score, text_score=h.text_score, capability_uri=h.capability_uri)
             for h in r.hits])
         if r.intents:
-            i = r.intents[0]
-            out.intent.CopyFrom(pb.Intent(id=i.id, label=i.label, uri=i.uri, confidence=i.confidence,
-                                          cues=list(i.cues)))
+            out.intent.CopyFrom(intent_to_pb(r.intents[0]))
         return out
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import MCPServer
 
-from services.gateway.upstream import ChannelConfig, GrpcMatchGraph
+from services.gateway.upstream import GrpcMatchGraph, open_matchgraph
 from services.mcp.resources import Resources
 from services.mcp.settings import Settings
 from services.mcp.tools import Backend, Tools
@@ -48,22 +48,13 @@ def build_server(backend: Backend, lifespan: Lifespan | None = None) -> MCPServe
     return server
 
 
-def open_upstream(settings: Settings) -> GrpcMatchGraph:
-    """Channels to the MatchGraph: reads to ``matchgraph_target``, writes to ``matchgraph_writer_target``."""
-    return GrpcMatchGraph(ChannelConfig(
-        target=settings.matchgraph_target, timeout_s=settings.rpc_timeout_s, root_ca=settings.matchgraph_root_ca,
-        client_cert=settings.matchgraph_client_cert, client_key=settings.matchgraph_client_key,
-        token=settings.matchgraph_token, max_message_bytes=settings.max_message_bytes),
-        writer_target=settings.matchgraph_writer_target)
-
-
 def stdio_server(settings: Settings) -> MCPServer[Any]:
     """The server for stdio: its channels open when the session starts (on its event loop) and close after."""
     held: dict[str, GrpcMatchGraph] = {}
 
     @asynccontextmanager
     async def lifespan(_server: MCPServer[Any]) -> AsyncIterator[None]:
-        held["upstream"] = open_upstream(settings)
+        held["upstream"] = open_matchgraph(settings)
         try:
             yield
         finally:

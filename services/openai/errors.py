@@ -18,26 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
+from services.core import http_status
+
 log = logging.getLogger(__name__)
 
-GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 502,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 502,  # our upstream credentials are wrong: not the client's fault
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 502,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 502,
-}
+# As the gateway maps them, except UNAUTHENTICATED: our upstream credentials are wrong, not the client's fault.
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {**http_status.GRPC_TO_HTTP, grpc.StatusCode.UNAUTHENTICATED: 502}
 
 # OpenAI's `type` per status (what its API and vLLM send).
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -64,8 +50,7 @@ class APIError(Exception):
 
     def headers(self) -> dict[str, str]:
         if self.status in (429, 503):
-            seconds = self.retry_after_s if self.retry_after_s is not None else 1.0
-            return {"Retry-After": str(max(1, int(seconds + 0.999)))}
+            return http_status.retry_after_header(self.retry_after_s)
         if self.status == 401:
             return {"WWW-Authenticate": "Bearer"}
         return {}
@@ -84,13 +69,6 @@ def from_grpc(err: grpc.aio.AioRpcError, service: str) -> APIError:
     code = err.code()
     message = err.details() or code.name
     status = GRPC_TO_HTTP.get(code, 502)
-    retry = None
-    for key, value in err.trailing_metadata() or ():
-        if key == "retry-after-ms":
-            try:
-                retry = max(0.0, int(value) / 1000.0)
-            except ValueError:
-                pass
     if code == grpc.StatusCode.UNAVAILABLE:
         message = f"the {service} service is unavailable: {message}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -99,7 +77,7 @@ def from_grpc(err: grpc.aio.AioRpcError, service: str) -> APIError:
         message = f"the frontend's credentials for the {service} service were refused"
     if status >= 500:
         log.warning("%s %s: %s", service, code.name, err.details())
-    return APIError(status, message, code=code.name.lower(), retry_after_s=retry)
+    return APIError(status, message, code=code.name.lower(), retry_after_s=http_status.retry_after_s(err))
 
 
 def _param(loc: tuple[Any, ...]) -> str:

@@ -8,12 +8,9 @@ the label cardinality stays fixed whatever clients send.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.core.http_metrics import RequestMetrics, Scope
 from services.core.metrics import LATENCY_BUCKETS
 
 _P = "unfragile_openai_"
@@ -46,33 +43,12 @@ for _result in ("ok", "refused", "failed"):
 for _rpc in ("StreamCaption", "Caption", "TextToImage"):
     UPSTREAM_CANCELLED.labels(_rpc)
 
-Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 
+class MetricsMiddleware(RequestMetrics):
+    """Counts and times every HTTP request by route template and status."""
 
-class MetricsMiddleware:
-    """Pure ASGI (no response buffering): counts and times every HTTP request by route template."""
+    in_flight = IN_FLIGHT
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = {"code": 500}
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        start = time.perf_counter()
-        IN_FLIGHT.inc()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            IN_FLIGHT.dec()
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            REQUESTS.labels(route, str(status["code"])).inc()
-            LATENCY.labels(route).observe(time.perf_counter() - start)
+    def record(self, scope: Scope, route: str, status: int, seconds: float) -> None:
+        REQUESTS.labels(route, str(status)).inc()
+        LATENCY.labels(route).observe(seconds)

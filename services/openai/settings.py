@@ -6,7 +6,6 @@ and the tests can import them without building an application.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,17 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from services.core.client import DEFAULT_MAX_MESSAGE_BYTES
-from services.core.settings import ListenerSettings, settings_config
-
-
-def _list(v: Any) -> Any:
-    """A JSON list or a comma-separated string (env vars, ``--set name=a,b``)."""
-    if isinstance(v, str):
-        text = v.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return v
+from services.core.settings import HttpListenerSettings, listed, settings_config
 
 
 class RemoteImages(BaseModel):
@@ -47,7 +36,7 @@ class RemoteImages(BaseModel):
     @field_validator("remote_image_schemes", "remote_image_hosts", mode="before")
     @classmethod
     def _lists(cls, v: Any) -> Any:
-        return _list(v)
+        return listed(v)
 
     @field_validator("remote_image_schemes")
     @classmethod
@@ -58,7 +47,7 @@ class RemoteImages(BaseModel):
         return [s.lower() for s in v]
 
 
-class Settings(RemoteImages, ListenerSettings):
+class Settings(RemoteImages, HttpListenerSettings):
     """OpenAI-compatible HTTP frontend settings. ``port`` is its HTTP port.
 
     Inherited ``tls_cert_file``/``tls_key_file``/``tls_client_ca_file`` make it serve HTTPS.
@@ -105,7 +94,7 @@ class Settings(RemoteImages, ListenerSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _keys(cls, v: Any) -> Any:
-        return _list(v)
+        return listed(v)
 
     def all_api_keys(self) -> list[bytes]:
         """Every accepted key: ``api_keys`` plus the lines of ``api_keys_file``."""
@@ -116,8 +105,3 @@ class Settings(RemoteImages, ListenerSettings):
                 if line:
                     keys.append(line)
         return [k.encode() for k in keys if k]
-
-    def base_url(self, port: int | None = None) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        scheme = "https" if self.tls_cert_file and self.tls_key_file else "http"
-        return f"{scheme}://{host}:{port if port is not None else self.port}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from services.core import clip_bpe
 from services.core.loading import mark_test_model
 
 # Words that get whole-word merges, so probe prompts and captions tokenize to a few ids.
@@ -35,25 +36,7 @@ SEED = 1
 
 def build_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """CLIP's byte-level BPE: 256 bytes, 256 end-of-word bytes, whole-word merges, then the two specials."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars]
-    seen = set(tokens)
-    merges: list[tuple[str, str]] = []
-    for word in _WORDS:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:  # left to right: ((c a) t</w>)
-            pair = (parts[0], parts[1])
-            merged = pair[0] + pair[1]
-            if pair not in merges:
-                merges.append(pair)
-            if merged not in seen:
-                tokens.append(merged)
-                seen.add(merged)
-            parts = [merged, *parts[2:]]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    return {t: i for i, t in enumerate(tokens)}, merges
+    return clip_bpe.vocab_and_merges(_WORDS)
 
 
 def build_processor() -> Any:

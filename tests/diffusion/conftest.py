@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from services.core.client import channel
 from services.core.server import RunningServer, start_server
 from services.diffusion.app import Settings, build_service
 from services.diffusion.tiny import build_tiny_sd
+from services.diffusion.types import GenerateRequest
 from unfragile.diffusion.v1 import diffusion_pb2 as pb
 from unfragile.diffusion.v1 import diffusion_pb2_grpc as pb_grpc
 
@@ -188,3 +190,20 @@ def events_of(call: object, request: object, timeout: float = 60) -> list[pb.Gen
 
 def kinds(events: list[pb.GenerateEvent], kind: str) -> list[object]:
     return [getattr(e, kind) for e in events if e.WhichOneof("event") == kind]
+
+
+class StubRunner:
+    """What a test's runner of the engine leaves as it is: requests unchanged, no adapters, no model facts, no
+    previews. A subclass writes ``run`` (and ``preview`` when it shows them)."""
+
+    def prepare(self, request: GenerateRequest) -> GenerateRequest:
+        return request
+
+    def list_adapters(self) -> list[Any]:
+        return []
+
+    def facts(self) -> Any:
+        raise NotImplementedError
+
+    def preview(self, latents: Any, mode: str) -> list[Image.Image]:
+        return []

@@ -29,6 +29,7 @@ from services.diffusion.modelload import load_pipelines
 from services.diffusion.runner import DiffusersRunner
 from services.diffusion.settings import LoadConfig
 from services.diffusion.types import FineTuneRequest, GenerateRequest, GenerationParams, TrainingExample
+from tests.diffusion.conftest import StubRunner
 
 
 @pytest.fixture(scope="module")
@@ -166,25 +167,13 @@ def test_bfloat16_training_runs_under_bfloat16_autocast(tiny_models: dict[str, P
 
 
 # ---- out of memory -----------------------------------------------------------------------------------------
-class OutOfMemoryRunner:
+class OutOfMemoryRunner(StubRunner):
     """Runs any batch of more than one image into CUDA's out-of-memory error, holding a workspace when it does."""
 
     def __init__(self) -> None:
         self.held: list[weakref.ref[torch.Tensor]] = []
         self.batches: list[int] = []
         self.retried_after_release: list[bool] = []
-
-    def prepare(self, request: GenerateRequest) -> GenerateRequest:
-        return request
-
-    def list_adapters(self) -> list[Any]:
-        return []
-
-    def facts(self) -> Any:
-        raise NotImplementedError
-
-    def preview(self, latents: Any, mode: str) -> list[Image.Image]:
-        return []
 
     def run(self, items: Any, on_step: Any) -> list[list[Image.Image]]:
         images = sum(len(it.seeds) for it in items)

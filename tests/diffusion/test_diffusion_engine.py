@@ -18,13 +18,14 @@ from services.diffusion.engine import Engine, EngineConfig, GenJob, Interrupted
 from services.diffusion.events import ResultEvent, StatusEvent
 from services.diffusion.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRegistry
 from services.diffusion.types import GenerateRequest, GenerationParams
+from tests.diffusion.conftest import StubRunner
 
 
 class OutOfMemoryError(RuntimeError):
     """Named like torch.OutOfMemoryError, which the engine recognises by name."""
 
 
-class FakeRunner:
+class FakeRunner(StubRunner):
     def __init__(self, log: list[str] | None = None) -> None:
         self.batches: list[list[str]] = []
         self.gate = threading.Event()
@@ -32,15 +33,6 @@ class FakeRunner:
         self.hold = threading.Event()  # batches containing prompt "a" wait on it every step
         self.hold.set()
         self.log = log if log is not None else []
-
-    def prepare(self, request: GenerateRequest) -> GenerateRequest:
-        return request
-
-    def list_adapters(self) -> list[Any]:
-        return []
-
-    def facts(self) -> Any:
-        raise NotImplementedError
 
     def preview(self, latents: Any, mode: str) -> list[Image.Image]:
         return [Image.new("RGB", (8, 8))] * len(latents)

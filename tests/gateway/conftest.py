@@ -12,11 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.core.server import RunningServer, start_server
+from services.core.server import RunningServer
 from services.gateway.server import RunningGateway, start
 from services.gateway.settings import Settings as GatewaySettings
-from services.matchgraph.app import Settings as GraphSettings
-from services.matchgraph.app import build_service
+from tests.graphserver import seeded_matchgraph
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
@@ -54,13 +53,9 @@ def seed_matchgraph(stub: pb_grpc.MatchGraphStub) -> None:
 @pytest.fixture(scope="session")
 def matchgraph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     db = tmp_path_factory.mktemp("gateway-graph") / "graph.db"
-    settings = GraphSettings(port=0, metrics_port=-1, db_url=f"sqlite:///{db}", bootstrap_rounds=200,
-                             graph_bootstrap_rounds=20)
-    server = start_server(settings, build_service(settings))
-    with grpc.insecure_channel(server.address) as ch:
-        seed_matchgraph(pb_grpc.MatchGraphStub(ch))
-    yield server
-    server.stop(0)
+    with seeded_matchgraph(f"sqlite:///{db}", seed_matchgraph, bootstrap_rounds=200,
+                           graph_bootstrap_rounds=20) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -89,15 +84,9 @@ def base_url(gateway: RunningGateway) -> str:
 def fresh_graph(tmp_path: Path):
     """A MatchGraph of its own for tests that change data (the shared one stays as seeded,
     so its pages and screenshots are the same on every run)."""
-    settings = GraphSettings(port=0, metrics_port=-1, db_url=f"sqlite:///{tmp_path / 'g.db'}", bootstrap_rounds=50,
-                             graph_bootstrap_rounds=10)
-    server = start_server(settings, build_service(settings))
-    ch = grpc.insecure_channel(server.address)
-    stub = pb_grpc.MatchGraphStub(ch)
-    seed_matchgraph(stub)
-    yield server, stub
-    ch.close()
-    server.stop(0)
+    with seeded_matchgraph(f"sqlite:///{tmp_path / 'g.db'}", seed_matchgraph) as server, \
+            grpc.insecure_channel(server.address) as ch:
+        yield server, pb_grpc.MatchGraphStub(ch)
 
 
 def chromium_missing_reason() -> str | None:

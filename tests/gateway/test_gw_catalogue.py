@@ -11,12 +11,10 @@ import grpc
 import httpx
 import pytest
 
-from services.core.server import start_server
 from services.gateway.server import start
 from services.gateway.settings import Settings as GatewaySettings
-from services.matchgraph.app import Settings as GraphSettings
-from services.matchgraph.app import build_service
 from tests.catalogue_records import CAPTIONER, ENCODER, PAINTER, seed_test_catalogue
+from tests.graphserver import seeded_matchgraph
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
@@ -28,18 +26,12 @@ Stack = tuple[httpx.Client, pb_grpc.MatchGraphStub, str]  # and the MatchGraph's
 @pytest.fixture()
 def stack(graph_dbs: Any) -> Iterator[Stack]:
     """A MatchGraph on the test's backend with the test catalogue, and a gateway that records match records."""
-    settings = GraphSettings(port=0, metrics_port=-1, db_url=graph_dbs.url(), bootstrap_rounds=20,
-                             graph_bootstrap_rounds=5)
-    server = start_server(settings, build_service(settings))
-    ch = grpc.insecure_channel(server.address)
-    stub = pb_grpc.MatchGraphStub(ch)
-    seed_test_catalogue(stub)
-    gw = start(GatewaySettings(port=0, metrics_port=-1, matchgraph_target=server.address, log_level="WARNING"))
-    with httpx.Client(base_url=gw.url, timeout=30) as http:
-        yield http, stub, server.address
-    gw.stop()
-    ch.close()
-    server.stop(0)
+    with seeded_matchgraph(graph_dbs.url(), seed_test_catalogue, bootstrap_rounds=20, graph_bootstrap_rounds=5) \
+            as server, grpc.insecure_channel(server.address) as ch:
+        gw = start(GatewaySettings(port=0, metrics_port=-1, matchgraph_target=server.address, log_level="WARNING"))
+        with httpx.Client(base_url=gw.url, timeout=30) as http:
+            yield http, pb_grpc.MatchGraphStub(ch), server.address
+        gw.stop()
 
 
 def _problem(r: httpx.Response, status: int, *words: str) -> dict[str, Any]:

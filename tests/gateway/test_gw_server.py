@@ -74,7 +74,8 @@ def test_settings_from_environment(monkeypatch):
 
 def test_seed_compare_url_and_readiness_wait(gateway):
     from graph.seed_data import KOSMOS2_ID, SD_ID
-    from services.gateway.server import compare_url, wait_until_ready
+    from services.core.http_server import wait_until_ready
+    from services.gateway.server import compare_url
 
     url = compare_url(gateway.url, KOSMOS2_ID, SD_ID)
     assert url == f"{gateway.url}/compare/kosmos-2-patch14-224-vs-stable-diffusion"
@@ -86,7 +87,7 @@ def test_listening_socket_disables_nagle():
     """Keep-alive clients would otherwise wait for a delayed ACK on every answer."""
     import socket
 
-    from services.gateway.server import bind_socket
+    from services.core.http_server import bind_socket
 
     sock = bind_socket(Settings(port=0))
     try:

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from services.core.server import RunningServer, start_server
-from services.matchgraph.app import Settings as GraphSettings
-from services.matchgraph.app import build_service
+from services.core.server import RunningServer
 from tests.catalogue_records import seed_test_catalogue
+from tests.graphserver import seeded_matchgraph
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
 
@@ -40,14 +39,8 @@ def add_test_readings(stub: pb_grpc.MatchGraphStub) -> None:
 @pytest.fixture(scope="module")
 def matchgraph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     db = tmp_path_factory.mktemp("mcp-graph") / "graph.db"
-    settings = GraphSettings(port=0, metrics_port=-1, db_url=f"sqlite:///{db}", bootstrap_rounds=50,
-                             graph_bootstrap_rounds=10)
-    server = start_server(settings, build_service(settings))
-    with grpc.insecure_channel(server.address) as ch:
-        seed_test_catalogue(pb_grpc.MatchGraphStub(ch))
-        add_test_readings(pb_grpc.MatchGraphStub(ch))
-    yield server
-    server.stop(0)
+    with seeded_matchgraph(f"sqlite:///{db}", seed_test_catalogue, add_test_readings) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,41 +28,9 @@ from services.openai.server import RunningFrontend, start
 from services.openai.settings import Settings
 from services.visionlanguage.app import Settings as VLSettings
 from services.visionlanguage.app import build_service as build_vl
-from services.visionlanguage.batch import DecodeBatch, PrefillItem, StepOutput
-from services.visionlanguage.runner import Kosmos2Runner
+from tests.vl.vlhelpers import ScriptedRunner
 
 API_KEY = "sk-test-key"
-
-
-class ControlledRunner(Kosmos2Runner):
-    """The real runner; ``script`` (token ids, then </s>) forces the next tokens when set, and ``delay_s``
-    sleeps before each decode step when set."""
-
-    script: list[int] | None = None
-    delay_s: float = 0.0
-
-    def _force(self, out: StepOutput, steps: list[int]) -> StepOutput:
-        if self.script is None:
-            return out
-        logits = torch.full_like(out.logits, -1e4)
-        for row, k in enumerate(steps):
-            logits[row, self.script[k] if k < len(self.script) else self.eos_id] = 0.0
-        return StepOutput(logits, out.attention)
-
-    def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]:
-        batch, out = super().prefill(items, with_attention)
-        batch.step = [0] * batch.size  # type: ignore[attr-defined]
-        return batch, self._force(out, batch.step)  # type: ignore[attr-defined]
-
-    def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput:
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        out = super().decode(batch, tokens, with_attention)
-        batch.step = [k + 1 for k in getattr(batch, "step", [0] * batch.size)]  # type: ignore[attr-defined]
-        return self._force(out, batch.step)  # type: ignore[attr-defined]
-
-    def set_script(self, text: str | None) -> None:
-        self.script = None if text is None else list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
 
 @dataclass
@@ -71,7 +38,7 @@ class OpenAIStack:
     vl: RunningServer
     diffusion: RunningServer
     frontend: RunningFrontend
-    runner: ControlledRunner
+    runner: ScriptedRunner
     vl_model: str
     sd_model: str
 
@@ -92,10 +59,10 @@ class OpenAIStack:
 
 @pytest.fixture(scope="package")
 def stack(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIStack]:
-    holder: dict[str, ControlledRunner] = {}
+    holder: dict[str, ScriptedRunner] = {}
 
-    def factory() -> ControlledRunner:
-        holder["r"] = ControlledRunner(tiny_models_dir / "tiny-kosmos2", torch.device("cpu"), torch.float32)
+    def factory() -> ScriptedRunner:
+        holder["r"] = ScriptedRunner(tiny_models_dir / "tiny-kosmos2", torch.device("cpu"), torch.float32)
         return holder["r"]
 
     vl_settings = VLSettings(port=0, metrics_port=-1, model=str(tiny_models_dir / "tiny-kosmos2"), grace_seconds=1,
@@ -117,15 +84,6 @@ def stack(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         frontend.stop()
         vl.stop(0)
         diffusion.stop(0)
-
-
-def png(size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 40, 40), noise: int = 0) -> bytes:
-    img = Image.new("RGB", size, color)
-    if noise:
-        img = Image.blend(img, Image.effect_noise(size, noise).convert("RGB"), 0.5)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def data_url(data: bytes, mime: str = "image/png") -> str:

@@ -16,7 +16,8 @@ from services.diffusion import metrics as df_metrics
 from services.openai import metrics as oa_metrics
 from services.openai.server import start
 from services.visionlanguage import metrics as vl_metrics
-from tests.openai.conftest import OpenAIStack, data_url, image_message, png
+from tests.openai.conftest import OpenAIStack, data_url, image_message
+from tests.vl.vlhelpers import png
 
 
 def _value(metric, *labels: str) -> float:

@@ -15,7 +15,8 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.openai.conftest import OpenAIStack, data_url, decode_b64, image_message, png
+from tests.openai.conftest import OpenAIStack, data_url, decode_b64, image_message
+from tests.vl.vlhelpers import png
 
 GROUNDED = ("<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object> warming himself by"
             "<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>.")

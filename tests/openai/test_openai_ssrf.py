@@ -23,7 +23,8 @@ import pytest
 from services.openai.remote import address_refusal, check_url
 from services.openai.server import start
 from services.openai.settings import Settings
-from tests.openai.conftest import OpenAIStack, image_message, png
+from tests.openai.conftest import OpenAIStack, image_message
+from tests.vl.vlhelpers import png
 
 IMAGE = png((40, 40), (10, 200, 30))
 

@@ -1,6 +1,7 @@
 """Leader failover with real processes on a real PostgreSQL: the cluster, a streaming client, the checks.
 
-Shared by tests/reliability/test_rel_failover.py and benchmarks/graph_failover.py. Every MatchGraph is
+Shared by tests/reliability/test_rel_failover.py and benchmarks/graph_failover.py (test_rel_scaleout.py uses
+its checks: snapshots, Rank bytes, test messages, stored event ids). Every MatchGraph is
 started as an operator starts it (``python -m services.cli serve matchgraph --set role=writer|reader``);
 the client is ``services.matchgraph.routing.LeaderClient``, which finds the leader with GetSnapshot and
 retries an unacknowledged message on the new leader after a takeover.

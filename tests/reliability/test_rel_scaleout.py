@@ -17,7 +17,6 @@ on a PostgreSQL server of this module's own (one test restarts it). Checked:
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import grpc
 import pytest
 
 from services.core.client import channel
+from tests.reliability.failover import message, rank_bytes, snapshot, stored_ids
 from tests.reliability.relhelpers import ServerProcess, retry_after_ms, wait_until
 from unfragile.matchgraph.v1 import matchgraph_pb2 as pb
 from unfragile.matchgraph.v1 import matchgraph_pb2_grpc as pb_grpc
@@ -88,43 +88,13 @@ def _ids(seed_records: Any) -> list[str]:
     return [r.id for r in seed_records()]
 
 
-def _message(tag: str, n: int, ids: list[str]) -> pb.RecordMatchesRequest:
-    rng = random.Random(tag)
-    return pb.RecordMatchesRequest(events=[
-        pb.MatchEvent(event_id=f"{tag}-{k}", query=rng.choice(["find cats", "draw maps"]), matched=rng.sample(ids, 3))
-        for k in range(n)])
-
-
-def _snapshot(target: str) -> pb.GetSnapshotResponse:
-    with channel(target) as ch:
-        return pb_grpc.MatchGraphStub(ch).GetSnapshot(pb.GetSnapshotRequest(), timeout=10)
-
-
-def _rank_bytes(target: str) -> bytes:
-    with channel(target) as ch:
-        return pb_grpc.MatchGraphStub(ch).Rank(pb.RankRequest(limit=50), timeout=30).SerializeToString(
-            deterministic=True)
-
-
-def _stored_ids(url: str) -> list[str]:
-    from graph.store import open_store
-
-    store = open_store(url)
-    try:
-        rows = [r for chunk in store.read_event_rows(0) for r in chunk]
-    finally:
-        store.close()
-    assert [r[0] for r in rows] == list(range(1, len(rows) + 1)), "event seqs are not 1..n"
-    return [r[1] for r in rows]
-
-
 def _readers_converge(c: Cluster) -> None:
     """Every reader reaches the writer's snapshot and answers Rank with the writer's bytes."""
-    want = _snapshot(c.writer().target).snapshot_version
+    want = snapshot(c.writer().target).snapshot_version
     for r in c.readers:
         if r.proc.poll() is None:
-            assert wait_until(lambda r=r: _snapshot(r.target).snapshot_version == want, 30), "a reader lags"
-            assert _rank_bytes(r.target) == _rank_bytes(c.writer().target)
+            assert wait_until(lambda r=r: snapshot(r.target).snapshot_version == want, 30), "a reader lags"
+            assert rank_bytes(r.target) == rank_bytes(c.writer().target)
 
 
 class Ingest:
@@ -144,7 +114,7 @@ class Ingest:
     def _run(self) -> None:
         k = 0
         while not self.stop.is_set():
-            msg = _message(f"{self.prefix}{k}", 100, self.ids)
+            msg = message(f"{self.prefix}{k}", 100, self.ids)
             self.sent[f"{self.prefix}{k}"] = [e.event_id for e in msg.events]
             while not self.stop.is_set():
                 try:
@@ -165,7 +135,7 @@ class Ingest:
 
 
 def _check_stored(url: str, ingest: Ingest) -> None:
-    stored = _stored_ids(url)
+    stored = stored_ids(url)
     assert len(stored) == len(set(stored)), "an event is stored twice"
     stored_set = set(stored)
     missing = [e for e in ingest.acked if e not in stored_set]
@@ -187,9 +157,9 @@ def test_kill9_writer_mid_ingest_loses_and_duplicates_nothing(cluster, seed_reco
     _check_stored(cluster.url, ingest)
     with channel(restarted.target) as ch:  # the client's retry of everything: nothing new, nothing doubled
         stub = pb_grpc.MatchGraphStub(ch)
-        head = len(_stored_ids(cluster.url))
+        head = len(stored_ids(cluster.url))
         for tag in list(ingest.sent)[:3]:
-            assert stub.RecordMatches(iter([_message(tag, 100, _ids(seed_records))]), timeout=30).graph_version == head
+            assert stub.RecordMatches(iter([message(tag, 100, _ids(seed_records))]), timeout=30).graph_version == head
     _readers_converge(cluster)
     print(f"RELIABILITY scale-out kill -9 writer: acked={len(ingest.acked)} stored={head} lost=0 duplicated=0")
 
@@ -269,23 +239,23 @@ def test_reader_on_a_paused_standby_reports_lag_and_stale_answers(cluster, seed_
     reader = cluster.spawn(*READER_SETS, "max_staleness_s=1", f"writer_address={cluster.writer().target}",
                            db_url=standby.url("graph")).wait_serving()
     with channel(cluster.writer().target) as ch:
-        head = pb_grpc.MatchGraphStub(ch).RecordMatches(iter([_message("s0", 50, _ids(seed_records))]),
+        head = pb_grpc.MatchGraphStub(ch).RecordMatches(iter([message("s0", 50, _ids(seed_records))]),
                                                         timeout=30).graph_version
-    assert wait_until(lambda: _snapshot(reader.target).graph_version == head, 30)
+    assert wait_until(lambda: snapshot(reader.target).graph_version == head, 30)
     standby.sql("SELECT pg_wal_replay_pause()")
     try:
         with channel(cluster.writer().target) as ch:
-            newer = pb_grpc.MatchGraphStub(ch).RecordMatches(iter([_message("s1", 50, _ids(seed_records))]),
+            newer = pb_grpc.MatchGraphStub(ch).RecordMatches(iter([message("s1", 50, _ids(seed_records))]),
                                                              timeout=30).graph_version
-        assert wait_until(lambda: _snapshot(reader.target).stale, 30)
-        snap = _snapshot(reader.target)
+        assert wait_until(lambda: snapshot(reader.target).stale, 30)
+        snap = snapshot(reader.target)
         assert snap.graph_version == head and snap.lag_seconds > 1.0
         with channel(reader.target) as ch:
             stale = pb_grpc.MatchGraphStub(ch).Compare(pb.CompareRequest(a="kosmos2", b="sd"), timeout=30)
         assert stale.stale_seconds > 1.0
     finally:
         standby.sql("SELECT pg_wal_replay_resume()")
-    assert wait_until(lambda: _snapshot(reader.target).graph_version == newer and not _snapshot(reader.target).stale,
+    assert wait_until(lambda: snapshot(reader.target).graph_version == newer and not snapshot(reader.target).stale,
                       30)
     reader.kill()
     print(f"RELIABILITY scale-out standby reader: stale after pause, lag_seconds={snap.lag_seconds:.1f}, caught up")

@@ -16,37 +16,15 @@ import torch
 from services.core.client import channel as make_channel
 from services.core.server import start_server
 from services.visionlanguage.app import Settings, build_service
-from services.visionlanguage.batch import DecodeBatch, PrefillItem, StepOutput
+from services.visionlanguage.batch import DecodeBatch, StepOutput
 from services.visionlanguage.runner import Kosmos2Runner
-from tests.vl.vlhelpers import caption_request, png
+from tests.vl.vlhelpers import ScriptedRunner, caption_request, png
 from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
 from unfragile.visionlanguage.v1 import visionlanguage_pb2_grpc as pb_grpc
 
 GEN = ("<phrase> a snowman</phrase><object><patch_index_0044><patch_index_0863></object> warming himself by"
        "<phrase> a fire</phrase><object><patch_index_0005><patch_index_0911></object>.")
 PHRASE_GEN = "<object><patch_index_0044><patch_index_0863></object>"
-
-
-class ScriptedRunner(Kosmos2Runner):
-    """The real runner, except that every row's next token follows ``script`` (then </s>)."""
-
-    script: list[int] = []
-
-    def _force(self, out: StepOutput, steps: list[int]) -> StepOutput:
-        logits = torch.full_like(out.logits, -1e4)
-        for row, k in enumerate(steps):
-            logits[row, self.script[k] if k < len(self.script) else self.eos_id] = 0.0
-        return StepOutput(logits, out.attention)
-
-    def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]:
-        batch, out = super().prefill(items, with_attention)
-        batch.step = [0] * batch.size  # type: ignore[attr-defined]
-        return batch, self._force(out, batch.step)  # type: ignore[attr-defined]
-
-    def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput:
-        out = super().decode(batch, tokens, with_attention)
-        batch.step = [k + 1 for k in batch.step]  # type: ignore[attr-defined]
-        return self._force(out, batch.step)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +43,9 @@ def scripted(tiny_model: Path) -> Iterator[tuple[pb_grpc.VisionLanguageStub, Scr
     srv.stop(0)
 
 
-def _script(runner: ScriptedRunner, text: str) -> None:
-    runner.script = list(runner.tokenizer(text, add_special_tokens=False).input_ids)
-
-
 def test_grounded_caption_entities_and_pixel_boxes(scripted) -> None:
     stub, runner = scripted
-    _script(runner, GEN)
+    runner.set_script(GEN)
     resp = stub.Caption(caption_request(png((300, 200)), sampling=pb.SamplingParams(max_new_tokens=40)), timeout=30)
     assert resp.finish_reason == pb.FINISH_REASON_EOS
     assert resp.text == "An image of a snowman warming himself by a fire ."
@@ -89,7 +63,7 @@ def test_grounded_caption_entities_and_pixel_boxes(scripted) -> None:
 
 def test_phrase_grounding_returns_a_box_per_phrase(scripted) -> None:
     stub, runner = scripted
-    _script(runner, PHRASE_GEN)
+    runner.set_script(PHRASE_GEN)
     resp = stub.Caption(caption_request(png((64, 64)), mode=pb.CAPTION_MODE_PHRASES, phrases=["a snowman", "a fire"],
                                         sampling=pb.SamplingParams(max_new_tokens=8)), timeout=30)
     assert resp.text == "a snowman\na fire"

@@ -1,15 +1,19 @@
-"""Helpers shared by the VisionLanguage tests (import as tests.vl.vlhelpers)."""
+"""Helpers shared by the VisionLanguage tests and the OpenAI frontend's (import as tests.vl.vlhelpers)."""
 
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import grpc
+import torch
 from PIL import Image
 
 from services.core.server import RunningServer, start_server
 from services.visionlanguage.app import Settings, build_service
+from services.visionlanguage.batch import DecodeBatch, PrefillItem, StepOutput
+from services.visionlanguage.runner import Kosmos2Runner
 from unfragile.common.v1 import common_pb2
 from unfragile.visionlanguage.v1 import visionlanguage_pb2 as pb
 
@@ -47,3 +51,33 @@ def rpc_code(fn, *args, **kwargs) -> tuple[grpc.StatusCode, str]:  # type: ignor
         return err.code(), err.details()
     return grpc.StatusCode.OK, ""
 
+
+class ScriptedRunner(Kosmos2Runner):
+    """The real runner; ``script`` (token ids, then </s>) forces the next tokens when set, and ``delay_s``
+    sleeps before each decode step when set."""
+
+    script: list[int] | None = None
+    delay_s: float = 0.0
+
+    def _force(self, out: StepOutput, steps: list[int]) -> StepOutput:
+        if self.script is None:
+            return out
+        logits = torch.full_like(out.logits, -1e4)
+        for row, k in enumerate(steps):
+            logits[row, self.script[k] if k < len(self.script) else self.eos_id] = 0.0
+        return StepOutput(logits, out.attention)
+
+    def prefill(self, items: list[PrefillItem], with_attention: bool = False) -> tuple[DecodeBatch, StepOutput]:
+        batch, out = super().prefill(items, with_attention)
+        batch.step = [0] * batch.size  # type: ignore[attr-defined]
+        return batch, self._force(out, batch.step)  # type: ignore[attr-defined]
+
+    def decode(self, batch: DecodeBatch, tokens: list[int], with_attention: bool = False) -> StepOutput:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = super().decode(batch, tokens, with_attention)
+        batch.step = [k + 1 for k in getattr(batch, "step", [0] * batch.size)]  # type: ignore[attr-defined]
+        return self._force(out, batch.step)  # type: ignore[attr-defined]
+
+    def set_script(self, text: str | None) -> None:
+        self.script = None if text is None else list(self.tokenizer(text, add_special_tokens=False).input_ids)
