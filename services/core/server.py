@@ -137,7 +137,11 @@ class RunningServer:
                 log.info("%s stopped", self.service.name)
 
     def wait(self) -> None:
-        self._stopped.wait()
+        """Block until stopped. Waits in short slices: a signal the OS delivers to another thread (grpc's, torch's)
+        only sets a flag that the main thread acts on when it runs again, and a wait with no timeout would let
+        a SIGTERM go unanswered until something else woke it."""
+        while not self._stopped.wait(0.2):
+            pass
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT -> drain in a side thread (signal handlers must return fast)."""
