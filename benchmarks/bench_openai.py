@@ -326,7 +326,7 @@ def run() -> list[Result]:
                 p.sdk_image(1)
                 p.grpc_image(1)
                 results.append(_chat_latency(p, imgs[3:], 16))
-                results.append(_ttft(p, imgs[20:], 16))
+                results.append(_ttft(p, imgs[20:], 32))  # short streams: more pairs for a stable median
                 results.append(_throughput(p, imgs[40:]))
                 results.append(_images(p, 12))
             finally:
