@@ -33,8 +33,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_vl import noise_images
-from benchmarks.common import Result, served
+from benchmarks.common import Result, free_port, served, terminate
 
 PREFIX = "openai."
 NEW_TOKENS = 24
@@ -60,9 +58,7 @@ CLIENTS, PER_CLIENT, ROUNDS = 16, 2, 4  # short phases, ABBA within a round: loa
 @contextlib.contextmanager
 def frontend(vl: str, sd: str) -> Iterator[str]:
     """``unfragile serve openai`` in its own process in front of ``vl`` and ``sd``; yields its /v1 URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "services.cli", "serve", "openai", "--port", str(port), "--metrics-port", "-1",
            "--set", f"visionlanguage_target={vl}", "--set", f"diffusion_target={sd}", "--set", "log_level=WARNING"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -79,12 +75,7 @@ def frontend(vl: str, sd: str) -> Iterator[str]:
                 time.sleep(0.2)
         yield f"{url}/v1"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30)
 
 
 def _data_url(png: bytes) -> str:
@@ -192,22 +183,27 @@ def _timed(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-def _chat_latency(p: Paths, imgs: list[bytes], n: int) -> Result:
+def _answered_pairs(n: int, sdk: Callable[[int], tuple[float, object]], grpc_: Callable[[int], tuple[float, object]],
+                    p: Paths, what: str) -> tuple[list[float], list[float]]:
+    """``_pairs`` of (seconds, answer) calls; the two answers to each request are checked equal."""
     answers: dict[int, list[str]] = {}
 
-    def sdk(i: int) -> float:
-        dt, text = _timed(lambda: p.sdk_chat(imgs[i]))
-        answers.setdefault(i, []).append(str(text))
-        return dt
+    def keep(call: Callable[[int], tuple[float, object]]) -> Callable[[int], float]:
+        def one(i: int) -> float:
+            dt, answer = call(i)
+            answers.setdefault(i, []).append(str(answer))
+            return dt
+        return one
 
-    def grpc_(i: int) -> float:
-        dt, text = _timed(lambda: p.grpc_caption(imgs[i]))
-        answers.setdefault(i, []).append(str(text))
-        return dt
-
-    a, b = _pairs(n, sdk, grpc_)
+    a, b = _pairs(n, keep(sdk), keep(grpc_))
     for pair in answers.values():
-        p.same("chat", pair[0], pair[1])
+        p.same(what, pair[0], pair[1])
+    return a, b
+
+
+def _chat_latency(p: Paths, imgs: list[bytes], n: int) -> Result:
+    a, b = _answered_pairs(n, lambda i: _timed(lambda: p.sdk_chat(imgs[i])),
+                           lambda i: _timed(lambda: p.grpc_caption(imgs[i])), p, "chat")
     sa, sb = statistics.median(a), statistics.median(b)
     return Result(f"{PREFIX}chat.p50_over_grpc_caption", sa / sb, 1.10, "lower", "ratio",
                   "Caption p50 over gRPC, same image and decoding",
@@ -216,21 +212,7 @@ def _chat_latency(p: Paths, imgs: list[bytes], n: int) -> Result:
 
 
 def _ttft(p: Paths, imgs: list[bytes], n: int) -> Result:
-    texts: dict[int, list[str]] = {}
-
-    def sdk(i: int) -> float:
-        t, text = p.sdk_ttft(imgs[i])
-        texts.setdefault(i, []).append(text)
-        return t
-
-    def grpc_(i: int) -> float:
-        t, text = p.grpc_ttft(imgs[i])
-        texts.setdefault(i, []).append(text)
-        return t
-
-    a, b = _pairs(n, sdk, grpc_)
-    for pair in texts.values():
-        p.same("stream", pair[0], pair[1])
+    a, b = _answered_pairs(n, lambda i: p.sdk_ttft(imgs[i]), lambda i: p.grpc_ttft(imgs[i]), p, "stream")
     sa, sb = statistics.median(a), statistics.median(b)
     return Result(f"{PREFIX}chat.stream_ttft_over_grpc", sa / sb, 1.15, "lower", "ratio",
                   "StreamCaption time to the first chunk with text over gRPC, p50",

@@ -78,6 +78,23 @@ def percentile(xs: list[float], q: float) -> float:
     return s[k]
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a child server's ``--port``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM (the server drains), then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def served(service: str, model: Path | str, sets: dict[str, Any]) -> Iterator[str]:
     """``unfragile serve SERVICE`` in its own process, as deployed (clients do not share its GIL);
@@ -85,9 +102,7 @@ def served(service: str, model: Path | str, sets: dict[str, Any]) -> Iterator[st
     from services.core.client import wait_for_serving
     from services.core.names import full_name
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "services.cli", "serve", service, "--port", str(port), "--metrics-port", "-1",
            "--model", str(Path(model).resolve())]
     for k, v in (sets | {"log_level": "WARNING"}).items():
@@ -98,9 +113,4 @@ def served(service: str, model: Path | str, sets: dict[str, Any]) -> Iterator[st
         wait_for_serving(address, full_name(service), timeout=300)
         yield address
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 60)
