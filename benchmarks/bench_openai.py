@@ -19,13 +19,18 @@ bytes): a path that did different work voids its entry.
   images/s of TextToImage over gRPC, sequential calls, median of back-to-back pair ratios.
   Target >= 0.9.
 
-LitServe's OpenAI spec (litserve 0.2.19, the peers' pin) is not measured here. What its spec can
-do: chat completions whose messages carry ``image_url`` parts (decoding or fetching them is left to
-the user's LitAPI) and text-only embeddings. What it cannot: no ``seed`` or ``stream_options``
-fields (so no usage chunk and no reproducible sampling), no ``/v1/models``, no images API
-(generations, edits), no image embeddings, and errors are not in OpenAI's shape. The chat entries
-could be measured against a LitAPI wrapping Kosmos-2, but that needs its separate environment
-(``make bench-peers`` builds it with torch, transformers and diffusers), which this module does not.
+LitServe's OpenAI spec (litserve 0.2.19, the peers' pin) serving the same Kosmos-2 is measured
+beside the peers (``make bench-peers``, in their separate environment):
+``peer.vl.litserve_openai.chat_p50_1`` sends the request of ``openai.chat.p50_over_grpc_caption``
+(same SDK, images and tokens) to this frontend and to LitServe's ``OpenAISpec``, alternating
+(benchmarks/peers/openai_chat.py). What that spec can do: chat completions whose messages
+carry ``image_url`` parts (decoding or fetching them is left to the user's LitAPI), and
+text or token-id embeddings. What it cannot: ``seed``, ``stream_options``, ``logprobs`` and
+``extra_body`` fields are dropped before the LitAPI sees the request (no reproducible
+sampling can be asked for); usage rides on a stream's last chunk always, never in a
+usage-only chunk; ``finish_reason`` is always ``stop``; no ``/v1/models``, no images API
+(generations, edits), no image embeddings; errors outside a stream are FastAPI's
+``{"detail": ...}``, not OpenAI's shape.
 """
 
 from __future__ import annotations

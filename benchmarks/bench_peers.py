@@ -22,8 +22,11 @@ answers differ gets its entries marked void.
 Entries (unfragile / peer): ``peer.vl.{litserve,pytriton}.throughput_16`` (req/s, 16
 clients; targets 1.2 and 1.0), ``peer.vl.{litserve,pytriton}.p50_1`` (latency, 1 client;
 targets 1.0 and 1.05), ``peer.vl.litserve.mixed_throughput_16`` (8- and 64-token captions
-interleaved, 16 clients; target 1.5), ``peer.diffusion.{litserve,pytriton}.throughput_4``
-(images/s, 4 clients; target 1.0).
+interleaved, 16 clients; target 1.5), ``peer.vl.litserve_openai.chat_p50_1`` (chat completion
+latency through the official ``openai`` SDK: unfragile's OpenAI-compatible frontend against
+LitServe's own ``OpenAISpec``, 1 client, alternating calls; target 1.0; what LitServe's spec
+could not do is in its notes and benchmarks/peers/openai_chat.py),
+``peer.diffusion.{litserve,pytriton}.throughput_4`` (images/s, 4 clients; target 1.0).
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ from typing import Any
 from benchmarks.bench_vl import noise_images
 from benchmarks.common import Result
 from benchmarks.peers import clients as cl
+from benchmarks.peers import openai_chat, venvs
 from benchmarks.peers import report as rp
 from benchmarks.peers import servers as sv
-from benchmarks.peers import venvs
 
 PREFIX = "peer."
 THREADS = max(1, (os.cpu_count() or 2) // 2)
@@ -77,10 +80,14 @@ def _ensure_models() -> None:
 Groups = dict[str, list[sv.Server]]  # side name -> its server processes
 
 
+def _vl_settings() -> dict[str, object]:
+    """unfragile VisionLanguage's settings beside the peers (caches off: every request is new work)."""
+    return {"threads": THREADS, "max_batch_size": VL_BATCH, "max_queue_delay_ms": VL_DELAY_MS,
+            "feature_cache_size": 0, "prefix_cache_size": 0, "log_level": "WARNING"}
+
+
 def _start_vl(stack: contextlib.ExitStack) -> tuple[list[Any], Groups]:
-    ours_settings: dict[str, object] = {"threads": THREADS, "max_batch_size": VL_BATCH,
-                                        "max_queue_delay_ms": VL_DELAY_MS, "feature_cache_size": 0,
-                                        "prefix_cache_size": 0, "log_level": "WARNING"}
+    ours_settings = _vl_settings()
     ours, address = sv.start_unfragile("unfragile-vl", "visionlanguage", VL_MODEL, ours_settings)
     stack.callback(ours.stop)
     check, check_address = sv.start_unfragile("unfragile-vl-check", "visionlanguage", CHECK_MODEL, ours_settings)
@@ -204,6 +211,11 @@ def _vl_phase() -> list[Result]:
     return results
 
 
+def _openai_phase() -> list[Result]:
+    """LitServe's OpenAISpec against unfragile's OpenAI-compatible frontend (benchmarks/peers/openai_chat.py)."""
+    return openai_chat.phase(VL_MODEL, CHECK_MODEL, THREADS, VL_BATCH, VL_DELAY_MS, _vl_settings(), NEW_TOKENS, _log)
+
+
 def _start_sd(stack: contextlib.ExitStack, adapters: Path) -> tuple[list[Any], Groups]:
     ours, address = sv.start_unfragile("unfragile-sd", "diffusion", SD_MODEL, {
         "torch_threads": THREADS, "max_batch_images": SD_BATCH, "max_queue_delay_ms": SD_DELAY_MS, "batching": True,
@@ -267,14 +279,20 @@ def _sd_phase() -> list[Result]:
     return results
 
 
-def run() -> list[Result]:
+PHASES = ("vl", "openai", "sd")
+
+
+def run(phases: tuple[str, ...] = PHASES) -> list[Result]:
     t = time.perf_counter()
-    for name in venvs.NAMES:
+    for name in venvs.NAMES if set(phases) - {"openai"} else ("litserve",):
         venvs.ensure(name)
     _ensure_models()
     _log(f"environments and models ready in {time.perf_counter() - t:.0f} s")
-    results = _vl_phase() + _sd_phase()
+    run_phase = {"vl": _vl_phase, "openai": _openai_phase, "sd": _sd_phase}
+    results = [r for phase in PHASES if phase in phases for r in run_phase[phase]()]
     rp.add_notes(results, lambda r: (
+        f"{THREADS} torch thread(s) per server; Kosmos-2 bench, max batch {VL_BATCH}, {VL_DELAY_MS:g} ms window"
+        if r.name == openai_chat.NAME else
         f"{THREADS} torch thread(s) per server; Kosmos-2 bench (greedy, {NEW_TOKENS} new tokens unless mixed), "
         f"max batch {VL_BATCH}, {VL_DELAY_MS:g} ms window; SD bench {SD_SIZE}x{SD_SIZE}, {SD_STEPS} DDIM steps, "
         f"max batch {SD_BATCH}, {SD_DELAY_MS:g} ms window; {ROUNDS} VL / {SD_ROUNDS} SD interleaved rounds"))
@@ -283,6 +301,15 @@ def run() -> list[Result]:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    for res in run():
+    # `python -m benchmarks.bench_peers [vl] [openai] [sd]`: the phases named (default all), their entries
+    # written over the same names in results.json and RESULTS.md (the others are kept).
+    from benchmarks.run import merge
+
+    chosen = tuple(sys.argv[1:]) or PHASES
+    if set(chosen) - set(PHASES):
+        sys.exit(f"unknown phase(s) {', '.join(sorted(set(chosen) - set(PHASES)))}; choose from {', '.join(PHASES)}")
+    fresh = run(chosen)
+    for res in fresh:
         state = f"VOID {res.void}" if res.void else ("met" if res.met else "NOT met")
         print(f"{res.name} = {res.value:.4g} (target {res.target}, {state}) {res.notes}")
+    merge(fresh, set())

@@ -107,6 +107,15 @@ def start_unfragile(name: str, service: str, model: Path, settings: dict[str, ob
     return _spawn(name, cmd), f"127.0.0.1:{port}"
 
 
+def start_unfragile_openai(name: str, vl_address: str) -> tuple[Server, str]:
+    """unfragile's OpenAI-compatible frontend (``unfragile serve openai``) in front of ``vl_address`` only;
+    returns the server and its base URL (``.../v1`` is the API, ``/readyz`` its readiness)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "services.cli", "serve", "openai", "--port", str(port), "--metrics-port", "-1",
+           "--set", f"visionlanguage_target={vl_address}", "--set", "diffusion_target=", "--set", "log_level=WARNING"]
+    return _spawn(name, cmd), f"http://127.0.0.1:{port}"
+
+
 def start_litserve(name: str, kind: str, model: Path, threads: int, max_batch_size: int, timeout_ms: float,
                    check_model: Path | None = None) -> tuple[Server, int]:
     port = free_port()

@@ -8,7 +8,9 @@ Python for a batch:
   ``Kosmos2ForConditionalGeneration.generate`` (greedy) for the longest request, each
   row then cut to its own ``max_new_tokens`` and at ``</s>``, and
   ``post_process_generation`` for the grounded caption, as the model card shows. The
-  prompt is the one the VisionLanguage server uses in BRIEF mode.
+  prompt is the one the VisionLanguage server uses in BRIEF mode. The caption's
+  ``completion`` is the generated part alone (the prompt's decoded text cut off, tags
+  removed by the same post-processing): what a chat completion answers.
 - Stable Diffusion: one ``StableDiffusionPipeline`` call with a list of prompts and one
   seeded ``torch.Generator`` per image, DDIM (the Diffusion server's default
   scheduler), PNG-encoded like the Diffusion server encodes its results.
@@ -24,10 +26,10 @@ from typing import Any
 BRIEF_PROMPT = "<grounding>An image of"
 
 
-def server_arguments(check_model_help: str) -> argparse.ArgumentParser:
+def server_arguments(check_model_help: str, kinds: tuple[str, ...] = ("vl", "diffusion")) -> argparse.ArgumentParser:
     """The command-line arguments both peer servers take (each adds its ports and batching knob)."""
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["vl", "diffusion"])
+    p.add_argument("kind", choices=kinds)
     p.add_argument("--model", required=True)
     p.add_argument("--check-model", default="", help=check_model_help)
     p.add_argument("--threads", type=int, required=True, help="torch intra-op threads")
@@ -38,7 +40,9 @@ def server_arguments(check_model_help: str) -> argparse.ArgumentParser:
 @dataclass
 class Caption:
     token_ids: list[int]
-    text: str
+    text: str  # the whole grounded caption, prompt included ("An image of ...")
+    completion: str  # the generated text alone
+    prompt_tokens: int
 
 
 def _png(img: Any) -> bytes:
@@ -78,14 +82,17 @@ class Kosmos2Captioner:
                 eos_token_id=self.eos, pad_token_id=self.pad)
         prompt_len = inputs["input_ids"].shape[1]
         results = []
-        for row, prompt, limit in zip(out.tolist(), inputs["input_ids"].tolist(), max_new_tokens):
+        masks = inputs["attention_mask"].sum(dim=1).tolist()
+        for row, prompt, limit, n_prompt in zip(out.tolist(), inputs["input_ids"].tolist(), max_new_tokens, masks):
             ids = row[prompt_len:prompt_len + limit]
             if self.eos in ids:
                 ids = ids[:ids.index(self.eos)]
             tail = prompt[prompt.index(self.end_of_image) + 1:]
             raw = self.processor.decode(tail + ids, skip_special_tokens=True)
             text, _entities = self.processor.post_process_generation(raw)
-            results.append(Caption(ids, text))
+            head = self.processor.decode(tail, skip_special_tokens=True)
+            completion, _ = self.processor.post_process_generation(raw[len(head):] if raw.startswith(head) else raw)
+            results.append(Caption(ids, text, completion, int(n_prompt)))
         return results
 
 

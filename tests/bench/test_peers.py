@@ -6,7 +6,8 @@ build them; ``UNFRAGILE_BUILD_PEER_VENVS=1`` lets the tests build them first. No
 is asserted: the checks are that the peer servers start from the same model folder, that
 the load generator reaches them over their protocols, and that their greedy captions equal
 unfragile's token for token (tiny Kosmos-2, whose captions depend on the image) and their
-images equal unfragile's for the same seed.
+images equal unfragile's for the same seed; LitServe's OpenAISpec server answers the same chat
+completions (official ``openai`` SDK) as unfragile's OpenAI-compatible frontend.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from benchmarks.bench_vl import noise_images
 from benchmarks.peers import clients as cl
+from benchmarks.peers import openai_chat as oc
 from benchmarks.peers import report as rp
 from benchmarks.peers import servers as sv
 from benchmarks.peers import venvs
@@ -46,15 +48,20 @@ def kosmos2(tiny_models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ours_vl(kosmos2: Path) -> Iterator[cl.UnfragileCaption]:
+def ours_vl_server(kosmos2: Path) -> Iterator[RunningServer]:
     from services.visionlanguage.app import Settings, build_service
 
     settings = Settings(port=0, metrics_port=-1, model=str(kosmos2), threads=1, grace_seconds=1)
-    server: RunningServer = start_server(settings, build_service(settings))
-    side = cl.UnfragileCaption(server.address, server.address)
+    server = start_server(settings, build_service(settings))
+    yield server
+    server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def ours_vl(ours_vl_server: RunningServer) -> Iterator[cl.UnfragileCaption]:
+    side = cl.UnfragileCaption(ours_vl_server.address, ours_vl_server.address)
     yield side
     side.close()
-    server.stop(0)
 
 
 def _captions(side: object, images: list[bytes]) -> dict[tuple[int, int], list[int]]:
@@ -106,3 +113,32 @@ def test_litserve_image_equals_ours(tiny_models_dir: Path, tmp_path: Path) -> No
         peer.stop()
     assert rp.pixel_gap(answers, "litserve") == (2, 0)  # one image per call on both sides: identical pixels
     assert answers["unfragile"][3] != answers["unfragile"][4]  # the seed matters
+
+
+def test_litserve_openai_spec_answers_what_our_frontend_answers(kosmos2: Path, ours_vl_server: RunningServer) -> None:
+    """The same chat requests through the openai SDK: LitServe's OpenAISpec (batched) and our frontend agree."""
+    _need("litserve")
+    import openai
+
+    from services.openai.server import start as start_frontend
+    from services.openai.settings import Settings
+
+    frontend = start_frontend(Settings(port=0, visionlanguage_target=ours_vl_server.address, diffusion_target="",
+                                       log_level="WARNING"))
+    peer, port = sv.start_litserve("test-litserve-openai", "openai", kosmos2, 1, 4, 2.0)
+    sides: list[oc.Chat] = []
+    try:
+        sv.wait_http(peer, f"http://127.0.0.1:{port}/health", time.monotonic() + sv.START_TIMEOUT_S)
+        sides.append(oc.Chat("unfragile", f"{frontend.url}/v1"))
+        sides.append(oc.Chat("litserve", f"http://127.0.0.1:{port}/v1", sides[0].model))
+        answers = oc.check(sides, {}, noise_images(16), 24)  # 8 concurrent clients: LitServe batches them
+        with pytest.raises(openai.BadRequestError):  # the LitAPI decodes data URLs only: nothing is fetched
+            sides[1].client.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}]}])
+    finally:
+        for side in sides:
+            side.close()
+        peer.stop()
+        frontend.stop()
+    assert len(answers["unfragile"]) == 16 and answers["litserve"] == answers["unfragile"]
+    assert len({answers["unfragile"][(i, 64)][0] for i in range(8)}) > 1  # the text depends on the image
