@@ -111,6 +111,9 @@ def channel(
         # With a headless Service (dns:///svc-headless:port) spread calls over every pod the
         # name resolves to; the default pick_first pins one HTTP/2 connection to one pod.
         options.append(("grpc.lb_policy_name", "round_robin"))
+        # Its own connections: a new channel must not inherit another channel's reconnect backoff to an
+        # address (gRPC shares subchannels process-wide), e.g. after a replica restarted on the same port.
+        options.append(("grpc.use_local_subchannel_pool", 1))
     module: Any = grpc.aio if aio else grpc
     if root_ca is None:
         return module.insecure_channel(target, options=options)  # type: ignore[no-any-return]
