@@ -25,6 +25,8 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
+from graph import poisson_draws
+
 
 @dataclass(frozen=True)
 class PageRankParams:
@@ -305,7 +307,12 @@ def poisson_replicates(w: sp.csr_array, start: np.ndarray, params: PageRankParam
 
     This is the Poisson bootstrap over match events, approximating each event as
     contributing to one edge (events that matched 3+ models touch several edges; their
-    edges are resampled independently). Returns (pr replicates (B, N), degree > 0 mask).
+    edges are resampled independently). Each edge's draw in replicate b is tied to the edge
+    (``poisson_draws``: the same while its count is), so replicate b of a graph that gained a
+    few events is close to replicate b before them and an interval moves with the evidence, not
+    with a reshuffled random stream. Every replicate starts from ``start`` (the point estimate):
+    the replicates are a function of the graph, that vector and the seed, the same in every
+    process. Returns (pr replicates (B, N), degree > 0 mask).
     """
     n = w.shape[0]
     w = w.tocsr()
@@ -317,10 +324,13 @@ def poisson_replicates(w: sp.csr_array, start: np.ndarray, params: PageRankParam
     entry = np.minimum(rows, w.indices).astype(np.int64) * n + np.maximum(rows, w.indices)
     sorter = np.argsort(key)
     edge_of_entry = sorter[np.searchsorted(key, entry, sorter=sorter)]
+    edges = poisson_draws.edge_keys(upper.row, upper.col)
+    quantiles = poisson_draws.PoissonQuantiles(upper.data)
+    base = int(rng.integers(0, 2**62))
     reps = np.zeros((rounds, n))
     has = np.zeros((rounds, n), dtype=bool)
     for b in range(rounds):
-        draws = rng.poisson(upper.data).astype(np.float64)
+        draws = quantiles(poisson_draws.uniforms(edges, base + b))
         wb = sp.csr_array((draws[edge_of_entry], w.indices, w.indptr), shape=(n, n))
         reps[b], _ = pagerank_power(wb, start, params)
         has[b] = np.asarray(wb.sum(axis=1)).ravel() > 0
