@@ -32,7 +32,7 @@ from graph.sync import Lag
 from services.core.names import full_name
 from services.core.settings import section
 from services.matchgraph import metrics
-from services.matchgraph.refresh import HubRefresh
+from services.matchgraph.refresh import LeaderJob, hub_refresh
 from services.matchgraph.settings import Settings
 
 if TYPE_CHECKING:
@@ -85,28 +85,14 @@ def advertised(settings: Settings, port: int) -> str:
     return f"{host}:{port}"
 
 
-class ProbeSchedule:
-    """Runs probes every ``interval`` seconds in a daemon thread until stopped (only while taking writes)."""
+def probe_schedule(engine: Engine, interval: float) -> LeaderJob:
+    """A probe run of every probe set every ``interval`` seconds on the leader."""
 
-    def __init__(self, engine: Engine, interval: float) -> None:
-        self.engine, self.interval = engine, interval
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="probe-schedule", daemon=True)
+    def work(_stop: threading.Event) -> None:
+        with metrics.probe_run("schedule"):
+            engine.run_probes([], 0, 0)
 
-    def _loop(self) -> None:
-        while not self.stop_event.wait(self.interval):
-            if self.engine.writes_refused:  # a standby: the leader probes
-                continue
-            try:
-                with metrics.probe_run("schedule"):
-                    self.engine.run_probes([], 0, 0)
-            except Exception:
-                log.exception("scheduled probe run failed")
-
-    def stop(self, timeout: float) -> None:
-        self.stop_event.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=timeout)
+    return LeaderJob(engine, interval, "probe-schedule", work)
 
 
 class Role:
@@ -122,9 +108,9 @@ class Role:
         self.follower = self._follower() if settings.role == "reader" else None
         self.publisher: Publisher | None = None
         self.candidate: Candidate | None = None
-        self.schedule = ProbeSchedule(engine, settings.probe_interval_s) \
+        self.schedule = probe_schedule(engine, settings.probe_interval_s) \
             if settings.probe_interval_s > 0 and settings.role != "reader" else None
-        self.hub_refresh = HubRefresh(engine, settings.hub_refresh_interval_s, settings.hub_endpoint) \
+        self.hub_refresh = hub_refresh(engine, settings.hub_refresh_interval_s, settings.hub_endpoint) \
             if settings.hub_refresh_interval_s > 0 and settings.role != "reader" else None
         self._set_leader_health: Callable[[bool], None] = lambda _leading: None
 
