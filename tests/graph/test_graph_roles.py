@@ -133,7 +133,9 @@ def test_get_snapshot_is_cheap_and_names_the_next_answer(cluster):
     for r in _records():
         writer.stub.UpsertModel(pb.UpsertModelRequest(model=r), timeout=30)
     head = writer.stub.RecordMatches(iter([_batch(30, 1)]), timeout=30).graph_version
-    wait_until(lambda: _snapshot(reader).graph_version == head)
+    # caught up: the events replayed *and* the writer's publication of them adopted (it can land after the replay)
+    wait_until(lambda: _snapshot(reader).graph_version == head
+               and _snapshot(reader).snapshot_version == _snapshot(writer).snapshot_version)
     reader.engine.scorer.invalidate()
     snap = _snapshot(reader)
     assert reader.engine.scorer._state is None  # nothing was scored to answer it
