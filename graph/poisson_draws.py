@@ -52,31 +52,26 @@ def uniforms(keys: np.ndarray, stream: int) -> np.ndarray:
 class PoissonQuantiles:
     """Poisson(``means``) quantiles of uniforms, for one set of means and many sets of uniforms.
 
-    The means are grouped once (a co-match graph has few distinct counts); each group is then one
-    binary search of its CDF table."""
+    Means up to ``TABLE_MAX_MEAN`` are grouped once (a co-match graph has few distinct counts); each
+    group is then one binary search of its CDF table. Larger means go through scipy's ppf together."""
 
     def __init__(self, means: np.ndarray) -> None:
         self.n = means.shape[0]
-        values, inverse = np.unique(means, return_inverse=True)
-        self.order = np.argsort(inverse, kind="stable")
+        self.large = np.flatnonzero(means > TABLE_MAX_MEAN)
+        self.large_means = means[self.large]
+        small = np.flatnonzero((means > 0) & (means <= TABLE_MAX_MEAN))
+        values, inverse = np.unique(means[small], return_inverse=True)
+        self.order = small[np.argsort(inverse, kind="stable")]
         self.bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=values.shape[0]))])
-        self.values = values
-        self.tables: list[np.ndarray | None] = []
-        for v in values:
-            if v <= 0 or v > TABLE_MAX_MEAN:
-                self.tables.append(None)
-                continue
-            top = int(v + 12.0 * np.sqrt(v) + 30.0)  # P(X > top) is below 1e-17
-            self.tables.append(stats.poisson.cdf(np.arange(top + 1), v))
+        # P(X > top) is below 1e-17 for each table's mean
+        self.tables = [stats.poisson.cdf(np.arange(int(v + 12.0 * np.sqrt(v) + 30.0) + 1), v) for v in values]
 
     def __call__(self, u: np.ndarray) -> np.ndarray:
-        out = np.zeros(self.n)
-        for g, (v, table) in enumerate(zip(self.values, self.tables, strict=True)):
+        out = np.zeros(self.n)  # a mean of 0 draws 0
+        for g, table in enumerate(self.tables):
             idx = self.order[self.bounds[g]:self.bounds[g + 1]]
-            if v <= 0:
-                continue
-            if table is None:
-                out[idx] = stats.poisson.ppf(u[idx], v)
-            else:  # the least k with CDF(k) >= u
-                out[idx] = np.minimum(np.searchsorted(table, u[idx], side="left"), table.shape[0] - 1)
+            # the least k with CDF(k) >= u
+            out[idx] = np.minimum(np.searchsorted(table, u[idx], side="left"), table.shape[0] - 1)
+        if self.large.size:
+            out[self.large] = stats.poisson.ppf(u[self.large], self.large_means)
         return out

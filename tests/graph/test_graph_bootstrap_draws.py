@@ -29,6 +29,15 @@ def test_draws_are_poisson_with_the_edge_count_as_mean(mean: float) -> None:
     assert np.allclose(freq, stats.poisson.pmf(ks, mean), atol=0.005)  # the shape, not only two moments
 
 
+def test_mixed_means_draw_each_from_its_own_distribution() -> None:
+    n = 60_000
+    means = np.tile([0.0, 2.0, TABLE_MAX_MEAN + 44.0], n // 3)
+    x = _draws(means, edge_keys(np.arange(n), np.arange(n) + 7), stream=1)
+    assert np.all(x[means == 0] == 0)
+    for m in (2.0, TABLE_MAX_MEAN + 44.0):
+        assert abs(x[means == m].mean() - m) < 0.03 * m
+
+
 def test_an_edges_draw_depends_on_the_edge_its_count_and_the_stream_only() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 10_000, 5_000), rng.integers(0, 10_000, 5_000)
