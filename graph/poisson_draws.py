@@ -2,9 +2,10 @@
 
 A bootstrap replicate redraws every co-match edge's count ``c`` as Poisson(``c``). Drawn from one
 random stream, every draw moves whenever one edge is added (the stream shifts), so a replicate of
-the graph after 10,000 new events shares nothing with the replicate before them and must be
-computed from scratch. Here the draw of edge (a, b) in replicate ``r`` is the Poisson(``c``)
-quantile of a uniform number hashed from (a, b, r, seed): it is the same number on every refresh
+the graph after one new event shares nothing with the replicate before it, and every interval
+jitters by the bootstrap's own noise whenever events arrive anywhere. Here the draw of edge (a, b)
+in replicate ``r`` is the Poisson(``c``) quantile of a uniform number hashed from (a, b, r, seed):
+it is the same number on every refresh
 while the edge's count is the same, and moves by the least amount when the count changes (the same
 uniform through the new distribution). Replicate ``r`` of the new graph is then close to replicate
 ``r`` of the old one, so a model's interval moves with the evidence and does not jitter whenever

@@ -16,7 +16,6 @@ leader behind the write Service.
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -38,7 +37,6 @@ from services.matchgraph.settings import Settings
 if TYPE_CHECKING:
     from services.core.server import RunningServer
 
-log = logging.getLogger(__name__)
 WRITE_RPCS = ("RecordMatches", "UpsertModel", "ImportModels", "RunProbes", "RecordFeedback", "ImportManifest")
 LEADER_HEALTH = full_name("matchgraph") + ".Leader"  # SERVING while this process takes writes
 
