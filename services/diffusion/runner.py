@@ -137,6 +137,10 @@ class DiffusersRunner:
         if request.mode != "inpaint" and family.denoiser == "unet" and self.denoiser.config.in_channels == 9:
             raise FailedPrecondition(f"this checkpoint is a {family.title} inpainting model; use Inpaint")
         changes: dict[str, Any] = {"scheduler": family.scheduler(p.scheduler)}
+        trained = int((self._base_scheduler_config or {}).get("num_train_timesteps") or 0)
+        if trained and p.steps >= trained:  # DDIM-style spacing would index past the last training timestep
+            raise InvalidArgument(f"steps {p.steps} is too many for this model: its scheduler has {trained} training "
+                                  f"timesteps, and a request may take 1..{trained - 1} steps")
         if p.guidance_scale is None:
             changes["guidance_scale"] = self.default_guidance()
         if p.negative_prompt.strip() and not family.negative_prompt:

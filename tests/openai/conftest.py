@@ -68,9 +68,10 @@ def stack(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     vl_settings = VLSettings(port=0, metrics_port=-1, model=str(tiny_models_dir / "tiny-kosmos2"), grace_seconds=1,
                              max_batch_size=8, max_queue_delay_ms=1)
     vl = start_server(vl_settings, build_vl(vl_settings, runner_factory=factory))
-    # max_queue=1 lets a test fill the queue (429) with two requests; torch_threads=1 as the other tests
+    # max_queue=1 lets a test fill the queue (429) with two requests, behind a job of max_steps that runs until
+    # that test leaves; torch_threads=1 as the other tests
     sd_settings = DiffusionSettings(port=0, metrics_port=-1, model=str(tiny_models_dir / "tiny-sd"), default_steps=4,
-                                    torch_threads=1, max_queue=1, grace_seconds=1,
+                                    torch_threads=1, max_queue=1, max_steps=1000, grace_seconds=1,
                                     adapters_dir=tmp_path_factory.mktemp("adapters"))
     diffusion = start_server(sd_settings, build_diffusion(sd_settings))
     settings = Settings(port=0, visionlanguage_target=vl.address, diffusion_target=diffusion.address,

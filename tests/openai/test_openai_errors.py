@@ -104,10 +104,11 @@ def test_body_and_image_over_the_limits_are_413(stack: OpenAIStack) -> None:
 
 def test_queue_full_is_429_with_retry_after(stack: OpenAIStack) -> None:
     """The Diffusion service holds one waiting job (max_queue=1): with one running and one waiting,
-    the next is RESOURCE_EXHAUSTED, which the SDK raises as RateLimitError."""
+    the next is RESOURCE_EXHAUSTED, which the SDK raises as RateLimitError. The running job has 999
+    steps, so it outlasts the test on a loaded machine; closing its stream cancels it."""
     client = stack.client()
     running = client.images.generate(prompt="slow", size="64x64", stream=True, partial_images=3,
-                                     extra_body={"num_inference_steps": 150, "seed": 1})
+                                     extra_body={"num_inference_steps": 999, "seed": 1})
     waiting: dict[str, object] = {}
     try:
         next(iter(running))  # a partial image: the job is running
@@ -122,6 +123,14 @@ def test_queue_full_is_429_with_retry_after(stack: OpenAIStack) -> None:
         running.close()  # the client leaves: the running job is cancelled upstream
     thread.join(120)
     assert "r" in waiting and not isinstance(waiting["r"], Exception), waiting
+
+
+def test_steps_past_the_schedulers_training_timesteps_are_400_not_a_server_error(stack: OpenAIStack) -> None:
+    """max_steps (1000 here) allows 1000, but the tiny model's DDIM scheduler has 1000 training timesteps:
+    the request is refused with the range this model takes, instead of failing inside the scheduler."""
+    with pytest.raises(openai.BadRequestError) as err:
+        stack.client().images.generate(prompt="many steps", size="64x64", extra_body={"num_inference_steps": 1000})
+    assert "1000 training timesteps" in err.value.message and "1..999 steps" in err.value.message
 
 
 def _try(client: openai.OpenAI, prompt: str) -> object:
