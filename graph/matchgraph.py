@@ -318,13 +318,12 @@ def poisson_replicates(w: sp.csr_array, start: np.ndarray, params: PageRankParam
     w = w.tocsr()
     w.sort_indices()
     upper = sp.triu(w, k=1).tocoo()
-    # map every stored entry of w (both directions) to its undirected edge, once
-    key = np.minimum(upper.row, upper.col).astype(np.int64) * n + np.maximum(upper.row, upper.col)
-    rows = np.repeat(np.arange(n), np.diff(w.indptr))
-    entry = np.minimum(rows, w.indices).astype(np.int64) * n + np.maximum(rows, w.indices)
-    sorter = np.argsort(key)
-    edge_of_entry = sorter[np.searchsorted(key, entry, sorter=sorter)]
+    # map every stored entry of w (both directions) to its undirected edge, once, by the edges' keys
     edges = poisson_draws.edge_keys(upper.row, upper.col)
+    rows = np.repeat(np.arange(n), np.diff(w.indptr))
+    entry = poisson_draws.edge_keys(rows, w.indices)
+    sorter = np.argsort(edges)
+    edge_of_entry = sorter[np.searchsorted(edges, entry, sorter=sorter)]
     quantiles = poisson_draws.PoissonQuantiles(upper.data)
     base = int(rng.integers(0, 2**62))
     reps = np.zeros((rounds, n))
