@@ -125,6 +125,12 @@ class Engine:
             self._thread.join(timeout)
         m.WAITING.set(0)
 
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting in this engine's queue now (the gauge of the same name is process-wide)."""
+        with self._cv:
+            return len(self._heap)
+
     def wake(self) -> None:
         with self._cv:
             self._cv.notify_all()

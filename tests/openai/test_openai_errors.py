@@ -12,7 +12,6 @@ import openai
 import pytest
 
 from services.core import metrics as core_metrics
-from services.diffusion import metrics as df_metrics
 from services.openai import metrics as oa_metrics
 from services.openai.server import start
 from services.visionlanguage import metrics as vl_metrics
@@ -114,7 +113,8 @@ def test_queue_full_is_429_with_retry_after(stack: OpenAIStack) -> None:
         next(iter(running))  # a partial image: the job is running
         thread = threading.Thread(target=lambda: waiting.update(r=_try(client, "queued")), daemon=True)
         thread.start()
-        _wait(lambda: _value(df_metrics.WAITING) >= 1)
+        engine = stack.diffusion.service.servicer.engine
+        _wait(lambda: engine.waiting >= 1)  # this stack's queue: other engines in the process reset the gauge
         with pytest.raises(openai.RateLimitError) as err:
             client.images.generate(prompt="refused", size="64x64", extra_body={"num_inference_steps": 1})
         assert int(err.value.response.headers["retry-after"]) >= 1
